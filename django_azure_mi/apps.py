@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class DjangoAzureMIConfig(AppConfig):
+    name = "django_azure_mi"
+    verbose_name = "Azure Managed Identity"
+
+    def ready(self) -> None:
+        from django.core.signals import setting_changed
+
+        from . import conf
+
+        setting_changed.connect(conf.on_setting_changed, dispatch_uid="django_azure_mi.conf")

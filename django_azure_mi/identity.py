@@ -1,0 +1,148 @@
+"""Build azure-identity credentials: one per identity per process.
+
+Nothing here caches tokens: :mod:`django_azure_mi.tokens` does. A credential is only the upstream
+that a :class:`~django_azure_mi.tokens.TokenProvider` asks when it needs a new token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from azure.core.credentials import TokenCredential
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
+
+from .conf import SETTING, Config
+
+_KEY = f"{SETTING}['CREDENTIAL']"
+
+# Each HTTP try to the identity endpoint: connect within this many seconds (azure-identity's IMDS default).
+CONNECTION_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True)
+class IdentityKey:
+    """Which identity a credential stands for. Also the human-readable label used in logs/errors."""
+
+    credential: str  # "managed_identity" | "workload_identity" | "default" | dotted path
+    client_id: str | None
+    authority_host: str
+
+    @property
+    def label(self) -> str:
+        who = f"client_id={self.client_id}" if self.client_id else None
+        if self.credential == "managed_identity":
+            return f"user-assigned managed identity ({who})" if who else "system-assigned managed identity"
+        if self.credential == "workload_identity":
+            return f"workload identity ({who or 'client_id from AZURE_CLIENT_ID'})"
+        if self.credential == "default":
+            return f"DefaultAzureCredential ({who})" if who else "DefaultAzureCredential"
+        return f"custom credential {self.credential}"
+
+
+def identity_key(config: Config, client_id: str | None = None) -> IdentityKey:
+    return IdentityKey(
+        credential=config.credential,
+        client_id=client_id or config.client_id,
+        authority_host=config.cloud.authority_host,
+    )
+
+
+_lock = threading.Lock()
+_credentials: dict[tuple[IdentityKey, float], TokenCredential] = {}
+
+
+def get_credential(key: IdentityKey, timeout: float) -> TokenCredential:
+    """The process-wide credential for ``key`` (built on first use)."""
+    cache_key = (key, timeout)
+    credential = _credentials.get(cache_key)
+    if credential is None:
+        with _lock:
+            credential = _credentials.get(cache_key)
+            if credential is None:
+                credential = build_credential(key, timeout)
+                _credentials[cache_key] = credential
+    return credential
+
+
+def build_credential(key: IdentityKey, timeout: float) -> TokenCredential:
+    """A new azure-identity credential for ``key``; every HTTP try is bounded by ``timeout``."""
+    # Transport timeouts reach azure-core's RequestsTransport through the credential's kwargs.
+    transport: dict[str, Any] = {
+        "connection_timeout": min(CONNECTION_TIMEOUT, timeout),
+        "read_timeout": timeout,
+    }
+    authority = key.authority_host
+    if key.credential == "managed_identity":
+        from azure.identity import ManagedIdentityCredential
+
+        return ManagedIdentityCredential(client_id=key.client_id, **transport)
+    if key.credential == "workload_identity":
+        from azure.identity import WorkloadIdentityCredential
+
+        missing = [v for v in ("AZURE_TENANT_ID", "AZURE_FEDERATED_TOKEN_FILE") if not os.environ.get(v)]
+        if not (key.client_id or os.environ.get("AZURE_CLIENT_ID")):
+            missing.append("AZURE_CLIENT_ID")
+        if missing:
+            raise ImproperlyConfigured(
+                f'{_KEY} is "workload_identity" but {", ".join(missing)} '
+                f"{'is' if len(missing) == 1 else 'are'} not set. On AKS, label the pod "
+                "azure.workload.identity/use=true and annotate its service account with the identity's "
+                "client id; elsewhere use CREDENTIAL='managed_identity' or 'default'."
+            )
+        return WorkloadIdentityCredential(client_id=key.client_id, authority=authority, **transport)
+    if key.credential == "default":
+        from azure.identity import DefaultAzureCredential
+
+        return DefaultAzureCredential(
+            authority=authority,
+            managed_identity_client_id=key.client_id,
+            workload_identity_client_id=key.client_id,
+            **transport,
+        )
+    return _custom_credential(key.credential)
+
+
+def _custom_credential(path: str) -> TokenCredential:
+    try:
+        factory = import_string(path)
+    except ImportError as exc:
+        raise ImproperlyConfigured(
+            f'{_KEY} = {path!r} cannot be imported ({exc}). Use "managed_identity", '
+            '"workload_identity", "default" or the dotted path of a zero-argument callable.'
+        ) from exc
+    if not callable(factory):
+        raise ImproperlyConfigured(f"{_KEY} = {path!r} is not callable.")
+    credential = factory()
+    if not callable(getattr(credential, "get_token", None)):
+        raise ImproperlyConfigured(
+            f"{_KEY} = {path!r} returned {type(credential).__name__}, which has no "
+            "get_token(); it must return an azure.core.credentials.TokenCredential."
+        )
+    return credential  # type: ignore[no-any-return]
+
+
+def clear_cache() -> None:
+    """Close and forget every credential (tests; after settings change)."""
+    with _lock:
+        credentials = list(_credentials.values())
+        _credentials.clear()
+    for credential in credentials:
+        close = getattr(credential, "close", None)
+        if callable(close):
+            with contextlib.suppress(Exception):  # best effort
+                close()
+
+
+def _after_fork_in_child() -> None:
+    """The child must not share the parent's HTTP connections: forget (don't close) every credential."""
+    global _lock
+    _lock = threading.Lock()
+    _credentials.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,18 @@
+"""Local Azure stand-ins for tests - ours, the demo's and our users'.
+
+* :mod:`django_azure_mi.testing.imds` - the identity endpoint (IMDS / App Service), issuing real-looking JWTs.
+
+The pytest plugin (``django_azure_mi.testing.pytest_plugin``, registered through the ``pytest11`` entry
+point) provides the ``azure_imds`` fixture.
+"""
+
+from __future__ import annotations
+
+
+def reset_state() -> None:
+    """Forget every token provider, credential and cached setting of this process (between tests)."""
+    from .. import conf, identity, tokens
+
+    tokens.reset()
+    identity.clear_cache()
+    conf.clear_cache()

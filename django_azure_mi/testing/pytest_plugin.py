@@ -1,0 +1,45 @@
+"""pytest fixtures for apps using django-azure-mi (loaded automatically through the ``pytest11`` entry point).
+
+``azure_imds``: an :class:`~django_azure_mi.testing.imds.IMDSEmulator` started for the test, with the
+environment pointing the real azure-identity at it and django-azure-mi's process state reset before and
+after. Configure it with a marker::
+
+    @pytest.mark.azure_imds(ttl=60, mode="app_service")
+    def test_something(azure_imds): ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from .imds import IMDSEmulator
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "azure_imds(**kwargs): options for the azure_imds fixture's IMDSEmulator (ttl, mode, ...)"
+    )
+
+
+@pytest.fixture
+def azure_imds(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[IMDSEmulator]:
+    from . import reset_state
+    from .imds import IMDSEmulator
+
+    marker = request.node.get_closest_marker("azure_imds")
+    options = dict(marker.kwargs) if marker else {}
+    reset_state()
+    with IMDSEmulator(**options) as emulator:
+        for name, value in emulator.environ().items():
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, value)
+        try:
+            yield emulator
+        finally:
+            reset_state()

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jwt
+import pytest
+from azure.identity import ManagedIdentityCredential
+
+from django_azure_mi.tokens import TokenProvider
+
+STORAGE = "https://storage.azure.com/.default"
+STORAGE_RESOURCE = "https://storage.azure.com"
+VAULT = "https://vault.azure.net/.default"
+CLIENT_ID = "11111111-2222-3333-4444-555555555555"
+
+
+def claims(token: str) -> dict[str, Any]:
+    return jwt.decode(token, options={"verify_signature": False})
+
+
+def fast_credential(**kwargs: Any) -> ManagedIdentityCredential:
+    """The real ManagedIdentityCredential with retries and timeouts short enough for tests."""
+    options: dict[str, Any] = {
+        "retry_total": 1,
+        "retry_backoff_factor": 0.01,
+        "connection_timeout": 0.5,
+        "read_timeout": 1,
+    }
+    options.update(kwargs)
+    return ManagedIdentityCredential(**options)
+
+
+@pytest.fixture
+def make_provider(azure_imds: Any) -> Iterator[Callable[..., TokenProvider]]:
+    """Build TokenProviders over a fast real ManagedIdentityCredential; closed after the test."""
+    made: list[TokenProvider] = []
+
+    def make(scope: str = STORAGE, credential: Any = None, **options: Any) -> TokenProvider:
+        options.setdefault("timeout", 5)
+        options.setdefault("retry_base", 0.1)
+        options.setdefault("retry_cap", 0.5)
+        provider = TokenProvider(credential or fast_credential(), scope, identity="test identity", **options)
+        made.append(provider)
+        return provider
+
+    yield make
+    for provider in made:
+        provider.close()
+
+
+def run_threads(n: int, target: Callable[[], Any], timeout: float = 30) -> list[Any]:
+    """Run ``target`` in ``n`` threads started together; return results (exceptions as values)."""
+    barrier = threading.Barrier(n)
+    results: list[Any] = [None] * n
+
+    def work(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = target()
+        except Exception as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    assert not any(t.is_alive() for t in threads), "threads did not finish"
+    return results

@@ -1,0 +1,303 @@
+"""The token core against the real azure-identity ManagedIdentityCredential talking to the IMDS emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+
+import pytest
+from azure.core.credentials import AccessToken, AccessTokenInfo, TokenCredential
+
+from django_azure_mi import TokenUnavailableError, get_token_provider
+from django_azure_mi.testing.imds import Fault
+from django_azure_mi.tokens import redact
+
+from .conftest import CLIENT_ID, STORAGE, STORAGE_RESOURCE, VAULT, claims, run_threads
+
+
+def test_provider_is_a_token_credential(azure_imds):
+    provider = get_token_provider(STORAGE)
+    assert isinstance(provider, TokenCredential)
+    token = provider.get_token(STORAGE)
+    assert isinstance(token, AccessToken)
+    info = provider.get_token_info(STORAGE)
+    assert isinstance(info, AccessTokenInfo)
+    assert info.token == token.token
+    assert claims(token.token)["aud"] == STORAGE_RESOURCE
+    assert get_token_provider(STORAGE) is provider  # process-wide
+
+
+def test_single_flight_50_threads_one_request(azure_imds):
+    provider = get_token_provider(STORAGE)
+    hold = azure_imds.hold()  # keep the one request open while the 50 callers pile up
+    release = threading.Timer(0.5, hold.release)
+    release.start()
+    tokens = run_threads(50, lambda: provider.get_token(STORAGE).token)
+    release.cancel()
+    assert hold.arrived.is_set()
+    assert azure_imds.request_count(STORAGE_RESOURCE) == 1
+    assert len(set(tokens)) == 1 and isinstance(tokens[0], str)
+    assert provider.stats["requests"] == 1
+
+
+def test_other_scopes_route_to_the_sibling_provider(azure_imds):
+    provider = get_token_provider(STORAGE)
+    vault_token = provider.get_token(VAULT)
+    assert claims(vault_token.token)["aud"] == "https://vault.azure.net"
+    assert get_token_provider(VAULT).get_token(VAULT).token == vault_token.token
+    with pytest.raises(ValueError, match="exactly one scope"):
+        provider.get_token(STORAGE, VAULT)
+
+
+def test_system_and_user_assigned_identities_get_their_own_object_ids(azure_imds):
+    system = claims(get_token_provider(STORAGE).get_token(STORAGE).token)
+    user = claims(get_token_provider(STORAGE, client_id=CLIENT_ID).get_token(STORAGE).token)
+    assert system["oid"] == azure_imds.object_id(None)
+    assert user["oid"] == azure_imds.object_id(CLIENT_ID)
+    assert system["oid"] != user["oid"]
+    assert user["appid"] == CLIENT_ID
+    assert system["iss"] == f"https://sts.windows.net/{azure_imds.tenant_id}/"
+    for claim in ("tid", "iat", "nbf", "exp"):
+        assert claim in user
+
+
+def test_client_id_setting_selects_the_user_assigned_identity(azure_imds, settings):
+    settings.AZURE_MANAGED_IDENTITY = {"CLIENT_ID": CLIENT_ID}
+    token = get_token_provider(STORAGE).get_token(STORAGE)
+    assert claims(token.token)["oid"] == azure_imds.object_id(CLIENT_ID)
+
+
+@pytest.mark.azure_imds(mode="app_service")
+def test_app_service_flavour(azure_imds):
+    token = get_token_provider(STORAGE, client_id=CLIENT_ID).get_token(STORAGE)
+    assert claims(token.token)["oid"] == azure_imds.object_id(CLIENT_ID)
+    assert azure_imds.request_count() == 1
+
+
+def test_emulator_requires_the_metadata_header(azure_imds):
+    import requests
+
+    url = azure_imds.endpoint + "?api-version=2018-02-01&resource=https://storage.azure.com"
+    assert requests.get(url, timeout=5).status_code == 400
+    assert requests.get(url, headers={"Metadata": "true"}, timeout=5).status_code == 200
+
+
+@pytest.mark.azure_imds(ttl=120)  # < 5 min: azure-identity's own cache steps aside (DESIGN.md §6)
+def test_background_refresh_never_makes_callers_wait(make_provider, azure_imds):
+    provider = make_provider()
+    old = provider.get_token(STORAGE).token
+    installed = threading.Event()
+    provider.subscribe(lambda info: installed.set())
+    hold = azure_imds.hold()
+    provider.refresh()
+    assert hold.wait_arrived(10)
+    # The refresh request is held open: every caller meanwhile gets the old token at once.
+    during = run_threads(20, lambda: provider.get_token(STORAGE).token, timeout=10)
+    assert during == [old] * 20
+    assert not installed.is_set()
+    hold.release()
+    assert installed.wait(10)
+    new = provider.get_token(STORAGE).token
+    assert new != old
+    assert provider.stats["waits"] == 1  # only the very first (cold) call waited
+
+
+@pytest.mark.azure_imds(ttl=4)
+def test_refresh_is_scheduled_before_expiry(make_provider, azure_imds):
+    """With a 4 s token the worker refreshes on its own in the second half of the lifetime."""
+    provider = make_provider(refresh_margin=300)
+    first = provider.get_token(STORAGE)
+    hold = azure_imds.hold()
+    assert hold.wait_arrived(10), "the worker did not start a refresh on its own"
+    assert time.time() < first.expires_on  # the refresh started while the token was still valid
+    assert provider.get_token(STORAGE).token == first.token
+    hold.release()
+    assert provider.refresh(wait=True)  # and the next one works too
+    assert provider.get_token(STORAGE).token != first.token
+
+
+FAULTS = {
+    "404": lambda emu: emu.fail_always(Fault.error(404)),
+    "410": lambda emu: emu.fail_always(Fault.error(410)),
+    "429-retry-after": lambda emu: emu.fail_always(Fault.error(429, retry_after=0.2)),
+    "500": lambda emu: emu.fail_always(Fault.error(500)),
+    "malformed-json": lambda emu: emu.fail_always(Fault.malformed()),
+    "hang": lambda emu: emu.fail_always(Fault.hang()),
+    "connection-refused": lambda emu: emu.pause(),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+@pytest.mark.azure_imds(ttl=5)
+def test_fault_survived_while_valid_then_clear_error_then_recovery(fault, make_provider, azure_imds, caplog):
+    provider = make_provider(refresh_margin=0)  # no scheduled refresh before expiry: we trigger it
+    caplog.set_level(logging.DEBUG)
+    first = provider.get_token(STORAGE)
+    FAULTS[fault](azure_imds)
+    before = azure_imds.request_count()
+
+    # 1. The refresh fails; callers keep getting the cached token without waiting.
+    assert provider.refresh(wait=True, timeout=15) is False
+    assert provider.last_error
+    for _ in range(3):
+        assert provider.get_token(STORAGE).token == first.token
+
+    # 2. Once the token is about to expire: a clear error with scope, identity and the last error.
+    time.sleep(max(0.0, first.expires_on - 0.5 - time.time()) + 0.1)
+    with pytest.raises(TokenUnavailableError) as info:
+        provider.get_token(STORAGE)
+    message = str(info.value)
+    assert STORAGE in message and "test identity" in message and "Last error" in message
+    assert first.token not in message
+    assert info.value.scope == STORAGE
+
+    # Retries were bounded (capped backoff, at most 2 HTTP tries per attempt), never a storm.
+    assert azure_imds.request_count() - before <= 40
+
+    # 3. Recovery: the endpoint comes back and callers get a new token again.
+    azure_imds.clear_faults()
+    azure_imds.resume()
+    deadline = time.time() + 20
+    while True:
+        try:
+            token = provider.get_token(STORAGE)
+            break
+        except TokenUnavailableError:
+            assert time.time() < deadline, "no recovery"
+            time.sleep(0.2)
+    assert token.token != first.token
+    assert first.token not in caplog.text
+    assert token.token not in caplog.text
+
+
+@pytest.mark.azure_imds(ttl=3600)
+def test_fault_on_cold_provider_gives_clear_error_within_timeout(make_provider, azure_imds):
+    azure_imds.fail_always(Fault.hang())
+    provider = make_provider(timeout=1)
+    with pytest.raises(TokenUnavailableError, match=r"no token within 1s \(TIMEOUT\)"):
+        provider.get_token(STORAGE)
+
+
+@pytest.mark.azure_imds(ttl=3600)
+def test_one_failing_request_is_retried_inside_the_attempt(make_provider, azure_imds):
+    azure_imds.inject(Fault.error(500))
+    provider = make_provider()
+    provider.get_token(STORAGE)
+    assert azure_imds.request_count() == 2  # azure-core's retry policy, one attempt
+    assert provider.stats["failures"] == 0
+
+
+def test_identity_not_found_is_reported(make_provider, azure_imds):
+    azure_imds.system_assigned = False
+    provider = make_provider()
+    with pytest.raises(TokenUnavailableError, match="Identity not found"):
+        provider.get_token(STORAGE)
+
+
+@pytest.mark.azure_imds(ttl=120)
+def test_no_token_text_in_logs_reprs_or_errors(make_provider, azure_imds, caplog):
+    caplog.set_level(logging.DEBUG)
+    provider = make_provider()
+    token = provider.get_token(STORAGE)
+    info = provider.get_token_info(STORAGE)
+    leaked = azure_imds.mint(STORAGE_RESOURCE).token
+    # An upstream error body that contains a token: it must be redacted wherever we report it.
+    azure_imds.fail_always(Fault.error(500, body=f'{{"error": "boom", "error_description": "{leaked}"}}'))
+    provider.refresh(wait=True)
+    for text in (repr(provider), repr(token), repr(info), str(provider.stats), provider.last_error or ""):
+        assert token.token not in text
+        assert leaked not in text
+    assert token.token not in caplog.text  # nobody logged the real token
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("django_azure_mi"))
+    assert "token acquired" in ours and "token refresh failed" in ours
+    assert leaked not in ours and token.token not in ours
+    assert "length=" in ours
+
+
+def test_redact():
+    token = "eyJhbGciOi.eyJzdWIiOiIx.c2lnbmF0dXJl"
+    assert redact(f"bad token {token} here") == "bad token <redacted token> here"
+
+
+@pytest.mark.azure_imds(ttl=3600)
+def test_async_entry_point_does_not_block_the_loop(make_provider, azure_imds):
+    provider = make_provider()
+    hold = azure_imds.hold()
+
+    async def main():
+        task = asyncio.create_task(provider.get_token_async(STORAGE))
+        while not hold.arrived.is_set():
+            await asyncio.sleep(0.01)
+        ticks = 0
+        for _ in range(5):  # the loop keeps running while the token request is held open
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not task.done()
+        hold.release()
+        first = await task
+        async with provider.as_async() as credential:
+            again = await credential.get_token(STORAGE)
+            info = await credential.get_token_info(STORAGE)
+        return ticks, first, again, info
+
+    ticks, first, again, info = asyncio.run(main())
+    assert ticks == 5
+    assert first.token == again.token == info.token
+
+
+@pytest.mark.azure_imds(ttl=3600)
+def test_azure_identity_cache_answer_is_not_a_failure(make_provider, azure_imds, caplog):
+    """Above 5 minutes left, azure-identity returns its cached token: we retry later, quietly."""
+    caplog.set_level(logging.INFO, logger="django_azure_mi")
+    provider = make_provider()
+    first = provider.get_token(STORAGE)
+    assert provider.refresh(wait=True) is False
+    assert provider.stats["failures"] == 0 and provider.last_error is None
+    assert azure_imds.request_count() == 1
+    assert provider.get_token(STORAGE).token == first.token
+    assert "refresh deferred" in caplog.text
+
+
+@pytest.mark.azure_imds(ttl=120)
+def test_claims_challenge_fetches_a_new_token(make_provider, azure_imds):
+    provider = make_provider()
+    first = provider.get_token(STORAGE)
+    second = provider.get_token(STORAGE, claims='{"access_token":{"nbf":{"essential":true}}}')
+    assert second.token != first.token
+    assert provider.get_token(STORAGE).token == second.token
+
+
+@pytest.mark.azure_imds(ttl=120)
+def test_subscribers_hear_every_new_token(make_provider, azure_imds):
+    provider = make_provider()
+    seen = []
+    unsubscribe = provider.subscribe(lambda info: seen.append(info.token))
+    provider.get_token(STORAGE)
+    assert provider.refresh(wait=True)
+    unsubscribe()
+    assert provider.refresh(wait=True)
+    assert len(seen) == 2 and seen[-1] != provider.get_token(STORAGE).token
+
+
+def test_custom_credential_path(settings, azure_imds):
+    settings.AZURE_MANAGED_IDENTITY = {"CREDENTIAL": "tests.test_tokens.emulator_credential"}
+    token = get_token_provider(STORAGE).get_token(STORAGE)
+    assert claims(token.token)["oid"] == azure_imds.object_id(None)
+
+
+def emulator_credential():
+    from azure.identity import ManagedIdentityCredential
+
+    return ManagedIdentityCredential()
+
+
+def test_emulator_callbacks_see_each_issued_token(azure_imds):
+    issued = []
+    unsubscribe = azure_imds.on_token(issued.append)
+    token = get_token_provider(STORAGE).get_token(STORAGE)
+    unsubscribe()
+    assert [i.token for i in issued] == [token.token]
+    assert issued[0].resource == STORAGE_RESOURCE
+    assert token.token not in repr(issued[0])
