@@ -511,13 +511,17 @@ class TokenProvider:
                 self._in_flight = True
                 self._slow_after = math.inf  # the worker is on it; callers need not poke
             try:
-                token = self._acquire()
-            except _StaleToken:
-                self._retry_when_upstream_cache_expires()
+                token: _Token | Exception = self._acquire()
             except Exception as exc:
-                self._record_failure(exc)
-            else:
+                token = exc
+            if self._closed:  # closed meanwhile: drop the outcome quietly
+                return
+            if isinstance(token, _Token):
                 self._install(token)
+            elif isinstance(token, _StaleToken):
+                self._retry_when_upstream_cache_expires()
+            else:
+                self._record_failure(token)
 
     def _acquire(self) -> _Token:
         if self._file is None:
