@@ -298,54 +298,53 @@ class TokenProvider:
         managed identities have one tenant and no CAE."""
         if scopes != self._scopes:
             return self._for_scopes(scopes).get_token(*scopes, claims=claims)
-        if claims:
-            return self._claims_challenge(claims).access
-        token = self._token
-        now = time.time()
-        if token is not None and now < token.usable_until:
-            self._hits += 1
-            if now >= self._slow_after:
-                self._poke()
-            return token.access
-        return self._wait(now).access
+        return (self._claims_challenge(claims) if claims else self._current()).access
 
     def get_token_info(self, *scopes: str, options: TokenRequestOptions | None = None) -> AccessTokenInfo:
         """Like :meth:`get_token`, returning ``AccessTokenInfo`` (with ``refresh_on``)."""
         if scopes != self._scopes:
             return self._for_scopes(scopes).get_token_info(*scopes, options=options)
-        if options and options.get("claims"):
-            return self._claims_challenge(options["claims"]).info
-        token = self._token
-        now = time.time()
-        if token is not None and now < token.usable_until:
-            self._hits += 1
-            if now >= self._slow_after:
-                self._poke()
-            return token.info
-        return self._wait(now).info
+        claims = options.get("claims") if options else None
+        return (self._claims_challenge(claims) if claims else self._current()).info
 
     async def get_token_async(self, *scopes: str, claims: str | None = None) -> AccessToken:
         """Async entry point: returns at once when cached, otherwise waits in a thread, not the loop."""
-        if scopes == self._scopes and not claims:
-            token = self._token
-            if token is not None and time.time() < token.usable_until and time.time() < self._slow_after:
-                self._hits += 1
-                return token.access
+        token = self._cached() if scopes == self._scopes and not claims else None
+        if token is not None:
+            return token.access
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, functools.partial(self.get_token, *scopes, claims=claims))
 
     async def get_token_info_async(
         self, *scopes: str, options: TokenRequestOptions | None = None
     ) -> AccessTokenInfo:
-        if scopes == self._scopes and not options:
-            token = self._token
-            if token is not None and time.time() < token.usable_until and time.time() < self._slow_after:
-                self._hits += 1
-                return token.info
+        token = self._cached() if scopes == self._scopes and not options else None
+        if token is not None:
+            return token.info
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             None, functools.partial(self.get_token_info, *scopes, options=options)
         )
+
+    def _current(self) -> _Token:
+        """The hot path: the cached token, poking the worker when a refresh is due; else wait for one."""
+        token = self._token
+        now = time.time()
+        if token is not None and now < token.usable_until:
+            self._hits += 1
+            if now >= self._slow_after:
+                self._poke()
+            return token
+        return self._wait(now)
+
+    def _cached(self) -> _Token | None:
+        """The cached token if it can be had without taking a lock or waiting (async fast path)."""
+        token = self._token
+        now = time.time()
+        if token is not None and now < token.usable_until and now < self._slow_after:
+            self._hits += 1
+            return token
+        return None
 
     def as_async(self) -> AsyncTokenProvider:
         """This provider as an ``azure.core`` ``AsyncTokenCredential`` (for ``.aio`` SDK clients)."""

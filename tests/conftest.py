@@ -16,6 +16,12 @@ VAULT = "https://vault.azure.net/.default"
 CLIENT_ID = "11111111-2222-3333-4444-555555555555"
 
 
+def pytest_report_header() -> str:
+    import django
+
+    return f"django: {django.get_version()}"
+
+
 def claims(token: str) -> dict[str, Any]:
     return jwt.decode(token, options={"verify_signature": False})
 
