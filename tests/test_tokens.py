@@ -301,3 +301,14 @@ def test_emulator_callbacks_see_each_issued_token(azure_imds):
     assert [i.token for i in issued] == [token.token]
     assert issued[0].resource == STORAGE_RESOURCE
     assert token.token not in repr(issued[0])
+
+
+def test_default_credential_reaches_managed_identity(settings, azure_imds, monkeypatch):
+    """CREDENTIAL="default" (DefaultAzureCredential) passes CLIENT_ID on to its managed-identity step."""
+    for name in ("AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+    settings.AZURE_MANAGED_IDENTITY = {"CREDENTIAL": "default", "CLIENT_ID": CLIENT_ID}
+    provider = get_token_provider(STORAGE)
+    assert provider.identity == f"DefaultAzureCredential (client_id={CLIENT_ID})"
+    assert claims(provider.get_token(STORAGE).token)["oid"] == azure_imds.object_id(CLIENT_ID)
+    assert provider._source == "default-credential"
