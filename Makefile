@@ -1,12 +1,13 @@
-# `make test` - everything CI runs: lint, types, the test suite on Django 5.2 and on Django 4.2.
+# `make test` - everything CI runs: lint, types, the test suite on Django 5.2, on Django 4.2, and the
+# Postgres tests on psycopg2.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test venv lint type pytest django42 bench clean
+.PHONY: test venv lint type pytest tox bench clean
 
-test: lint type pytest django42
+test: lint type pytest tox
 
 venv: $(STAMP)
 
@@ -26,11 +27,12 @@ type: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-django42: $(STAMP)
-	$(BIN)/tox run -e django42 -- $(PYTEST_ARGS)
+tox: $(STAMP)
+	$(BIN)/tox run -e django42,psycopg2 -- $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/tokens.py
+	$(BIN)/python benchmarks/postgres.py
 
 clean:
 	rm -rf $(VENV) .tox .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -8,6 +8,7 @@ from plain scripts.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import threading
@@ -219,3 +220,17 @@ def on_setting_changed(*, setting: str, **kwargs: Any) -> None:
     """``setting_changed`` receiver (connected in ``apps.py``): re-read the setting next time."""
     if setting == SETTING:
         clear_cache()
+
+
+def is_loopback(host: str | None) -> bool:
+    """True for hosts that never leave this machine: loopback names/addresses and Unix socket paths.
+    Bearer tokens may travel without TLS only to these."""
+    if not host:
+        return True  # libpq/redis default: the local socket
+    host = host.strip().strip("[]")
+    if host.startswith("/") or host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

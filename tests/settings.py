@@ -2,3 +2,4 @@ SECRET_KEY = "tests-only-not-secret"
 INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "django_azure_mi"]
 DATABASES: dict[str, dict[str, str]] = {}
 USE_TZ = True
+ROOT_URLCONF = "tests.urls"

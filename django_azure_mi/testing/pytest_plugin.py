@@ -1,5 +1,7 @@
 """pytest fixtures for apps using django-azure-mi (loaded automatically through the ``pytest11`` entry point).
 
+``azure_postgres``: a token-checking Postgres (TLS + scram) whose identity roles follow ``azure_imds``.
+
 ``azure_imds``: an :class:`~django_azure_mi.testing.imds.IMDSEmulator` started for the test, with the
 environment pointing the real azure-identity at it and django-azure-mi's process state reset before and
 after. Configure it with a marker::
@@ -17,6 +19,7 @@ import pytest
 
 if TYPE_CHECKING:
     from .imds import IMDSEmulator
+    from .postgres import PostgresStandIn
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -43,3 +46,31 @@ def azure_imds(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
             yield emulator
         finally:
             reset_state()
+
+
+@pytest.fixture(scope="session")
+def azure_postgres_server() -> Iterator[PostgresStandIn]:
+    """One token-checking Postgres cluster for the test session (see ``azure_postgres``)."""
+    from .postgres import PostgresStandIn
+
+    with PostgresStandIn() as server:
+        server.add_role("app-identity")
+        yield server
+
+
+@pytest.fixture
+def azure_postgres(
+    azure_postgres_server: PostgresStandIn, azure_imds: IMDSEmulator
+) -> Iterator[PostgresStandIn]:
+    """The session's token-checking Postgres, following this test's ``azure_imds``: the role
+    ``app-identity`` (system-assigned identity) logs in with the newest unexpired token issued for the
+    Postgres scope. ``azure_postgres.add_role(name, client_id=...)`` adds user-assigned identities."""
+    server = azure_postgres_server
+    server.reset_passwords()
+    detach = server.attach(azure_imds)
+    try:
+        yield server
+    finally:
+        detach()
+        server.reset_passwords()
+        server.terminate_sessions()

@@ -1,0 +1,371 @@
+"""The Postgres backend against a real token-checking Postgres (TLS + scram) and the real azure-identity."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import django
+import pytest
+from asgiref.local import Local
+from django.contrib.auth.models import User
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management import call_command
+from django.db import OperationalError, close_old_connections, connections
+from django.db.backends.postgresql.psycopg_any import is_psycopg3
+from django.test import RequestFactory
+from django.views.debug import technical_500_response
+
+from django_azure_mi import get_token_provider
+from django_azure_mi.backends.postgresql.client import DatabaseClient
+
+from .conftest import CLIENT_ID, claims, run_threads
+
+PG_SCOPE = "https://ossrdbms-aad.database.windows.net/.default"
+PG_RESOURCE = "https://ossrdbms-aad.database.windows.net"
+ROLE = "app-identity"
+needs_pool = pytest.mark.skipif(
+    django.VERSION < (5, 1) or not is_psycopg3, reason="Django's pool: Django >= 5.1 with psycopg 3"
+)
+if is_psycopg3:
+    import psycopg as driver
+else:
+    import psycopg2 as driver
+
+
+def _reset_connections() -> None:
+    for alias in list(connections.settings):
+        conn = connections[alias]
+        if hasattr(conn, "close_pool") and conn.alias in getattr(conn, "_connection_pools", {}):
+            conn.close_pool()
+        conn.close()
+    connections.__dict__.pop("settings", None)
+    connections._settings = None
+    connections._connections = Local(connections.thread_critical)
+
+
+@pytest.fixture
+def use_databases(azure_postgres, settings, django_db_blocker):
+    """use_databases(alias=settings_dict, ...) points Django's connections at the stand-in."""
+
+    def configure(**aliases):
+        _reset_connections()
+        settings.DATABASES = aliases
+        _reset_connections()
+        return connections
+
+    with django_db_blocker.unblock():
+        try:
+            yield configure
+        finally:
+            _reset_connections()
+
+
+def current_user(alias: str = "default") -> str:
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT current_user")
+        return cursor.fetchone()[0]
+
+
+def connect_raw(pg, token: str, user: str = ROLE):
+    return driver.connect(
+        host=pg.host,
+        port=pg.port,
+        dbname=pg.dbname,
+        user=user,
+        password=token,
+        sslmode="require",
+        connect_timeout=5,
+    )
+
+
+def test_orm_migrate_and_crud_over_tls(azure_postgres, use_databases):
+    use_databases(default=azure_postgres.database_settings(ROLE))
+    call_command("migrate", verbosity=0)
+    user = User.objects.create(username="alice")
+    user.first_name = "Alice"
+    user.save()
+    assert User.objects.get(username="alice").first_name == "Alice"
+    assert User.objects.filter(username="alice").delete()[0] == 1
+    assert current_user() == ROLE
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        assert cursor.fetchone()[0] is True
+    # The token never went into settings.
+    assert not connections["default"].settings_dict.get("PASSWORD")
+
+
+@pytest.mark.azure_imds(ttl=120)
+def test_rotation_new_connections_use_new_token_and_old_sessions_live(
+    azure_postgres, azure_imds, use_databases
+):
+    use_databases(default=azure_postgres.database_settings(ROLE))
+    provider = get_token_provider(PG_SCOPE)
+    assert current_user() == ROLE
+    old_token = provider.get_token(PG_SCOPE).token
+    old_session = connect_raw(azure_postgres, old_token)
+
+    assert provider.refresh(wait=True)  # rotation: the server now accepts only the new token
+    with pytest.raises(driver.OperationalError, match="password authentication failed"):
+        connect_raw(azure_postgres, old_token)
+    cursor = old_session.cursor()
+    cursor.execute("SELECT 1")
+    assert cursor.fetchone() == (1,)  # sessions outlive their token
+    old_session.close()
+
+    connections["default"].close()
+    assert current_user() == ROLE  # a new physical connection, with the new token
+
+
+@pytest.mark.azure_imds(ttl=120)
+def test_persistent_connections_across_rotation(azure_postgres, use_databases):
+    use_databases(default=azure_postgres.database_settings(ROLE, CONN_MAX_AGE=600, CONN_HEALTH_CHECKS=True))
+    assert current_user() == ROLE
+    first = connections["default"].connection
+    assert get_token_provider(PG_SCOPE).refresh(wait=True)
+    close_old_connections()  # end of request: the persistent connection stays
+    assert current_user() == ROLE and connections["default"].connection is first
+    azure_postgres.terminate_sessions(ROLE)  # a failover / restart drops it
+    close_old_connections()
+    assert current_user() == ROLE  # health check notices, reconnects with the new token
+    assert connections["default"].connection is not first
+
+
+@needs_pool
+@pytest.mark.azure_imds(ttl=120)
+def test_pool_opens_connections_with_the_current_token(azure_postgres, use_databases):
+    pool_options = {"min_size": 2, "max_size": 4, "max_lifetime": 1.0, "timeout": 10}
+    use_databases(
+        default=azure_postgres.database_settings(
+            ROLE, OPTIONS={"pool": pool_options}, CONN_HEALTH_CHECKS=True
+        )
+    )
+    provider = get_token_provider(PG_SCOPE)
+    assert current_user() == ROLE
+    connections["default"].close()  # back to the pool
+    pool = connections["default"].pool
+    opened = pool.get_stats()["connections_num"]
+
+    for _ in range(3):  # rotate; let max_lifetime recycle; then kill everything, as a failover would
+        # The stand-in accepts only the newest token, so a connection the pool opens in the background in
+        # the few ms between issue and install would fail (Azure accepts every unexpired token): settle.
+        settle(pool)
+        assert provider.refresh(wait=True)
+        time.sleep(1.2)
+        for _ in range(4):
+            assert current_user() == ROLE
+            connections["default"].close()
+        azure_postgres.terminate_sessions(ROLE)
+        for _ in range(4):
+            assert current_user() == ROLE
+            connections["default"].close()
+    stats = pool.get_stats()
+    assert stats["connections_num"] > opened + 3  # new physical connections were made after rotations
+    assert stats.get("connections_errors", 0) == 0  # and each signed in with the then-current token
+
+
+def settle(pool, timeout: float = 10.0) -> None:
+    """Wait until the pool prepares no connection in the background."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stats = pool.get_stats()
+        if stats.get("pool_available", 0) == stats.get("pool_size", 0) >= pool.min_size:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"pool did not settle: {pool.get_stats()}")
+
+
+@needs_pool
+def test_pool_with_psycopg_pool_too_old_is_refused(azure_postgres, use_databases, monkeypatch):
+    import psycopg_pool
+
+    monkeypatch.setattr(psycopg_pool, "__version__", "3.2.6")
+    use_databases(default=azure_postgres.database_settings(ROLE, OPTIONS={"pool": True}))
+    with pytest.raises(ImproperlyConfigured, match=r"psycopg-pool >= 3.3 \(found 3.2.6\)"):
+        connections["default"].get_connection_params()
+
+
+def test_two_aliases_with_their_own_identities(azure_postgres, azure_imds, use_databases):
+    azure_postgres.add_role("reader-identity", client_id=CLIENT_ID)
+    use_databases(
+        default=azure_postgres.database_settings(ROLE),
+        replica=azure_postgres.database_settings("reader-identity", client_id=CLIENT_ID),
+    )
+    assert current_user("default") == ROLE
+    assert current_user("replica") == "reader-identity"
+    oids = {claims(t.token)["oid"] for t in azure_imds.issued}
+    assert oids == {azure_imds.object_id(None), azure_imds.object_id(CLIENT_ID)}
+
+
+def test_assume_role_and_pgbouncer_settings_keep_working(azure_postgres, use_databases):
+    azure_postgres.execute(
+        "DO $$ BEGIN CREATE ROLE app_owner NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+    )
+    azure_postgres.execute(f'GRANT app_owner TO "{ROLE}"')
+    use_databases(
+        default=azure_postgres.database_settings(
+            ROLE, OPTIONS={"assume_role": "app_owner", "prepare_threshold": None}
+        )
+    )
+    assert current_user() == "app_owner"
+
+
+def test_cold_process_50_threads_one_imds_request(azure_postgres, azure_imds, use_databases):
+    use_databases(default=azure_postgres.database_settings(ROLE))
+
+    def work():
+        try:
+            return current_user()
+        finally:
+            connections["default"].close()
+
+    assert run_threads(50, work, timeout=60) == [ROLE] * 50
+    assert azure_imds.request_count(PG_RESOURCE) == 1
+
+
+def test_enabled_false_is_a_plain_password_backend(azure_postgres, use_databases, azure_imds):
+    azure_postgres.execute(
+        "DO $$ BEGIN CREATE ROLE local_dev LOGIN PASSWORD 'dev-password'; "
+        "EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+    )
+    settings_dict = azure_postgres.database_settings(
+        "local_dev", PASSWORD="dev-password", OPTIONS={"managed_identity": {"enabled": False}}
+    )
+    use_databases(default=settings_dict)
+    assert current_user() == "local_dev"
+    assert azure_imds.request_count() == 0
+
+
+def test_sslmode_defaults_to_require_off_loopback(azure_imds, use_databases):
+    use_databases(
+        default={
+            "ENGINE": "django_azure_mi.backends.postgresql",
+            "HOST": "srv.postgres.database.azure.com",
+            "NAME": "app",
+            "USER": ROLE,
+        }
+    )
+    params = connections["default"].get_connection_params()
+    assert params["sslmode"] == "require"
+    assert "managed_identity" not in params
+    assert params["password"] not in repr(params)
+
+
+@pytest.mark.parametrize(
+    ("settings_dict", "message"),
+    [
+        ({"PASSWORD": "hunter2"}, r"DATABASES\['default'\]\['PASSWORD'\] is set.*'enabled': False"),
+        ({"USER": ""}, r"DATABASES\['default'\]\['USER'\] is empty.*pgaadauth_create_principal"),
+        (
+            {"OPTIONS": {"sslmode": "prefer"}},
+            r"\['sslmode'\] = 'prefer' may send the access token unencrypted",
+        ),
+        ({"OPTIONS": {"sslmode": "disable"}}, r"\['sslmode'\] = 'disable'"),
+        ({"OPTIONS": {"managed_identity": {"clientid": "x"}}}, r"unknown key 'clientid'"),
+        (
+            {"OPTIONS": {"managed_identity": {"client_id": "my-identity"}}},
+            r"\['client_id'\] must be the client id",
+        ),
+        (
+            {"OPTIONS": {"managed_identity": {"scope": "ossrdbms"}}},
+            r"\['scope'\] = 'ossrdbms' is not a scope",
+        ),
+    ],
+)
+def test_misconfiguration_names_the_setting(azure_imds, use_databases, settings_dict, message):
+    base = {
+        "ENGINE": "django_azure_mi.backends.postgresql",
+        "HOST": "srv.postgres.database.azure.com",
+        "NAME": "app",
+        "USER": ROLE,
+    }
+    use_databases(default={**base, **settings_dict})
+    with pytest.raises(ImproperlyConfigured, match=message):
+        connections["default"].get_connection_params()
+
+
+def test_insecure_sslmode_is_fine_on_loopback(azure_postgres, use_databases):
+    use_databases(default=azure_postgres.database_settings(ROLE, OPTIONS={"sslmode": "prefer"}))
+    assert current_user() == ROLE
+
+
+def test_auth_failure_explains_without_the_token(azure_postgres, azure_imds, use_databases, caplog):
+    caplog.set_level(logging.DEBUG)
+    use_databases(default=azure_postgres.database_settings("App-Identity"))  # wrong case: no such role
+    with pytest.raises(OperationalError) as info:
+        current_user()
+    token = get_token_provider(PG_SCOPE).get_token(PG_SCOPE).token
+    message = str(info.value)
+    assert "'App-Identity'" in message and "system-assigned managed identity" in message
+    assert "pgaadauth_create_principal" in message and PG_SCOPE in message
+    assert f"oid={azure_imds.object_id(None)}" in message and f"aud={PG_RESOURCE}" in message
+    assert token not in message and token not in caplog.text
+
+
+def test_rejected_token_explains_without_the_token(azure_postgres, azure_imds, use_databases, caplog):
+    use_databases(default=azure_postgres.database_settings(ROLE))
+    token = get_token_provider(PG_SCOPE).get_token(PG_SCOPE).token
+    azure_postgres.set_password(ROLE, "something else")  # e.g. Entra auth not enabled for this principal
+    with pytest.raises(OperationalError, match="password authentication failed") as info:
+        current_user()
+    assert "Microsoft Entra authentication" in str(info.value)
+    assert token not in str(info.value) and token not in caplog.text
+
+
+@pytest.mark.parametrize("failure", ["auth", "unreachable"])
+def test_debug_page_does_not_show_the_token(azure_postgres, use_databases, settings, failure):
+    settings.DEBUG = True
+    settings_dict = azure_postgres.database_settings(ROLE)
+    if failure == "unreachable":
+        settings_dict["PORT"] = 1  # connection refused
+    use_databases(default=settings_dict)
+    token = get_token_provider(PG_SCOPE).get_token(PG_SCOPE).token
+    if failure == "auth":
+        azure_postgres.set_password(ROLE, "something else")
+    html = render_debug_page_of(current_user)  # the traceback starts there: no test locals in it
+    assert "OperationalError" in html
+    assert failure == "unreachable" or "rejected the Microsoft Entra token" in html
+    assert token not in html
+    assert token[:40] not in html
+
+
+def render_debug_page_of(fn) -> str:
+    try:
+        fn()
+    except OperationalError:
+        return technical_500_response(RequestFactory().get("/"), *sys.exc_info()).content.decode()
+    pytest.fail("the connection should have failed")
+
+
+def test_dbshell_gets_the_token_through_the_environment(azure_postgres, use_databases, capfd):
+    use_databases(default=azure_postgres.database_settings(ROLE))
+    token = get_token_provider(PG_SCOPE).get_token(PG_SCOPE).token
+    args, env = DatabaseClient.settings_to_cmd_args_env(
+        connections["default"].settings_dict, ["-c", "SELECT 1"]
+    )
+    assert env["PGPASSWORD"] == token
+    assert not any(token in arg for arg in args)
+    call_command("dbshell", "--", "-A", "-t", "-c", "SELECT current_user")
+    assert capfd.readouterr().out.strip() == ROLE
+
+
+def test_dbshell_defaults_sslmode_require_off_loopback(azure_imds, use_databases):
+    use_databases(
+        default={
+            "ENGINE": "django_azure_mi.backends.postgresql",
+            "HOST": "srv.postgres.database.azure.com",
+            "NAME": "app",
+            "USER": ROLE,
+        }
+    )
+    args, env = DatabaseClient.settings_to_cmd_args_env(connections["default"].settings_dict, [])
+    assert env["PGSSLMODE"] == "require"
+    assert "managed_identity" not in " ".join(args)
+
+
+@pytest.mark.skipif(is_psycopg3, reason="psycopg2 only")
+def test_psycopg2_pool_keeps_djangos_message(azure_postgres, use_databases):
+    use_databases(default=azure_postgres.database_settings(ROLE, OPTIONS={"pool": True}))
+    with pytest.raises(ImproperlyConfigured, match="Database pooling requires psycopg >= 3"):
+        connections["default"].get_connection_params()
