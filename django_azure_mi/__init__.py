@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 __all__ = ["TokenUnavailableError", "__version__", "get_token_provider"]
 
 if TYPE_CHECKING:
+    from .conf import Config
     from .tokens import TokenProvider, TokenUnavailableError
 
 _SOURCES = {"managed_identity": "imds", "workload_identity": "entra", "default": "default-credential"}
@@ -23,11 +24,28 @@ def get_token_provider(scope: str, client_id: str | None = None) -> TokenProvide
     (``AZURE_MANAGED_IDENTITY["CLIENT_ID"]``, else env ``AZURE_CLIENT_ID``, else system-assigned).
     The provider is an azure-core ``TokenCredential``: ``provider.get_token(scope)``.
     """
+    global _memo_config
+    from . import conf
+
+    config = conf.get_config()
+    if config is not _memo_config:  # settings changed (or first call): forget the shortcuts
+        _memo.clear()
+        _memo_config = config
+    provider = _memo.get((scope, client_id))
+    if provider is None or provider.closed:
+        provider = _memo[(scope, client_id)] = _build_provider(config, scope, client_id)
+    return provider
+
+
+_memo: dict[tuple[str, str | None], TokenProvider] = {}
+_memo_config: object = None
+
+
+def _build_provider(config: Config, scope: str, client_id: str | None) -> TokenProvider:
     import functools
 
     from . import conf, identity, tokens
 
-    config = conf.get_config()
     client_id = conf.validate_client_id(client_id, "get_token_provider(client_id=...)")
     key = identity.identity_key(config, client_id)
     identity.get_credential(key, config.timeout)  # misconfiguration fails here, in the caller's thread

@@ -372,6 +372,10 @@ class TokenProvider:
         return token.expires_on if token is not None else None
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def last_error(self) -> str | None:
         """The last upstream error (class and redacted message) since the last success, or None."""
         return self._last_error

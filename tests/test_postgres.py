@@ -369,3 +369,47 @@ def test_psycopg2_pool_keeps_djangos_message(azure_postgres, use_databases):
     use_databases(default=azure_postgres.database_settings(ROLE, OPTIONS={"pool": True}))
     with pytest.raises(ImproperlyConfigured, match="Database pooling requires psycopg >= 3"):
         connections["default"].get_connection_params()
+
+
+@pytest.mark.azure_imds(ttl=120)
+def test_sign_in_retries_once_when_the_token_rotated_meanwhile(
+    azure_postgres, azure_imds, use_databases, monkeypatch
+):
+    """Server already wants token 2 while the core still hands out token 1 (the response is held): the
+    first sign-in fails, the worker installs token 2, the backend retries once and gets in."""
+    import threading
+
+    from django.db.backends.postgresql import base as django_postgresql
+
+    use_databases(default=azure_postgres.database_settings(ROLE))
+    provider = get_token_provider(PG_SCOPE)
+    token1 = provider.get_token(PG_SCOPE).token
+    issued, go = threading.Event(), threading.Event()
+
+    def hold_response(token):  # runs after the stand-in made token 2 the password
+        if token.resource == PG_RESOURCE:
+            issued.set()
+            go.wait(10)
+
+    azure_imds.on_token(hold_response)
+    provider.refresh()
+    assert issued.wait(10)
+
+    tried = []
+    original = django_postgresql.DatabaseWrapper.get_new_connection
+
+    def sequenced(self, params):
+        tried.append(params["password"])
+        try:
+            return original(self, params)
+        except Exception:
+            if len(tried) == 1:  # first attempt refused: now let the rotation complete
+                go.set()
+                deadline = time.monotonic() + 10
+                while provider.get_token(PG_SCOPE).token == token1 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            raise
+
+    monkeypatch.setattr(django_postgresql.DatabaseWrapper, "get_new_connection", sequenced)
+    assert current_user() == ROLE
+    assert tried[0] == token1 and tried[1] != token1 and len(tried) == 2

@@ -131,9 +131,17 @@ class TokenConnectParams(dict[str, Any]):
 class DatabaseWrapper(postgresql.DatabaseWrapper):
     client_class = DatabaseClient
 
+    _pool_params: tuple[object, dict[str, Any]] | None = None
+
     def get_connection_params(self) -> dict[str, Any]:
-        params: dict[str, Any] = super().get_connection_params()
-        params.pop(OPTION, None)
+        pool = getattr(self, "_connection_pools", {}).get(self.alias)  # Django >= 5.1
+        if pool is not None:
+            # Django rebuilds the parameters on every checkout and the pool ignores them (it has its own,
+            # callable ones): build them once per pool.
+            if self._pool_params is None or self._pool_params[0] is not pool:
+                self._pool_params = (pool, self._plain_params())
+            return self._pool_params[1]
+        params = self._plain_params()
         identity = managed_identity(self.settings_dict, self.alias)
         if identity is None:
             return params
@@ -143,11 +151,19 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             _check_pool_version(self.alias)
         return TokenConnectParams(params, identity)
 
+    def _plain_params(self) -> dict[str, Any]:
+        params: dict[str, Any] = super().get_connection_params()
+        params.pop(OPTION, None)
+        return params
+
+    def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
+        if not isinstance(conn_params, TokenConnectParams):  # password alias, or a checkout from our pool
+            return super().get_new_connection(conn_params)
+        return self._connect_with_token(conn_params)
+
     @async_unsafe
     @sensitive_variables()
-    def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
-        if not isinstance(conn_params, TokenConnectParams) or self.pool:
-            return super().get_new_connection(conn_params)
+    def _connect_with_token(self, conn_params: TokenConnectParams) -> Any:
         params = conn_params()
         try:
             return super().get_new_connection(params)
