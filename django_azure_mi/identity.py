@@ -22,6 +22,8 @@ _KEY = f"{SETTING}['CREDENTIAL']"
 
 # Each HTTP try to the identity endpoint: connect within this many seconds (azure-identity's IMDS default).
 CONNECTION_TIMEOUT = 2.0
+# Retries inside one attempt (azure-core's policy: 404/410/429/5xx, Retry-After): tries at 0, 0, 1, 2 s.
+ATTEMPT_RETRY: dict[str, Any] = {"retry_total": 3, "retry_backoff_factor": 0.5, "retry_backoff_max": 8}
 
 
 @dataclass(frozen=True)
@@ -71,10 +73,13 @@ def get_credential(key: IdentityKey, timeout: float) -> TokenCredential:
 
 def build_credential(key: IdentityKey, timeout: float) -> TokenCredential:
     """A new azure-identity credential for ``key``; every HTTP try is bounded by ``timeout``."""
-    # Transport timeouts reach azure-core's RequestsTransport through the credential's kwargs.
+    # Transport timeouts reach azure-core's RequestsTransport through the credential's kwargs. The token core
+    # retries failed attempts on its own schedule for as long as the process lives, so each attempt only
+    # retries briefly (azure-identity's IMDS default makes one attempt last ~25 s).
     transport: dict[str, Any] = {
         "connection_timeout": min(CONNECTION_TIMEOUT, timeout),
         "read_timeout": timeout,
+        **ATTEMPT_RETRY,
     }
     authority = key.authority_host
     if key.credential == "managed_identity":

@@ -1,6 +1,9 @@
 """Local Azure stand-ins for tests - ours, the demo's and our users'.
 
 * :mod:`django_azure_mi.testing.imds` - the identity endpoint (IMDS / App Service), issuing real-looking JWTs.
+* :mod:`django_azure_mi.testing.postgres` - a token-checking Postgres (TLS + scram).
+* :mod:`django_azure_mi.testing.redis` - redis-server with ACLs behind an enforcer that closes connections
+  whose token expired, like Azure.
 
 The pytest plugin (``django_azure_mi.testing.pytest_plugin``, registered through the ``pytest11`` entry
 point) provides the ``azure_imds`` fixture.
@@ -16,3 +19,8 @@ def reset_state() -> None:
     tokens.reset()
     identity.clear_cache()
     conf.clear_cache()
+    try:
+        from .. import cache
+    except ImportError:  # redis / django-redis not installed
+        return
+    cache.reset()

@@ -1,5 +1,7 @@
 """pytest fixtures for apps using django-azure-mi (loaded automatically through the ``pytest11`` entry point).
 
+``azure_redis``: redis-server with ACLs behind an enforcer that closes connections whose token expired.
+
 ``azure_postgres``: a token-checking Postgres (TLS + scram) whose identity roles follow ``azure_imds``.
 
 ``azure_imds``: an :class:`~django_azure_mi.testing.imds.IMDSEmulator` started for the test, with the
@@ -20,6 +22,7 @@ import pytest
 if TYPE_CHECKING:
     from .imds import IMDSEmulator
     from .postgres import PostgresStandIn
+    from .redis import RedisStandIn
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -74,3 +77,29 @@ def azure_postgres(
         detach()
         server.reset_passwords()
         server.terminate_sessions()
+
+
+@pytest.fixture(scope="session")
+def azure_redis_server() -> Iterator[RedisStandIn]:
+    """One token-checking Redis (with its enforcer) for the test session (see ``azure_redis``)."""
+    from .redis import RedisStandIn
+
+    with RedisStandIn() as server:
+        yield server
+
+
+@pytest.fixture
+def azure_redis(azure_redis_server: RedisStandIn, azure_imds: IMDSEmulator) -> Iterator[RedisStandIn]:
+    """The session's token-checking Redis, following this test's ``azure_imds``: the system-assigned
+    identity's object id is a user whose passwords are the unexpired Redis-scope tokens issued to it.
+    ``azure_redis.url`` (rediss://) and ``azure_redis.ca_file`` configure clients; ``closed_connections``
+    counts the connections the enforcer closed because their token expired."""
+    server = azure_redis_server
+    server.reset()
+    server.add_identity(azure_imds.object_id())
+    detach = server.attach(azure_imds)
+    try:
+        yield server
+    finally:
+        detach()
+        server.reset()

@@ -1,0 +1,346 @@
+"""A token-checking Redis that behaves like Azure Cache for Redis / Azure Managed Redis with Entra auth.
+
+``redis-server`` on a free loopback port with ACLs: the default user is off, ``admin`` is the harness's, and
+each registered identity has a user named by its object id whose passwords are exactly the unexpired tokens
+the :class:`~django_azure_mi.testing.imds.IMDSEmulator` issued to it for the Redis scope (added when issued,
+removed when they expire).
+
+In front of it, an **enforcer**: a TLS-terminating, RESP-aware proxy that reads every ``AUTH`` and
+``HELLO … AUTH`` a client sends, remembers the ``exp`` of the token the connection last authenticated
+with, and closes the connection when that token expires - as Azure does unless the client re-AUTHs with a
+fresh token in time.
+``closed_connections`` counts the connections it had to close.
+
+    with RedisStandIn() as redis:
+        redis.add_identity(imds.object_id())
+        redis.attach(imds)
+        LOCATION = redis.url            # rediss://127.0.0.1:PORT/0 ; CA in redis.ca_file
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import jwt
+
+from .certs import TLSFiles, make_tls_files
+from .imds import IMDSEmulator, IssuedToken
+from .postgres import free_port
+
+REDIS_RESOURCE = "https://redis.azure.com"
+
+
+class RedisStandIn:
+    """See the module docstring. Context manager; thread-safe."""
+
+    def __init__(self, *, resource: str = REDIS_RESOURCE, tls: bool = True) -> None:
+        self.resource = resource
+        self.tls_enabled = tls
+        self.host = "127.0.0.1"
+        self.admin_password = uuid.uuid4().hex
+        self.closed_connections = 0  # connections the enforcer closed because their token expired
+        self.auth_count = 0  # AUTH/HELLO-AUTH commands seen with a token
+        self._lock = threading.Lock()
+        self._users: set[str] = set()
+        self._conns: dict[socket.socket, float] = {}  # client socket -> expiry of its token (inf: none)
+        self._tmp: str | None = None
+        self._server: subprocess.Popen[bytes] | None = None
+        self._listener: socket.socket | None = None
+        self._stopping = threading.Event()
+        self._timers: list[threading.Timer] = []
+        self.tls: TLSFiles | None = None
+        self.redis_port = 0
+        self.port = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def url(self) -> str:
+        """The enforcer's URL for clients (``rediss://`` unless ``tls=False``)."""
+        return f"{'rediss' if self.tls_enabled else 'redis'}://{self.host}:{self.port}/0"
+
+    @property
+    def ca_file(self) -> str:
+        assert self.tls is not None
+        return self.tls.ca_file
+
+    def start(self) -> RedisStandIn:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not os.path.exists(binary):
+            raise RuntimeError("redis-server not found: install Redis 7 (Debian: redis-server).")
+        self._tmp = tempfile.mkdtemp(prefix="django-azure-mi-redis-")
+        self.tls = make_tls_files(os.path.join(self._tmp, "tls"))
+        self.redis_port = free_port()
+        self._server = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self._tmp,
+                "--logfile",
+                os.path.join(self._tmp, "redis.log"),
+                "--maxclients",
+                "1000",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection((self.host, self.redis_port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or self._server.poll() is not None:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.05)
+        self._bootstrap_acl()
+        self._listener = socket.create_server((self.host, 0))
+        self.port = self._listener.getsockname()[1]
+        self._context: ssl.SSLContext | None = None
+        if self.tls_enabled:
+            self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self._context.load_cert_chain(self.tls.cert_file, self.tls.key_file)
+        threading.Thread(target=self._accept_loop, name="redis-enforcer", daemon=True).start()
+        threading.Thread(target=self._expiry_loop, name="redis-enforcer-expiry", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for timer in self._timers:
+            timer.cancel()
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.close()
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            _close(conn)
+        if self._server is not None:
+            self._server.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._server.wait(5)
+            if self._server.poll() is None:
+                self._server.kill()
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> RedisStandIn:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ ACL users and tokens
+
+    def admin(self) -> Any:
+        """A redis-py client to the real server as ``admin`` (not through the enforcer)."""
+        import redis
+
+        return redis.Redis(
+            host=self.host, port=self.redis_port, username="admin", password=self.admin_password
+        )
+
+    def _bootstrap_acl(self) -> None:
+        import redis
+
+        bootstrap = redis.Redis(host=self.host, port=self.redis_port)  # default user, no password, once
+        admin = ("ACL", "SETUSER", "admin", "on", f">{self.admin_password}", "~*", "&*", "+@all")
+        bootstrap.execute_command(*admin)  # type: ignore[no-untyped-call]
+        bootstrap.execute_command("ACL", "SETUSER", "default", "off", "resetpass", "nopass")  # type: ignore[no-untyped-call]
+        bootstrap.close()
+
+    def add_identity(self, object_id: str) -> None:
+        """Give an identity access (Azure: a data access policy assignment for its object id)."""
+        with self._lock:
+            self._users.add(object_id)
+        self.admin().execute_command("ACL", "SETUSER", object_id, "on", "resetpass", "~*", "&*", "+@all")
+
+    def attach(self, imds: IMDSEmulator) -> Callable[[], None]:
+        """Accept the Redis-scope tokens ``imds`` issues to registered identities. Returns a "
+        "detach function."""
+        return imds.on_token(self._on_token)
+
+    def _on_token(self, issued: IssuedToken) -> None:
+        if issued.resource.rstrip("/") != self.resource.rstrip("/"):
+            return
+        user = issued.identity.object_id
+        with self._lock:
+            if user not in self._users:
+                return
+        self.admin().execute_command("ACL", "SETUSER", user, f">{issued.token}")
+        delay = max(0.0, issued.expires_on - time.time())
+        timer = threading.Timer(delay, self._expire_token, args=(user, issued.token))
+        timer.daemon = True
+        timer.start()
+        self._timers.append(timer)
+
+    def _expire_token(self, user: str, token: str) -> None:
+        if not self._stopping.is_set():
+            with contextlib.suppress(Exception):
+                self.admin().execute_command("ACL", "SETUSER", user, f"<{token}")
+
+    def reset(self) -> None:
+        """Between tests: drop every token password, close every client, zero the counters."""
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        with self._lock:
+            users = list(self._users)
+            conns = list(self._conns)
+        admin = self.admin()
+        for user in users:
+            admin.execute_command("ACL", "SETUSER", user, "resetpass")
+        admin.flushall()
+        for conn in conns:
+            _close(conn)
+        with self._lock:
+            self.closed_connections = 0
+            self.auth_count = 0
+
+    @property
+    def client_count(self) -> int:
+        with self._lock:
+            return len(self._conns)
+
+    # ------------------------------------------------------------------ the enforcer
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        while not self._stopping.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, raw_client: socket.socket) -> None:
+        try:
+            client = self._context.wrap_socket(raw_client, server_side=True) if self._context else raw_client
+            upstream = socket.create_connection((self.host, self.redis_port))
+        except (OSError, ssl.SSLError):
+            _close(raw_client)
+            return
+        with self._lock:
+            self._conns[client] = float("inf")
+        threading.Thread(target=self._pump, args=(upstream, client, None), daemon=True).start()
+        self._pump(client, upstream, _CommandReader())
+
+    def _pump(self, src: socket.socket, dst: socket.socket, reader: _CommandReader | None) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if reader is not None:
+                    for command in reader.feed(data):
+                        self._observe(src, command)
+                dst.sendall(data)
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            _close(src)
+            _close(dst)
+            with self._lock:
+                self._conns.pop(src, None)
+                self._conns.pop(dst, None)
+
+    def _observe(self, client: socket.socket, command: list[bytes]) -> None:
+        """Note the expiry of the token an AUTH / HELLO … AUTH carries (if it is one the server accepts)."""
+        name = command[0].upper() if command else b""
+        if name == b"AUTH" and len(command) >= 2:
+            token = command[-1]
+        elif name == b"HELLO" and b"AUTH" in (arg.upper() for arg in command):
+            index = [arg.upper() for arg in command].index(b"AUTH")
+            if len(command) < index + 3:
+                return
+            token = command[index + 2]
+        else:
+            return
+        try:
+            exp = float(jwt.decode(token, options={"verify_signature": False})["exp"])
+        except (jwt.PyJWTError, KeyError, TypeError, ValueError):
+            return  # a password, not a token: no expiry
+        with self._lock:
+            self.auth_count += 1
+            if exp > time.time() and client in self._conns:
+                self._conns[client] = exp
+
+    def _expiry_loop(self) -> None:
+        while not self._stopping.wait(0.02):
+            now = time.time()
+            with self._lock:
+                expired = [conn for conn, exp in self._conns.items() if exp <= now]
+                for conn in expired:
+                    del self._conns[conn]
+                self.closed_connections += len(expired)
+            for conn in expired:
+                _close(conn)
+
+
+class _CommandReader:
+    """Incremental parser of client → server RESP: arrays of bulk strings, and inline commands."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[list[bytes]]:
+        self._buf += data
+        commands: list[list[bytes]] = []
+        while True:
+            parsed = self._parse_one()
+            if parsed is None:
+                return commands
+            commands.append(parsed)
+
+    def _parse_one(self) -> list[bytes] | None:
+        buf = self._buf
+        if not buf:
+            return None
+        end = buf.find(b"\r\n")
+        if end < 0:
+            return None
+        if buf[0:1] != b"*":  # inline command
+            line = bytes(buf[:end])
+            del buf[: end + 2]
+            return line.split()
+        count = int(buf[1:end])
+        pos = end + 2
+        args = []
+        for _ in range(count):
+            end = buf.find(b"\r\n", pos)
+            if end < 0 or buf[pos : pos + 1] != b"$":
+                return None
+            length = int(buf[pos + 1 : end])
+            start = end + 2
+            if len(buf) < start + length + 2:
+                return None
+            args.append(bytes(buf[start : start + length]))
+            pos = start + length + 2
+        del buf[:pos]
+        return args
+
+
+def _close(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        sock.close()
