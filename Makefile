@@ -33,6 +33,7 @@ tox: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/tokens.py
 	$(BIN)/python benchmarks/postgres.py
+	$(BIN)/python benchmarks/redis.py
 
 clean:
 	rm -rf $(VENV) .tox .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -20,7 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Run as a script, Python puts benchmarks/ first on sys.path, where redis.py would shadow the redis package.
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [str(HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 import django
 from django.conf import settings
@@ -28,11 +30,11 @@ from django.conf import settings
 settings.configure(INSTALLED_APPS=["django_azure_mi"], AZURE_MANAGED_IDENTITY={})
 django.setup()
 
-from azure.identity import ManagedIdentityCredential  # noqa: E402
+from azure.identity import ManagedIdentityCredential
 
-from django_azure_mi import get_token_provider  # noqa: E402
-from django_azure_mi.testing import reset_state  # noqa: E402
-from django_azure_mi.testing.imds import Fault, IMDSEmulator  # noqa: E402
+from django_azure_mi import get_token_provider
+from django_azure_mi.testing import reset_state
+from django_azure_mi.testing.imds import Fault, IMDSEmulator
 
 SCOPE = "https://storage.azure.com/.default"
 

@@ -327,6 +327,12 @@ class EntraConnectionMixin:
 
     def entra_reauth(self) -> None:
         """AUTH again with the current token if it is newer than the one this connection used."""
+        if getattr(self, "_connect_callbacks", None) and str(getattr(self, "protocol", 2)) != "3":
+            # A RESP2 pub/sub connection (redis-py registered a resubscribe callback): Redis refuses AUTH
+            # while subscribed. Azure closes it at expiry; redis-py reconnects with a fresh token and
+            # resubscribes. (RESP3 allows AUTH while subscribed: those re-AUTH like any other.)
+            self._entra_due = float("inf")
+            return
         now = time.time()
         try:
             token = self.entra.token()

@@ -14,6 +14,7 @@ import pytest
 from django.core.cache import caches
 from django.core.exceptions import ImproperlyConfigured
 from redis.exceptions import AuthenticationError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from django_azure_mi import cache as entra_cache
 from django_azure_mi import get_token_provider
@@ -23,7 +24,7 @@ REDIS_RESOURCE = "https://redis.azure.com"
 BACKENDS = ["django-redis", "builtin"]
 
 
-def cache_settings(server, backend: str, **identity) -> dict:
+def cache_settings(server, backend: str, pool_kwargs: dict | None = None, **identity) -> dict:
     if backend == "django-redis":
         return {
             "BACKEND": "django_redis.cache.RedisCache",
@@ -31,20 +32,20 @@ def cache_settings(server, backend: str, **identity) -> dict:
             "OPTIONS": {
                 "CONNECTION_FACTORY": "django_azure_mi.cache.EntraConnectionFactory",
                 "MANAGED_IDENTITY": identity,
-                "CONNECTION_POOL_KWARGS": {"ssl_ca_certs": server.ca_file},
+                "CONNECTION_POOL_KWARGS": {"ssl_ca_certs": server.ca_file, **(pool_kwargs or {})},
             },
         }
     return {
         "BACKEND": "django_azure_mi.cache.RedisCache",
         "LOCATION": server.url,
-        "OPTIONS": {"MANAGED_IDENTITY": identity, "ssl_ca_certs": server.ca_file},
+        "OPTIONS": {"MANAGED_IDENTITY": identity, "ssl_ca_certs": server.ca_file, **(pool_kwargs or {})},
     }
 
 
 @pytest.fixture
 def use_cache(azure_redis, settings):
-    def configure(backend: str, **identity):
-        settings.CACHES = {"default": cache_settings(azure_redis, backend, **identity)}
+    def configure(backend: str, pool_kwargs: dict | None = None, **identity):
+        settings.CACHES = {"default": cache_settings(azure_redis, backend, pool_kwargs, **identity)}
         return caches["default"]
 
     return configure
@@ -314,3 +315,36 @@ def test_no_token_in_logs(use_cache, backend, azure_redis, azure_imds, caplog):
     cache.get("k")
     for issued in azure_imds.issued:
         assert issued.token not in caplog.text
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+@pytest.mark.azure_imds(ttl=4)
+def test_pubsub_on_an_entra_pool_survives_token_expiry(use_cache, azure_redis, protocol):
+    """RESP3 subscribed connections re-AUTH like any other. On RESP2 Redis refuses AUTH while subscribed, so
+    they are left alone: Azure closes them at expiry, redis-py reconnects and resubscribes. Either way
+    messages keep arriving and commands on the subscribed connection never fail."""
+    cache = use_cache("django-redis", pool_kwargs={"protocol": protocol})
+    client = cache.client.get_client()
+    pubsub = client.pubsub()
+    pubsub.subscribe("news")
+    assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+    received = []
+    deadline = time.monotonic() + 12
+    n = 0
+    while time.monotonic() < deadline:  # spans at least two token lifetimes
+        n += 1
+        client.publish("news", str(n))
+        try:
+            if n % 3 == 0:
+                pubsub.subscribe(f"more-{n}")  # a command on the subscribed connection itself
+            message = pubsub.get_message(timeout=0.5)
+        except RedisConnectionError:  # the enforcer closed it at expiry: redis-py reconnects on the next call
+            continue
+        while message:  # drain what arrived
+            if message["type"] == "message" and message["channel"] == b"news":
+                received.append(int(message["data"]))
+            message = pubsub.get_message(timeout=0.01)
+        time.sleep(0.05)
+    pubsub.close()
+    assert received and received[-1] >= n - 3  # still receiving at the end
+    assert n > 40

@@ -212,6 +212,9 @@ class RedisStandIn:
         admin.flushall()
         for conn in conns:
             _close(conn)
+        self.reset_counters()
+
+    def reset_counters(self) -> None:
         with self._lock:
             self.closed_connections = 0
             self.auth_count = 0
