@@ -4,12 +4,18 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+AZURITE := tools/azurite/node_modules/.bin/azurite-blob
 
 .PHONY: test venv lint type pytest tox bench clean
 
 test: lint type pytest tox
 
-venv: $(STAMP)
+venv: $(STAMP) $(AZURITE)
+
+# Azurite (the storage stand-in), pinned by tools/azurite/package-lock.json
+$(AZURITE): tools/azurite/package-lock.json
+	cd tools/azurite && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,16 +30,18 @@ lint: $(STAMP)
 type: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) $(AZURITE)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-tox: $(STAMP)
+tox: $(STAMP) $(AZURITE)
 	$(BIN)/tox run -e django42,psycopg2 -- $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/tokens.py
 	$(BIN)/python benchmarks/postgres.py
 	$(BIN)/python benchmarks/redis.py
+	$(BIN)/python benchmarks/storage.py
 
 clean:
-	rm -rf $(VENV) .tox .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .tox .pytest_cache .mypy_cache .ruff_cache *.egg-info tools/azurite/node_modules
+

@@ -2,6 +2,7 @@
 
 * :mod:`django_azure_mi.testing.imds` - the identity endpoint (IMDS / App Service), issuing real-looking JWTs.
 * :mod:`django_azure_mi.testing.postgres` - a token-checking Postgres (TLS + scram).
+* :mod:`django_azure_mi.testing.azurite` - Azurite with OAuth over HTTPS.
 * :mod:`django_azure_mi.testing.redis` - redis-server with ACLs behind an enforcer that closes connections
   whose token expired, like Azure.
 
@@ -11,6 +12,8 @@ point) provides the ``azure_imds`` fixture.
 
 from __future__ import annotations
 
+import importlib
+
 
 def reset_state() -> None:
     """Forget every token provider, credential and cached setting of this process (between tests)."""
@@ -19,8 +22,9 @@ def reset_state() -> None:
     tokens.reset()
     identity.clear_cache()
     conf.clear_cache()
-    try:
-        from .. import cache
-    except ImportError:  # redis / django-redis not installed
-        return
-    cache.reset()
+    for module in ("cache", "storage"):  # adapters whose extras may not be installed
+        try:
+            adapter = importlib.import_module(f"django_azure_mi.{module}")
+        except ImportError:
+            continue
+        adapter.reset()

@@ -1,5 +1,7 @@
 """pytest fixtures for apps using django-azure-mi (loaded automatically through the ``pytest11`` entry point).
 
+``azure_storage``: Azurite with OAuth over HTTPS, checking the tokens ``azure_imds`` issues.
+
 ``azure_redis``: redis-server with ACLs behind an enforcer that closes connections whose token expired.
 
 ``azure_postgres``: a token-checking Postgres (TLS + scram) whose identity roles follow ``azure_imds``.
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from .azurite import AzuriteStandIn
     from .imds import IMDSEmulator
     from .postgres import PostgresStandIn
     from .redis import RedisStandIn
@@ -103,3 +106,20 @@ def azure_redis(azure_redis_server: RedisStandIn, azure_imds: IMDSEmulator) -> I
     finally:
         detach()
         server.reset()
+
+
+@pytest.fixture(scope="session")
+def azure_storage_server() -> Iterator[AzuriteStandIn]:
+    """One Azurite (OAuth, HTTPS) for the test session (see ``azure_storage``)."""
+    from .azurite import AzuriteStandIn
+
+    with AzuriteStandIn() as server:
+        yield server
+
+
+@pytest.fixture
+def azure_storage(azure_storage_server: AzuriteStandIn, azure_imds: IMDSEmulator) -> AzuriteStandIn:
+    """Azurite accepting this test's ``azure_imds`` tokens. ``azure_storage.storage_options(container)`` gives
+    ``STORAGES[...]["OPTIONS"]`` for AzureManagedIdentityStorage (the container must exist: create it with
+    ``storage.client.create_container()``)."""
+    return azure_storage_server

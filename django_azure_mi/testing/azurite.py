@@ -1,0 +1,170 @@
+"""Azurite (the Azure Storage emulator) with OAuth over HTTPS: a local Blob endpoint checking bearer tokens.
+
+Runs ``azurite-blob --oauth basic`` with a generated certificate on a free loopback port, data in a temp dir.
+Azurite checks a token's issuer prefix, audience (``https://storage.azure.com`` or the account URL), nbf/exp
+and iat (not its signature), and user delegation keys need the ``oid`` and ``tid`` claims: the tokens of
+:class:`~django_azure_mi.testing.imds.IMDSEmulator` satisfy it. ``--debug`` logs each operation, which
+:meth:`AzuriteStandIn.operation_count` reads (e.g. how many user delegation keys were requested).
+
+The npm package: ``AZURITE_BIN``, else this repository's ``tools/azurite`` (``npm ci`` there), else
+``azurite-blob`` on PATH (``npm install -g azurite``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .certs import TLSFiles, make_tls_files
+from .postgres import free_port
+
+ACCOUNT = "devstoreaccount1"
+
+
+def find_azurite() -> str:
+    candidates = [
+        os.environ.get("AZURITE_BIN", ""),
+        str(
+            Path(__file__).resolve().parents[2]
+            / "tools"
+            / "azurite"
+            / "node_modules"
+            / ".bin"
+            / "azurite-blob"
+        ),
+        shutil.which("azurite-blob") or "",
+    ]
+    for candidate in candidates:
+        if candidate and os.path.exists(candidate):
+            return candidate
+    raise RuntimeError(
+        "azurite-blob not found: run `npm ci` in tools/azurite (make does it), `npm install -g azurite`, "
+        "or set AZURITE_BIN."
+    )
+
+
+class AzuriteStandIn:
+    """See the module docstring. Context manager."""
+
+    def __init__(self, *, account: str = ACCOUNT) -> None:
+        self.account = account
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.tls: TLSFiles | None = None
+        self._tmp: str | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def account_url(self) -> str:
+        """Path-style account URL: ``https://127.0.0.1:PORT/devstoreaccount1``."""
+        return f"https://{self.host}:{self.port}/{self.account}"
+
+    @property
+    def ca_file(self) -> str:
+        assert self.tls is not None
+        return self.tls.ca_file
+
+    @property
+    def debug_log(self) -> str:
+        assert self._tmp
+        return os.path.join(self._tmp, "debug.log")
+
+    def start(self) -> AzuriteStandIn:
+        binary = find_azurite()
+        self._tmp = tempfile.mkdtemp(prefix="django-azure-mi-azurite-")
+        self.tls = make_tls_files(os.path.join(self._tmp, "tls"))
+        self.port = free_port()
+        data = os.path.join(self._tmp, "data")
+        os.makedirs(data)
+        self._proc = subprocess.Popen(
+            [
+                binary,
+                "--blobHost",
+                self.host,
+                "--blobPort",
+                str(self.port),
+                "--location",
+                data,
+                "--oauth",
+                "basic",
+                "--cert",
+                self.tls.cert_file,
+                "--key",
+                self.tls.key_file,
+                "--skipApiVersionCheck",
+                "--loose",
+                "--debug",
+                self.debug_log,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection((self.host, self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                if self._proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"azurite did not start ({binary})") from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+            self._proc = None
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def __enter__(self) -> AzuriteStandIn:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def operation_count(self, operation: str = "Service_GetUserDelegationKey") -> int:
+        """How many times Azurite logged ``Operation=<operation>`` (each request is logged once)."""
+        try:
+            with open(self.debug_log, errors="replace") as fh:
+                return len(re.findall(rf"Operation={re.escape(operation)}\b", fh.read()))
+        except FileNotFoundError:
+            return 0
+
+    def settled_count(
+        self, operation: str = "Service_GetUserDelegationKey", quiet: float = 0.5, timeout: float = 10.0
+    ) -> int:
+        """:meth:`operation_count` once Azurite's (asynchronous) debug log has stopped growing for ``quiet``
+        seconds - count after the requests you made have been logged."""
+        deadline = time.monotonic() + timeout
+        size, since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            current = os.path.getsize(self.debug_log) if os.path.exists(self.debug_log) else 0
+            if current != size:
+                size, since = current, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                break
+            time.sleep(0.05)
+        return self.operation_count(operation)
+
+    def storage_options(self, container: str = "media", **extra: Any) -> dict[str, Any]:
+        """``STORAGES[...]["OPTIONS"]`` for our backend against this Azurite."""
+        options: dict[str, Any] = {
+            "account_url": self.account_url,
+            "azure_container": container,
+            "client_options": {"connection_verify": self.ca_file},
+        }
+        options.update(extra)
+        return options
