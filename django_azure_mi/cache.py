@@ -84,14 +84,7 @@ def parse_options(raw: Any, where: str) -> EntraSettings:
     username = raw.get("USERNAME") or None
     if username is not None and not isinstance(username, str):
         raise ImproperlyConfigured(f"{where}['USERNAME'] must be the identity's object id (a string).")
-    client_id = conf.validate_client_id(raw.get("CLIENT_ID"), f"{where}['CLIENT_ID']")
-    scope = raw.get("SCOPE") or conf.get_config().cloud.redis_scope
-    if not isinstance(scope, str) or not scope.startswith("https://"):
-        raise ImproperlyConfigured(
-            f"{where}['SCOPE'] = {scope!r} is not a scope; the default for "
-            "AZURE_MANAGED_IDENTITY['CLOUD'] is "
-            f"{conf.get_config().cloud.redis_scope!r}."
-        )
+    client_id, scope = conf.adapter_identity(raw, "redis", where, keys=("CLIENT_ID", "SCOPE"))
     return EntraSettings(username, client_id, scope)
 
 

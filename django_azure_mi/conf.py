@@ -234,3 +234,21 @@ def is_loopback(host: str | None) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def adapter_identity(
+    options: dict[str, Any], service: str, where: str, keys: tuple[str, str] = ("client_id", "scope")
+) -> tuple[str | None, str]:
+    """An adapter's per-connection identity options: ``(client_id, scope)``, with the configured cloud's
+    default scope for ``service`` ("postgres", "redis", "storage", "keyvault"). ``where`` names the option
+    dict in errors, e.g. ``"DATABASES['default']['OPTIONS']['managed_identity']"``; ``keys`` its key names."""
+    client_key, scope_key = keys
+    client_id = validate_client_id(options.get(client_key), f"{where}['{client_key}']")
+    default: str = getattr(get_config().cloud, f"{service}_scope")
+    scope = options.get(scope_key) or default
+    if not isinstance(scope, str) or not scope.startswith("https://"):
+        raise ImproperlyConfigured(
+            f"{where}['{scope_key}'] = {scope!r} is not a scope; the default for "
+            f"AZURE_MANAGED_IDENTITY['CLOUD'] is {default!r}."
+        )
+    return client_id, scope

@@ -192,8 +192,7 @@ class AzureManagedIdentityStorage(AzureStorage):  # type: ignore[misc]
             raise ImproperlyConfigured(
                 f"{WHERE}['managed_identity'] must be a dict with 'client_id' and/or 'scope'."
             )
-        client_id = conf.validate_client_id(raw.get("client_id"), f"{WHERE}['managed_identity']['client_id']")
-        self.scope = raw.get("scope") or conf.get_config().cloud.storage_scope
+        client_id, self.scope = conf.adapter_identity(raw, "storage", f"{WHERE}['managed_identity']")
         self._resolve_account()
         if self.expiration_secs and self.expiration_secs > (KEY_LIFETIME - KEY_BACKDATE).total_seconds():
             raise ImproperlyConfigured(

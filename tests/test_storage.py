@@ -175,6 +175,8 @@ def test_no_token_in_logs(make_storage, caplog):
         ({"account_url": "http://acct.blob.core.windows.net"}, "only over https"),
         ({"expiration_secs": 8 * 86400}, "cannot outlive its user delegation key"),
         ({"managed_identity": {"clientid": "x"}}, "'client_id' and/or 'scope'"),
+        ({"managed_identity": {"scope": "storage"}}, r"\['scope'\] = 'storage' is not a scope"),
+        ({"managed_identity": {"client_id": "my-app"}}, r"\['client_id'\] must be the client id"),
     ],
 )
 def test_misconfiguration_names_the_setting(azure_imds, options, message):
@@ -201,3 +203,41 @@ def test_concurrent_saves(make_storage):
     storage = make_storage()
     names = run_threads(8, lambda: storage.save(f"c/{threading.get_ident()}.txt", ContentFile(b"z")))
     assert all(storage.exists(n) for n in names)
+
+
+def test_delegation_key_is_renewed_in_the_background(make_storage, azure_storage):
+    import dataclasses
+    from datetime import datetime, timezone
+
+    storage = make_storage(expiration_secs=300)
+    storage.save("b.txt", ContentFile(b"renewed"))
+    storage.url("a.txt")
+    first = storage._keys._key
+    # Pretend the key reached its renewal point: url() keeps using it and renews it in the background.
+    storage._keys._key = dataclasses.replace(first, renew_at=datetime.now(timezone.utc))
+    assert "sig=" in storage.url("b.txt")
+    deadline = time.monotonic() + 10
+    while storage._keys._key.start == first.start and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert storage._keys.requests == 2
+    assert storage._keys._key.expiry > first.expiry
+    response = requests.get(storage.url("b.txt"), verify=azure_storage.ca_file, timeout=10)
+    assert response.content == b"renewed"  # signed with the new key
+
+
+def test_django_storages_options_keep_working(make_storage, azure_storage):
+    storage = make_storage(
+        location="site",
+        overwrite_files=True,
+        cache_control="max-age=60",
+        object_parameters={"content_language": "en"},
+    )
+    name = storage.save("a.txt", ContentFile(b"1"))
+    assert storage.save("a.txt", ContentFile(b"2")) == name  # overwrite_files
+    blob = storage.client.get_blob_client("site/a.txt").get_blob_properties()
+    assert blob.content_settings.cache_control == "max-age=60"
+    assert blob.content_settings.content_language == "en"
+    with storage.open(name) as fh:
+        assert fh.read() == b"2"
+    cdn = make_storage(custom_domain="cdn.example.com")
+    assert cdn.url("x.txt").startswith("https://cdn.example.com/")

@@ -97,13 +97,7 @@ def managed_identity(settings_dict: dict[str, Any], alias: str) -> ManagedIdenti
             "Remove it (this backend defaults to 'require' off loopback) or use 'verify-full' with "
             "'sslrootcert'."
         )
-    client_id = conf.validate_client_id(raw.get("client_id"), f"{where}['OPTIONS']['{OPTION}']['client_id']")
-    scope = raw.get("scope") or conf.get_config().cloud.postgres_scope
-    if not isinstance(scope, str) or not scope.startswith("https://"):
-        raise ImproperlyConfigured(
-            f"{where}['OPTIONS']['{OPTION}']['scope'] = {scope!r} is not a scope; the default for "
-            f"AZURE_MANAGED_IDENTITY['CLOUD'] is {conf.get_config().cloud.postgres_scope!r}."
-        )
+    client_id, scope = conf.adapter_identity(raw, "postgres", f"{where}['OPTIONS']['{OPTION}']")
     return ManagedIdentity(alias, user, host, str(settings_dict.get("PORT") or ""), client_id, scope)
 
 
