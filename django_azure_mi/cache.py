@@ -151,9 +151,8 @@ class EntraAuth:
         oid = self.claims(token).get("oid")
         if not oid:
             raise ImproperlyConfigured(
-                f"The token for {self.settings.scope} has no oid claim; set "
-                f"OPTIONS['{OPTION}']['USERNAME'] to "
-                "the identity's object id."
+                f"The token for {self.settings.scope} has no oid claim; "
+                f"set OPTIONS['{OPTION}']['USERNAME'] to the identity's object id."
             )
         return str(oid)
 

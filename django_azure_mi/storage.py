@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -127,6 +128,18 @@ def delegation_keys(account_url: str, identity: str) -> DelegationKeys:
 def reset() -> None:
     with _keys_lock:
         _keys.clear()
+
+
+def _after_fork_in_child() -> None:
+    """Locks held at fork stay held in the child, and a renewal thread does not survive it."""
+    global _keys_lock
+    _keys_lock = threading.Lock()
+    for keys in _keys.values():
+        keys._lock = threading.Lock()
+        keys._renewing = False
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _explained(exc: HttpResponseError, action: str) -> HttpResponseError:

@@ -241,3 +241,42 @@ def test_django_storages_options_keep_working(make_storage, azure_storage):
         assert fh.read() == b"2"
     cdn = make_storage(custom_domain="cdn.example.com")
     assert cdn.url("x.txt").startswith("https://cdn.example.com/")
+
+
+def test_signed_urls_after_fork(make_storage, azure_storage):
+    import json
+    import os
+
+    storage = make_storage(expiration_secs=300)
+    storage.save("fork.txt", ContentFile(b"forked"))
+    storage.url("fork.txt")
+    holder_ready, release = threading.Event(), threading.Event()
+
+    def hold_key_lock():  # fork while another thread holds the key cache's lock
+        with storage._keys._lock:
+            holder_ready.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_key_lock)
+    holder.start()
+    assert holder_ready.wait(5)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            storage._keys._key = None  # cold in the child: must take the (new) lock
+            url = storage.url("fork.txt")
+            ok = requests.get(url, verify=azure_storage.ca_file, timeout=10).content == b"forked"
+            result = {"ok": ok}
+        except Exception as exc:
+            result = {"ok": False, "error": repr(exc)}
+        with os.fdopen(write_fd, "w") as out:
+            json.dump(result, out)
+        os._exit(0)
+    os.close(write_fd)
+    release.set()
+    holder.join()
+    with os.fdopen(read_fd) as inp:
+        result = json.load(inp)
+    os.waitpid(pid, 0)
+    assert result == {"ok": True}
