@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+import os
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -75,3 +77,23 @@ def run_threads(n: int, target: Callable[[], Any], timeout: float = 30) -> list[
         t.join(timeout)
     assert not any(t.is_alive() for t in threads), "threads did not finish"
     return results
+
+
+def in_child(fn) -> dict:
+    """Fork; run ``fn`` in the child; return the JSON it produced (or the child's error)."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(read_fd)
+        try:
+            result = {"ok": True, **fn()}
+        except BaseException as exc:
+            result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        with os.fdopen(write_fd, "w") as out:
+            json.dump(result, out)
+        os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as inp:
+        data = inp.read()
+    os.waitpid(pid, 0)
+    return json.loads(data)

@@ -4,9 +4,7 @@ token expired (like Azure), with the real azure-identity talking to the IMDS emu
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import threading
 import time
 
@@ -18,6 +16,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from django_azure_mi import cache as entra_cache
 from django_azure_mi import get_token_provider
+
+from .conftest import in_child
 
 REDIS_SCOPE = "https://redis.azure.com/.default"
 REDIS_RESOURCE = "https://redis.azure.com"
@@ -216,22 +216,12 @@ def test_async_view_uses_the_cache(use_cache, backend, azure_redis):
 def test_fork_then_use(use_cache, azure_redis):
     cache = use_cache("django-redis")
     cache.set("before-fork", 1)
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            cache.set("child", 2)
-            result = {"ok": cache.get("child") == 2 and cache.get("before-fork") == 1}
-        except Exception as exc:
-            result = {"ok": False, "error": repr(exc)}
-        with os.fdopen(write_fd, "w") as out:
-            json.dump(result, out)
-        os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd) as inp:
-        result = json.load(inp)
-    os.waitpid(pid, 0)
-    assert result == {"ok": True}
+
+    def child():
+        cache.set("child", 2)
+        return {"child": cache.get("child"), "before_fork": cache.get("before-fork")}
+
+    assert in_child(child) == {"ok": True, "child": 2, "before_fork": 1}
     assert cache.get("child") == 2  # the parent's pool still works
 
 

@@ -25,6 +25,13 @@ from .conftest import CLIENT_ID, claims, run_threads
 PG_SCOPE = "https://ossrdbms-aad.database.windows.net/.default"
 PG_RESOURCE = "https://ossrdbms-aad.database.windows.net"
 ROLE = "app-identity"
+# An Azure server we never connect to: for settings checks only.
+REMOTE = {
+    "ENGINE": "django_azure_mi.backends.postgresql",
+    "HOST": "srv.postgres.database.azure.com",
+    "NAME": "app",
+    "USER": ROLE,
+}
 needs_pool = pytest.mark.skipif(
     django.VERSION < (5, 1) or not is_psycopg3, reason="Django's pool: Django >= 5.1 with psycopg 3"
 )
@@ -239,12 +246,7 @@ def test_enabled_false_is_a_plain_password_backend(azure_postgres, use_databases
 
 def test_sslmode_defaults_to_require_off_loopback(azure_imds, use_databases):
     use_databases(
-        default={
-            "ENGINE": "django_azure_mi.backends.postgresql",
-            "HOST": "srv.postgres.database.azure.com",
-            "NAME": "app",
-            "USER": ROLE,
-        }
+        default=dict(REMOTE)  # Django setdefault()s into settings dicts
     )
     params = connections["default"].get_connection_params()
     assert params["sslmode"] == "require"
@@ -274,13 +276,7 @@ def test_sslmode_defaults_to_require_off_loopback(azure_imds, use_databases):
     ],
 )
 def test_misconfiguration_names_the_setting(azure_imds, use_databases, settings_dict, message):
-    base = {
-        "ENGINE": "django_azure_mi.backends.postgresql",
-        "HOST": "srv.postgres.database.azure.com",
-        "NAME": "app",
-        "USER": ROLE,
-    }
-    use_databases(default={**base, **settings_dict})
+    use_databases(default={**REMOTE, **settings_dict})
     with pytest.raises(ImproperlyConfigured, match=message):
         connections["default"].get_connection_params()
 
@@ -352,12 +348,7 @@ def test_dbshell_gets_the_token_through_the_environment(azure_postgres, use_data
 
 def test_dbshell_defaults_sslmode_require_off_loopback(azure_imds, use_databases):
     use_databases(
-        default={
-            "ENGINE": "django_azure_mi.backends.postgresql",
-            "HOST": "srv.postgres.database.azure.com",
-            "NAME": "app",
-            "USER": ROLE,
-        }
+        default=dict(REMOTE)  # Django setdefault()s into settings dicts
     )
     args, env = DatabaseClient.settings_to_cmd_args_env(connections["default"].settings_dict, [])
     assert env["PGSSLMODE"] == "require"

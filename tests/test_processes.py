@@ -15,27 +15,7 @@ import pytest
 
 from django_azure_mi import get_token_provider
 
-from .conftest import STORAGE, STORAGE_RESOURCE, claims
-
-
-def _in_child(fn) -> dict:
-    """Fork; run ``fn`` in the child; return the JSON it produced (or the child's error)."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        os.close(read_fd)
-        try:
-            result = {"ok": True, **fn()}
-        except BaseException as exc:
-            result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        with os.fdopen(write_fd, "w") as out:
-            json.dump(result, out)
-        os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd) as inp:
-        data = inp.read()
-    os.waitpid(pid, 0)
-    return json.loads(data)
+from .conftest import STORAGE, STORAGE_RESOURCE, claims, in_child
 
 
 @pytest.mark.azure_imds(ttl=120)
@@ -68,7 +48,7 @@ def test_child_after_fork_refreshes_with_its_own_worker(azure_imds):
         }
 
     try:
-        result = _in_child(child)
+        result = in_child(child)
     finally:
         release.set()
         holder.join()
@@ -90,7 +70,7 @@ def test_child_cold_provider_after_fork(azure_imds):
     def child():
         return {"oid": claims(provider.get_token(STORAGE).token)["oid"]}
 
-    result = _in_child(child)
+    result = in_child(child)
     assert result == {"ok": True, "oid": azure_imds.object_id(None)}
 
 

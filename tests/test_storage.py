@@ -18,7 +18,7 @@ from django.core.files.storage import default_storage
 from django_azure_mi import get_token_provider
 from django_azure_mi.storage import AzureManagedIdentityStorage
 
-from .conftest import run_threads
+from .conftest import in_child, run_threads
 from .testapp.models import Document
 
 STORAGE_SCOPE = "https://storage.azure.com/.default"
@@ -244,9 +244,6 @@ def test_django_storages_options_keep_working(make_storage, azure_storage):
 
 
 def test_signed_urls_after_fork(make_storage, azure_storage):
-    import json
-    import os
-
     storage = make_storage(expiration_secs=300)
     storage.save("fork.txt", ContentFile(b"forked"))
     storage.url("fork.txt")
@@ -260,23 +257,15 @@ def test_signed_urls_after_fork(make_storage, azure_storage):
     holder = threading.Thread(target=hold_key_lock)
     holder.start()
     assert holder_ready.wait(5)
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            storage._keys._key = None  # cold in the child: must take the (new) lock
-            url = storage.url("fork.txt")
-            ok = requests.get(url, verify=azure_storage.ca_file, timeout=10).content == b"forked"
-            result = {"ok": ok}
-        except Exception as exc:
-            result = {"ok": False, "error": repr(exc)}
-        with os.fdopen(write_fd, "w") as out:
-            json.dump(result, out)
-        os._exit(0)
-    os.close(write_fd)
-    release.set()
-    holder.join()
-    with os.fdopen(read_fd) as inp:
-        result = json.load(inp)
-    os.waitpid(pid, 0)
-    assert result == {"ok": True}
+
+    def child():
+        storage._keys._key = None  # cold in the child: must take the (new) lock
+        url = storage.url("fork.txt")
+        return {"content": requests.get(url, verify=azure_storage.ca_file, timeout=10).text}
+
+    try:
+        result = in_child(child)
+    finally:
+        release.set()
+        holder.join()
+    assert result == {"ok": True, "content": "forked"}
