@@ -188,6 +188,7 @@ def build_config(raw: Any, environ: os._Environ[str] | dict[str, str] | None = N
 
 _lock = threading.Lock()
 _cached: Config | None = None
+_unconfigured: Config | None = None
 
 
 def get_config() -> Config:
@@ -195,25 +196,24 @@ def get_config() -> Config:
     global _cached
     config = _cached
     if config is None:
+        from django.conf import settings
+
+        if not settings.configured:  # plain scripts, or settings.py itself running: defaults + env,
+            global _unconfigured  # kept apart so the real setting is read once settings exist
+            if _unconfigured is None:
+                _unconfigured = build_config(None)
+            return _unconfigured
         with _lock:
             if _cached is None:
-                _cached = build_config(_raw_setting())
+                _cached = build_config(getattr(settings, SETTING, None))
             config = _cached
     return config
 
 
-def _raw_setting() -> Any:
-    from django.conf import settings
-
-    if not settings.configured:
-        return None
-    return getattr(settings, SETTING, None)
-
-
 def clear_cache() -> None:
-    global _cached
+    global _cached, _unconfigured
     with _lock:
-        _cached = None
+        _cached = _unconfigured = None
 
 
 def on_setting_changed(*, setting: str, **kwargs: Any) -> None:

@@ -3,6 +3,7 @@
 * :mod:`django_azure_mi.testing.imds` - the identity endpoint (IMDS / App Service), issuing real-looking JWTs.
 * :mod:`django_azure_mi.testing.postgres` - a token-checking Postgres (TLS + scram).
 * :mod:`django_azure_mi.testing.azurite` - Azurite with OAuth over HTTPS.
+* :mod:`django_azure_mi.testing.keyvault` - Key Vault secrets over HTTPS with the 401-challenge flow.
 * :mod:`django_azure_mi.testing.redis` - redis-server with ACLs behind an enforcer that closes connections
   whose token expired, like Azure.
 
@@ -22,7 +23,7 @@ def reset_state() -> None:
     tokens.reset()
     identity.clear_cache()
     conf.clear_cache()
-    for module in ("cache", "storage"):  # adapters whose extras may not be installed
+    for module in ("cache", "storage", "keyvault"):  # adapters whose extras may not be installed
         try:
             adapter = importlib.import_module(f"django_azure_mi.{module}")
         except ImportError:

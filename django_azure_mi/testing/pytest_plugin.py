@@ -24,6 +24,7 @@ import pytest
 if TYPE_CHECKING:
     from .azurite import AzuriteStandIn
     from .imds import IMDSEmulator
+    from .keyvault import KeyVaultStandIn
     from .postgres import PostgresStandIn
     from .redis import RedisStandIn
 
@@ -123,3 +124,32 @@ def azure_storage(azure_storage_server: AzuriteStandIn, azure_imds: IMDSEmulator
     ``STORAGES[...]["OPTIONS"]`` for AzureManagedIdentityStorage (the container must exist: create it with
     ``storage.client.create_container()``)."""
     return azure_storage_server
+
+
+@pytest.fixture(scope="session")
+def azure_keyvault_server() -> Iterator[KeyVaultStandIn]:
+    """One Key Vault stand-in (HTTPS) for the test session (see ``azure_keyvault``)."""
+    from .keyvault import KeyVaultStandIn
+
+    with KeyVaultStandIn() as server:
+        yield server
+
+
+@pytest.fixture
+def azure_keyvault(
+    azure_keyvault_server: KeyVaultStandIn, azure_imds: IMDSEmulator, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[KeyVaultStandIn]:
+    """The session's Key Vault stand-in, accepting this test's ``azure_imds`` vault tokens, with the
+    system-assigned identity granted read access and ``AZURE_KEY_VAULT_URL`` pointing at it (and
+    ``REQUESTS_CA_BUNDLE`` at its CA). Add secrets with ``azure_keyvault.set_secret(name, value)``."""
+    server = azure_keyvault_server
+    server.reset()
+    detach = server.attach(azure_imds)
+    server.grant(azure_imds.object_id())
+    monkeypatch.setenv("AZURE_KEY_VAULT_URL", server.url)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", server.ca_file)
+    try:
+        yield server
+    finally:
+        detach()
+        server.reset()
