@@ -8,8 +8,11 @@ class DjangoAzureMIConfig(AppConfig):
     verbose_name = "Azure Managed Identity"
 
     def ready(self) -> None:
+        from django.core import checks
         from django.core.signals import setting_changed
 
+        from . import checks as our_checks
         from . import conf
 
         setting_changed.connect(conf.on_setting_changed, dispatch_uid="django_azure_mi.conf")
+        checks.register(our_checks.check_settings, "django_azure_mi")

@@ -41,7 +41,6 @@ from urllib.parse import urlsplit
 import jwt
 import redis
 from django.core.cache.backends.redis import RedisCache as DjangoRedisCache
-from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import AuthenticationError
@@ -50,6 +49,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from . import conf, get_token_provider
+from .conf import SettingError
 from .tokens import TokenProvider, TokenUnavailableError, describe_error
 
 logger = logging.getLogger("django_azure_mi.cache")
@@ -73,17 +73,17 @@ def parse_options(raw: Any, where: str) -> EntraSettings:
     where = f"{where}['{OPTION}']"
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
-        raise ImproperlyConfigured(
-            f"{where} must be a dict such as {{'USERNAME': '<object id of the identity>'}}."
+        raise SettingError(
+            "E020", f"{where} must be a dict such as {{'USERNAME': '<object id of the identity>'}}."
         )
     unknown = sorted(set(raw) - set(OPTION_KEYS))
     if unknown:
-        raise ImproperlyConfigured(
-            f"{where} has unknown key {unknown[0]!r}; allowed: {', '.join(OPTION_KEYS)}."
+        raise SettingError(
+            "E020", f"{where} has unknown key {unknown[0]!r}; allowed: {', '.join(OPTION_KEYS)}."
         )
     username = raw.get("USERNAME") or None
     if username is not None and not isinstance(username, str):
-        raise ImproperlyConfigured(f"{where}['USERNAME'] must be the identity's object id (a string).")
+        raise SettingError("E020", f"{where}['USERNAME'] must be the identity's object id (a string).")
     client_id, scope = conf.adapter_identity(raw, "redis", where, keys=("CLIENT_ID", "SCOPE"))
     return EntraSettings(username, client_id, scope)
 
@@ -92,17 +92,19 @@ def check_location(url: str, where: str) -> None:
     """No credentials in the URL; TLS (``rediss://``) unless the host is loopback."""
     parts = urlsplit(url)
     if parts.username or parts.password:
-        raise ImproperlyConfigured(
+        raise SettingError(
+            "E021",
             f"{where} has credentials in the URL ({parts.scheme}://…@{parts.hostname}) while the "
             "cache signs in "
-            "with a managed identity. Remove them: the identity's object id and token are sent instead."
+            "with a managed identity. Remove them: the identity's object id and token are sent instead.",
         )
     if parts.scheme == "redis" and not conf.is_loopback(parts.hostname):
-        raise ImproperlyConfigured(
+        raise SettingError(
+            "E022",
             f"{where} uses redis:// (no TLS) to {parts.hostname}: the access token would travel "
             "in clear text. "
             f"Use rediss://{parts.hostname}:{parts.port or 6380}/… (Azure Cache for Redis: port 6380; Azure "
-            "Managed Redis: 10000)."
+            "Managed Redis: 10000).",
         )
 
 
@@ -150,9 +152,10 @@ class EntraAuth:
             return self.settings.username
         oid = self.claims(token).get("oid")
         if not oid:
-            raise ImproperlyConfigured(
+            raise SettingError(
+                "E020",
                 f"The token for {self.settings.scope} has no oid claim; "
-                f"set OPTIONS['{OPTION}']['USERNAME'] to the identity's object id."
+                f"set OPTIONS['{OPTION}']['USERNAME'] to the identity's object id.",
             )
         return str(oid)
 
@@ -402,10 +405,11 @@ def _pool_class(configured: Any, where: str) -> type[EntraConnectionPool]:
         return EntraConnectionPool
     if isinstance(cls, type) and issubclass(cls, EntraConnectionPool):
         return cls
-    raise ImproperlyConfigured(
+    raise SettingError(
+        "E023",
         f"{where} is {configured!r}; with a managed identity the pool must be "
         "redis.ConnectionPool or a subclass "
-        "of django_azure_mi.cache.EntraConnectionPool (it re-AUTHs idle connections)."
+        "of django_azure_mi.cache.EntraConnectionPool (it re-AUTHs idle connections).",
     )
 
 
@@ -424,16 +428,17 @@ class EntraConnectionFactory(_DjangoRedisFactory):  # type: ignore[misc]
 
     def __init__(self, options: dict[str, Any]) -> None:
         if _DjangoRedisFactory is object:
-            raise ImproperlyConfigured(
-                "EntraConnectionFactory needs django-redis: pip install 'django-azure-mi[redis]'"
+            raise SettingError(
+                "E025", "EntraConnectionFactory needs django-redis: pip install 'django-azure-mi[redis]'"
             )
         where = "CACHES[…]['OPTIONS']"
         for key in ("PASSWORD", "USERNAME"):
             if options.get(key):
-                raise ImproperlyConfigured(
+                raise SettingError(
+                    "E021",
                     f"{where}['{key}'] is set while the cache signs in with a managed identity. "
                     "Remove it; put the "
-                    f"identity's object id in {where}['{OPTION}']['USERNAME'] if needed."
+                    f"identity's object id in {where}['{OPTION}']['USERNAME'] if needed.",
                 )
         super().__init__(options)
         self.pool_cls = _pool_class(options.get("CONNECTION_POOL_CLASS"), f"{where}['CONNECTION_POOL_CLASS']")

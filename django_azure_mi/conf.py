@@ -90,8 +90,17 @@ class Config:
     timeout: float
 
 
-def _error(key: str, problem: str, fix: str) -> ImproperlyConfigured:
-    return ImproperlyConfigured(f"{SETTING}[{key!r}] {problem}. {fix}")
+class SettingError(ImproperlyConfigured):
+    """A misconfiguration, with the id ``manage.py check`` reports it under (``django_azure_mi.E0xx``).
+    The message names the setting and, after its first sentence, the fix."""
+
+    def __init__(self, check_id: str, message: str) -> None:
+        super().__init__(message)
+        self.check_id = check_id
+
+
+def _error(key: str, problem: str, fix: str) -> SettingError:
+    return SettingError("E001", f"{SETTING}[{key!r}] {problem}. {fix}")
 
 
 def validate_client_id(value: Any, where: str) -> str | None:
@@ -99,11 +108,12 @@ def validate_client_id(value: Any, where: str) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str) or not _GUID.match(value.strip()):
-        raise ImproperlyConfigured(
+        raise SettingError(
+            "E002",
             f"{where} must be the client id (a GUID like 00000000-0000-0000-0000-000000000000) of a "
             f"user-assigned managed identity, got {value!r}. Find it with "
             "`az identity show -n NAME -g GROUP --query clientId`, or leave it unset for the "
-            "system-assigned identity."
+            "system-assigned identity.",
         )
     return value.strip()
 
@@ -114,9 +124,10 @@ def build_config(raw: Any, environ: os._Environ[str] | dict[str, str] | None = N
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ImproperlyConfigured(
+        raise SettingError(
+            "E001",
             f"{SETTING} must be a dict, got {type(raw).__name__}. Example: "
-            f'{SETTING} = {{"CREDENTIAL": "managed_identity"}}'
+            f'{SETTING} = {{"CREDENTIAL": "managed_identity"}}',
         )
     unknown = sorted(set(raw) - set(DEFAULTS), key=str)
     if unknown:
@@ -247,8 +258,9 @@ def adapter_identity(
     default: str = getattr(get_config().cloud, f"{service}_scope")
     scope = options.get(scope_key) or default
     if not isinstance(scope, str) or not scope.startswith("https://"):
-        raise ImproperlyConfigured(
+        raise SettingError(
+            "E005",
             f"{where}['{scope_key}'] = {scope!r} is not a scope; the default for "
-            f"AZURE_MANAGED_IDENTITY['CLOUD'] is {default!r}."
+            f"AZURE_MANAGED_IDENTITY['CLOUD'] is {default!r}.",
         )
     return client_id, scope

@@ -9,14 +9,14 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from azure.core.credentials import TokenCredential
-from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
-from .conf import SETTING, Config
+from .conf import SETTING, Config, SettingError
 
 _KEY = f"{SETTING}['CREDENTIAL']"
 
@@ -93,11 +93,12 @@ def build_credential(key: IdentityKey, timeout: float) -> TokenCredential:
         if not (key.client_id or os.environ.get("AZURE_CLIENT_ID")):
             missing.append("AZURE_CLIENT_ID")
         if missing:
-            raise ImproperlyConfigured(
+            raise SettingError(
+                "E004",
                 f'{_KEY} is "workload_identity" but {", ".join(missing)} '
                 f"{'is' if len(missing) == 1 else 'are'} not set. On AKS, label the pod "
                 "azure.workload.identity/use=true and annotate its service account with the identity's "
-                "client id; elsewhere use CREDENTIAL='managed_identity' or 'default'."
+                "client id; elsewhere use CREDENTIAL='managed_identity' or 'default'.",
             )
         return WorkloadIdentityCredential(client_id=key.client_id, authority=authority, **transport)
     if key.credential == "default":
@@ -112,21 +113,33 @@ def build_credential(key: IdentityKey, timeout: float) -> TokenCredential:
     return _custom_credential(key.credential)
 
 
-def _custom_credential(path: str) -> TokenCredential:
+def import_factory(path: str) -> Callable[[], Any]:
+    """Import a dotted-path ``CREDENTIAL`` without calling it (also used by the system checks)."""
     try:
         factory = import_string(path)
     except ImportError as exc:
-        raise ImproperlyConfigured(
+        raise SettingError(
+            "E003",
             f'{_KEY} = {path!r} cannot be imported ({exc}). Use "managed_identity", '
-            '"workload_identity", "default" or the dotted path of a zero-argument callable.'
+            '"workload_identity", "default" or the dotted path of a zero-argument callable.',
         ) from exc
     if not callable(factory):
-        raise ImproperlyConfigured(f"{_KEY} = {path!r} is not callable.")
+        raise SettingError(
+            "E003",
+            f"{_KEY} = {path!r} is not callable. Point it at a zero-argument function or class that "
+            "returns an azure.core TokenCredential.",
+        )
+    return factory  # type: ignore[no-any-return]
+
+
+def _custom_credential(path: str) -> TokenCredential:
+    factory = import_factory(path)
     credential = factory()
     if not callable(getattr(credential, "get_token", None)):
-        raise ImproperlyConfigured(
+        raise SettingError(
+            "E003",
             f"{_KEY} = {path!r} returned {type(credential).__name__}, which has no "
-            "get_token(); it must return an azure.core.credentials.TokenCredential."
+            "get_token(); it must return an azure.core.credentials.TokenCredential.",
         )
     return credential  # type: ignore[no-any-return]
 

@@ -25,9 +25,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
-from django.core.exceptions import ImproperlyConfigured
-
 from . import conf
+from .conf import SettingError
 
 if TYPE_CHECKING:
     from azure.keyvault.secrets import KeyVaultSecret, SecretClient
@@ -46,8 +45,11 @@ class _Missing:
 MISSING: Final = _Missing()
 
 
-class SecretError(ImproperlyConfigured):
+class SecretError(SettingError):
     """A secret could not be read; the message names the secret, the source and the fix."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("E040", message)
 
 
 @dataclass(frozen=True)
@@ -255,12 +257,7 @@ def _get(
 
 
 def _client(url: str, config: conf.Config, timeout: float | None) -> SecretClient:
-    parts = urlsplit(url)
-    if parts.scheme != "https" or not parts.hostname:
-        raise SecretError(
-            f"{VAULT_URL_ENV}={url!r} is not an https URL. Use the vault's URI, e.g. "
-            "https://my-vault.vault.azure.net (az keyvault show -n NAME --query properties.vaultUri)."
-        )
+    check_url(url)
     key = (url, config, timeout)
     with _lock:
         client = _clients.get(key)
@@ -276,7 +273,7 @@ def _client(url: str, config: conf.Config, timeout: float | None) -> SecretClien
         url,
         credential=provider,
         # a vault on 127.0.0.1 (the stand-in) cannot match the challenge's vault.azure.net
-        verify_challenge_resource=not conf.is_loopback(parts.hostname),
+        verify_challenge_resource=not conf.is_loopback(urlsplit(url).hostname),
         connection_timeout=min(5.0, read_timeout),
         read_timeout=read_timeout,
         retry_total=0 if timeout else 3,
@@ -285,6 +282,16 @@ def _client(url: str, config: conf.Config, timeout: float | None) -> SecretClien
     with _lock:
         client = _clients.setdefault(key, client)
     return client
+
+
+def check_url(url: str) -> None:
+    """``AZURE_KEY_VAULT_URL`` must be an https URL (the system checks call this too)."""
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise SecretError(
+            f"{VAULT_URL_ENV}={url!r} is not an https URL. Use the vault's URI, e.g. "
+            "https://my-vault.vault.azure.net (az keyvault show -n NAME --query properties.vaultUri)."
+        )
 
 
 def _identity_label(config: conf.Config) -> str:

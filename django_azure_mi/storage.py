@@ -32,11 +32,11 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from azure.core.exceptions import HttpResponseError
 from azure.storage.blob import BlobSasPermissions, UserDelegationKey, generate_blob_sas
-from django.core.exceptions import ImproperlyConfigured
 from django.utils.deconstruct import deconstructible
 from storages.backends.azure_storage import AzureStorage
 
 from . import conf, get_token_provider
+from .conf import SettingError
 from .tokens import TokenProvider, describe_error
 
 logger = logging.getLogger("django_azure_mi.storage")
@@ -194,23 +194,25 @@ class AzureManagedIdentityStorage(AzureStorage):  # type: ignore[misc]
         super().__init__(**settings)
         for name in ("connection_string", "account_key", "sas_token", "token_credential"):
             if getattr(self, name):
-                raise ImproperlyConfigured(
+                raise SettingError(
+                    "E030",
                     f"{WHERE}['{name}'] (or its AZURE_* setting) is set, but "
                     "AzureManagedIdentityStorage signs "
                     f"every request with the managed identity. Remove {name}, or use "
-                    "storages.backends.azure_storage.AzureStorage for key/SAS/connection-string access."
+                    "storages.backends.azure_storage.AzureStorage for key/SAS/connection-string access.",
                 )
         raw = self.managed_identity or {}
         if not isinstance(raw, dict) or set(raw) - {"client_id", "scope"}:
-            raise ImproperlyConfigured(
-                f"{WHERE}['managed_identity'] must be a dict with 'client_id' and/or 'scope'."
+            raise SettingError(
+                "E031", f"{WHERE}['managed_identity'] must be a dict with 'client_id' and/or 'scope'."
             )
         client_id, self.scope = conf.adapter_identity(raw, "storage", f"{WHERE}['managed_identity']")
         self._resolve_account()
         if self.expiration_secs and self.expiration_secs > (KEY_LIFETIME - KEY_BACKDATE).total_seconds():
-            raise ImproperlyConfigured(
+            raise SettingError(
+                "E034",
                 f"{WHERE}['expiration_secs'] = {self.expiration_secs}: a signed URL cannot outlive its user "
-                f"delegation key ({KEY_LIFETIME.days} days here, 7 at most on Azure). Use a smaller value."
+                f"delegation key ({KEY_LIFETIME.days} days here, 7 at most on Azure). Use a smaller value.",
             )
         self.token_credential: TokenProvider = get_token_provider(self.scope, client_id=client_id)
         self._keys = delegation_keys(self.account_url, self.token_credential.identity)
@@ -220,28 +222,31 @@ class AzureManagedIdentityStorage(AzureStorage):  # type: ignore[misc]
         if self.account_url:
             parts = urlsplit(self.account_url.rstrip("/"))
             if parts.scheme != "https" and not (parts.scheme == "http" and conf.is_loopback(parts.hostname)):
-                raise ImproperlyConfigured(
+                raise SettingError(
+                    "E032",
                     f"{WHERE}['account_url'] = {self.account_url!r}: bearer tokens go only over https "
-                    "(plain http is allowed to loopback hosts only)."
+                    "(plain http is allowed to loopback hosts only).",
                 )
             path_account = parts.path.strip("/").split("/")[0] if parts.path.strip("/") else ""
             host_account = (parts.hostname or "").split(".")[0] if ".blob." in (parts.hostname or "") else ""
             self.account_name = self.account_name or path_account or host_account
             self.account_url = self.account_url.rstrip("/")
             if not self.account_name:
-                raise ImproperlyConfigured(
+                raise SettingError(
+                    "E033",
                     f"{WHERE}['account_name'] is needed with account_url {self.account_url!r} (it names the "
-                    "account in signed URLs)."
+                    "account in signed URLs).",
                 )
             return
         if not self.account_name:
-            raise ImproperlyConfigured(
+            raise SettingError(
+                "E033",
                 f"{WHERE} needs 'account_name' (the storage account) or 'account_url' (a custom "
                 "endpoint such as "
-                "'https://127.0.0.1:10000/devstoreaccount1')."
+                "'https://127.0.0.1:10000/devstoreaccount1').",
             )
         if not self.azure_ssl:
-            raise ImproperlyConfigured(f"{WHERE}['azure_ssl'] is False: bearer tokens go only over https.")
+            raise SettingError("E032", f"{WHERE}['azure_ssl'] is False: bearer tokens go only over https.")
         suffix = self.endpoint_suffix
         cloud = conf.get_config().cloud
         if suffix == "core.windows.net" and cloud.name != "public":

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
-from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.postgresql import base as postgresql
 from django.db.backends.postgresql.psycopg_any import is_psycopg3
 from django.utils.asyncio import async_unsafe
 from django.views.decorators.debug import sensitive_variables
 
 from ... import conf, get_token_provider
+from ...conf import SettingError
 from ...tokens import TokenProvider, redact
 from .client import DatabaseClient
 
@@ -61,41 +61,46 @@ def managed_identity(settings_dict: dict[str, Any], alias: str) -> ManagedIdenti
     raw = options.get(OPTION)
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
-        raise ImproperlyConfigured(
+        raise SettingError(
+            "E010",
             f"{where}['OPTIONS']['{OPTION}'] must be a dict such as "
-            "{'client_id': '<client id of a user-assigned identity>', 'enabled': True}."
+            "{'client_id': '<client id of a user-assigned identity>', 'enabled': True}.",
         )
     unknown = sorted(set(raw) - set(OPTION_KEYS))
     if unknown:
-        raise ImproperlyConfigured(
+        raise SettingError(
+            "E010",
             f"{where}['OPTIONS']['{OPTION}'] has unknown key {unknown[0]!r}; "
-            f"allowed: {', '.join(OPTION_KEYS)}."
+            f"allowed: {', '.join(OPTION_KEYS)}.",
         )
     enabled = raw.get("enabled", True)
     if not isinstance(enabled, bool):
-        raise ImproperlyConfigured(f"{where}['OPTIONS']['{OPTION}']['enabled'] must be True or False.")
+        raise SettingError("E010", f"{where}['OPTIONS']['{OPTION}']['enabled'] must be True or False.")
     if not enabled:
         return None
     if settings_dict.get("PASSWORD"):
-        raise ImproperlyConfigured(
+        raise SettingError(
+            "E011",
             f"{where}['PASSWORD'] is set, but this database signs in with a managed identity token. "
             f"Remove PASSWORD (no secrets in settings), or set {where}['OPTIONS']['{OPTION}'] = "
-            "{'enabled': False} to use the password instead (local development)."
+            "{'enabled': False} to use the password instead (local development).",
         )
     user = settings_dict.get("USER")
     if not user:
-        raise ImproperlyConfigured(
+        raise SettingError(
+            "E012",
             f"{where}['USER'] is empty. With a managed identity, USER is the identity's Postgres role: the "
             "name it was created with by pgaadauth_create_principal (usually the managed identity's name; "
-            "case-sensitive)."
+            "case-sensitive).",
         )
     host = settings_dict.get("HOST") or ""
     sslmode = options.get("sslmode")
     if sslmode in INSECURE_SSLMODES and not conf.is_loopback(host):
-        raise ImproperlyConfigured(
+        raise SettingError(
+            "E013",
             f"{where}['OPTIONS']['sslmode'] = {sslmode!r} may send the access token unencrypted to {host}. "
             "Remove it (this backend defaults to 'require' off loopback) or use 'verify-full' with "
-            "'sslrootcert'."
+            "'sslrootcert'.",
         )
     client_id, scope = conf.adapter_identity(raw, "postgres", f"{where}['OPTIONS']['{OPTION}']")
     return ManagedIdentity(alias, user, host, str(settings_dict.get("PORT") or ""), client_id, scope)
@@ -237,8 +242,9 @@ def _check_pool_version(alias: str) -> None:
         return  # Django reports the missing package itself
     found = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
     if found < MIN_POOL_VERSION:
-        raise ImproperlyConfigured(
+        raise SettingError(
+            "E014",
             f"DATABASES[{alias!r}]['OPTIONS']['pool'] with a managed identity needs psycopg-pool >= 3.3 "
             f"(found {version}) so that every new pooled connection gets a fresh token: "
-            "pip install 'psycopg-pool>=3.3'."
+            "pip install 'psycopg-pool>=3.3'.",
         )

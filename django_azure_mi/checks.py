@@ -1,0 +1,229 @@
+"""System checks (``manage.py check``, run by ``runserver``/``migrate`` too): static misconfiguration only,
+no network. ``manage.py azure_check`` talks to the services.
+
+The checks run the adapters' own validation, so a check and the error raised at runtime always agree; each
+:class:`~django_azure_mi.conf.SettingError` carries its id. The ids:
+
+========  =====================================================================================
+E001      ``AZURE_MANAGED_IDENTITY`` has an unknown key or a bad value
+E002      a client id is not a GUID
+E003      ``CREDENTIAL`` dotted path cannot be imported / is not callable
+E004      ``CREDENTIAL="workload_identity"`` without the AKS workload-identity environment
+E005      a ``scope`` option is not a scope
+E006      the extra an adapter needs is not installed
+E010      ``DATABASES[…]['OPTIONS']['managed_identity']`` malformed
+E011      ``DATABASES[…]['PASSWORD']`` set with a managed identity
+E012      ``DATABASES[…]['USER']`` empty
+E013      weak ``sslmode`` (disable/allow/prefer) to a non-loopback host
+E014      ``OPTIONS['pool']`` with psycopg-pool < 3.3
+W010      a Postgres on ``*.postgres.database.azure.com`` without a password, but not our ENGINE
+E020      ``CACHES[…]['OPTIONS']['MANAGED_IDENTITY']`` malformed
+E021      credentials in ``LOCATION`` or ``OPTIONS`` (PASSWORD/USERNAME)
+E022      ``redis://`` (no TLS) to a non-loopback host
+E023      a pool class that cannot re-AUTH
+E024      ``MANAGED_IDENTITY`` on django-redis without ``CONNECTION_FACTORY`` (ignored)
+E025      ``EntraConnectionFactory`` without django-redis installed
+W020      ``MANAGED_IDENTITY['USERNAME']`` is not an object id (GUID)
+W021      an Azure Redis ``LOCATION`` without our factory/backend and without a password
+E030      account key / SAS token / connection string / token_credential set
+E031      ``STORAGES[…]['OPTIONS']['managed_identity']`` malformed
+E032      http (no TLS) to a non-loopback storage endpoint
+E033      no storage account (``account_name`` / ``account_url``)
+E034      ``expiration_secs`` longer than a user delegation key lives
+E040      ``AZURE_KEY_VAULT_URL`` is not an https URL
+========  =====================================================================================
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
+
+from . import conf
+
+ENGINE = "django_azure_mi.backends.postgresql"
+CACHE_BACKEND = "django_azure_mi.cache.RedisCache"
+CACHE_FACTORY = "django_azure_mi.cache.EntraConnectionFactory"
+STORAGE_BACKEND = "django_azure_mi.storage.AzureManagedIdentityStorage"
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+_AZURE_REDIS = (".redis.cache.windows.net", ".redis.azure.net", ".redis.cache.usgovcloudapi.net",
+                ".redis.cache.chinacloudapi.cn")  # fmt: skip
+
+
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Every static check (registered by ``apps.py`` under the ``django_azure_mi`` tag)."""
+    from django.conf import settings
+
+    errors: list[checks.CheckMessage] = []
+    config = _run(errors, "AZURE_MANAGED_IDENTITY", conf.build_config, getattr(settings, conf.SETTING, None))
+    if config is None:
+        return errors  # every adapter check would repeat the same error
+    _run(errors, "AZURE_MANAGED_IDENTITY['CREDENTIAL']", _check_credential, config)
+    for alias, database in (getattr(settings, "DATABASES", None) or {}).items():
+        _check_database(errors, alias, database)
+    for alias, cache in (getattr(settings, "CACHES", None) or {}).items():
+        _check_cache(errors, alias, cache)
+    for alias, storage in (getattr(settings, "STORAGES", None) or {}).items():
+        _check_storage(errors, alias, storage)
+    from . import keyvault
+
+    url = keyvault.vault_url()
+    if url:
+        _run(errors, keyvault.VAULT_URL_ENV, keyvault.check_url, url)
+    return errors
+
+
+def _run(errors: list[checks.CheckMessage], obj: str, check: Callable[..., Any], *args: Any) -> Any:
+    """Call ``check``; turn a SettingError (or a missing extra) into a check message."""
+    try:
+        return check(*args)
+    except ImportError as exc:
+        errors.append(
+            checks.Error(
+                f"{obj} needs a package that is not installed ({exc}).",
+                hint="pip install 'django-azure-mi[all]' (or the extra for this service: postgres, redis, "
+                "storage, keyvault).",
+                obj=obj,
+                id="django_azure_mi.E006",
+            )
+        )
+    except ImproperlyConfigured as exc:
+        check_id = getattr(exc, "check_id", "E000")
+        problem, fix = _split(str(exc))
+        errors.append(checks.Error(problem, hint=fix, obj=obj, id=f"django_azure_mi.{check_id}"))
+    return None
+
+
+def _split(message: str) -> tuple[str, str | None]:
+    """ "Problem. Fix." -> ("Problem.", "Fix.") at the first sentence end outside quotes/brackets."""
+    depth = 0
+    quote = ""
+    for i, char in enumerate(message):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth = max(0, depth - 1)
+        elif char == "." and depth == 0 and message[i + 1 : i + 2] == " " and i > 0:
+            if message[i - 3 : i] in ("e.g", "i.e"):
+                continue
+            return message[: i + 1], message[i + 2 :]
+    return message, None
+
+
+def _check_credential(config: conf.Config) -> None:
+    from . import identity
+
+    key = identity.identity_key(config, None)
+    if key.credential in conf.CREDENTIAL_KINDS:
+        identity.build_credential(key, config.timeout)  # no network: checks the environment it needs
+    else:
+        identity.import_factory(key.credential)  # not called: a custom factory may do anything
+
+
+def _check_database(errors: list[checks.CheckMessage], alias: str, database: dict[str, Any]) -> None:
+    engine = database.get("ENGINE", "")
+    obj = f"DATABASES[{alias!r}]"
+    if engine == ENGINE:
+        _run(errors, obj, _validate_database, alias, database)
+    elif engine.endswith("postgresql") and not database.get("PASSWORD"):
+        host = str(database.get("HOST") or "")
+        if host.endswith((".postgres.database.azure.com", ".postgres.database.usgovcloudapi.net")):
+            errors.append(
+                checks.Warning(
+                    f"{obj} points at Azure Database for PostgreSQL ({host}) without a PASSWORD, with "
+                    f"ENGINE {engine!r}.",
+                    hint=f"To sign in with the managed identity, set ENGINE to {ENGINE!r}.",
+                    obj=obj,
+                    id="django_azure_mi.W010",
+                )
+            )
+
+
+def _validate_database(alias: str, database: dict[str, Any]) -> None:
+    from .backends.postgresql import base
+
+    if base.managed_identity(database, alias) is not None and (database.get("OPTIONS") or {}).get("pool"):
+        base._check_pool_version(alias)
+
+
+def _locations(cache: dict[str, Any]) -> list[str]:
+    location = cache.get("LOCATION") or []
+    if isinstance(location, str):
+        location = re.split(r"[;,]", location)
+    return [str(url).strip() for url in location if str(url).strip()]
+
+
+def _check_cache(errors: list[checks.CheckMessage], alias: str, cache: dict[str, Any]) -> None:
+    backend = cache.get("BACKEND", "")
+    options = cache.get("OPTIONS") or {}
+    obj = f"CACHES[{alias!r}]"
+    factory = options.get("CONNECTION_FACTORY")
+    ours = backend == CACHE_BACKEND or (backend.startswith("django_redis.") and factory == CACHE_FACTORY)
+    if ours:
+        _run(errors, obj, _validate_cache, backend, cache)
+        username = (options.get("MANAGED_IDENTITY") or {}).get("USERNAME")
+        if isinstance(username, str) and username and not _GUID.match(username):
+            errors.append(
+                checks.Warning(
+                    f"{obj}['OPTIONS']['MANAGED_IDENTITY']['USERNAME'] = {username!r} is not an object id.",
+                    hint="Azure Redis expects the identity's object (principal) id, a GUID: az identity show "
+                    "-n NAME -g GROUP --query principalId. Or leave USERNAME unset: the token's oid is used.",
+                    obj=obj,
+                    id="django_azure_mi.W020",
+                )
+            )
+    elif backend.startswith("django_redis.") and "MANAGED_IDENTITY" in options:
+        errors.append(
+            checks.Error(
+                f"{obj}['OPTIONS']['MANAGED_IDENTITY'] is ignored: CONNECTION_FACTORY is not set.",
+                hint=f"Add 'CONNECTION_FACTORY': {CACHE_FACTORY!r} to {obj}['OPTIONS'].",
+                obj=obj,
+                id="django_azure_mi.E024",
+            )
+        )
+    elif "redis" in backend.lower() and not options.get("PASSWORD"):
+        hosts = [urlsplit(url).hostname or "" for url in _locations(cache)]
+        if any(host.endswith(_AZURE_REDIS) for host in hosts) and not any(
+            urlsplit(url).password for url in _locations(cache)
+        ):
+            errors.append(
+                checks.Warning(
+                    f"{obj} points at Azure Redis without a password or a managed identity.",
+                    hint=f"Use BACKEND {CACHE_BACKEND!r}, or django-redis with 'CONNECTION_FACTORY': "
+                    f"{CACHE_FACTORY!r}.",
+                    obj=obj,
+                    id="django_azure_mi.W021",
+                )
+            )
+
+
+def _validate_cache(backend: str, cache: dict[str, Any]) -> None:
+    from . import cache as adapter
+
+    options = dict(cache.get("OPTIONS") or {})
+    if backend == CACHE_BACKEND:
+        adapter.RedisCache(cache.get("LOCATION") or "", dict(cache))  # validates options and LOCATION
+        return
+    adapter.EntraConnectionFactory(options)
+    for url in _locations(cache):
+        adapter.check_location(url, "CACHES[…]['LOCATION']")
+
+
+def _check_storage(errors: list[checks.CheckMessage], alias: str, storage: dict[str, Any]) -> None:
+    if storage.get("BACKEND") == STORAGE_BACKEND:
+        _run(errors, f"STORAGES[{alias!r}]", _validate_storage, storage.get("OPTIONS") or {})
+
+
+def _validate_storage(options: dict[str, Any]) -> None:
+    from .storage import AzureManagedIdentityStorage
+
+    AzureManagedIdentityStorage(**options)  # validation only: no request is made
