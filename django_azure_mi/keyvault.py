@@ -126,6 +126,12 @@ def secret_info(name: str, vault_url: str | None = None, timeout: float | None =
     )
 
 
+def secrets_read() -> list[str]:
+    """Names of the secrets this process read from Key Vault (what ``azure_check`` probes)."""
+    with _lock:
+        return list(_read_names)
+
+
 def vault_url() -> str | None:
     """The configured vault (``AZURE_KEY_VAULT_URL`` from the environment or ``.env``), or None."""
     return os.environ.get(VAULT_URL_ENV) or _dotenv(None).get(VAULT_URL_ENV) or None
@@ -135,6 +141,7 @@ def clear_cache() -> None:
     """Forget cached values and clients (tests; after rotating a secret, restart the process instead)."""
     with _lock:
         _values.clear()
+        _read_names.clear()
         _clients.clear()
         _dotenv_files.clear()
 
@@ -145,6 +152,7 @@ reset = clear_cache
 
 _lock = threading.Lock()
 _values: dict[tuple[Any, ...], str] = {}
+_read_names: list[str] = []
 _clients: dict[tuple[str, conf.Config, float | None], SecretClient] = {}
 
 
@@ -208,6 +216,9 @@ def _from_vault(
     if found.value is None:
         raise SecretError(f"Key Vault secret {name!r} in {url} has no value.")
     logger.info("Read Key Vault secret %r (version %s) from %s", name, found.properties.version, url)
+    with _lock:
+        if name not in _read_names:
+            _read_names.append(name)
     return found.value
 
 

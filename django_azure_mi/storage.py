@@ -184,6 +184,7 @@ class AzureManagedIdentityStorage(AzureStorage):  # type: ignore[misc]
     account_url: str
     account_name: str | None
     scope: str
+    client_id: str | None
 
     def get_default_settings(self) -> dict[str, Any]:
         defaults: dict[str, Any] = super().get_default_settings()
@@ -206,7 +207,7 @@ class AzureManagedIdentityStorage(AzureStorage):  # type: ignore[misc]
             raise SettingError(
                 "E031", f"{WHERE}['managed_identity'] must be a dict with 'client_id' and/or 'scope'."
             )
-        client_id, self.scope = conf.adapter_identity(raw, "storage", f"{WHERE}['managed_identity']")
+        self.client_id, self.scope = conf.adapter_identity(raw, "storage", f"{WHERE}['managed_identity']")
         self._resolve_account()
         if self.expiration_secs and self.expiration_secs > (KEY_LIFETIME - KEY_BACKDATE).total_seconds():
             raise SettingError(
@@ -214,7 +215,7 @@ class AzureManagedIdentityStorage(AzureStorage):  # type: ignore[misc]
                 f"{WHERE}['expiration_secs'] = {self.expiration_secs}: a signed URL cannot outlive its user "
                 f"delegation key ({KEY_LIFETIME.days} days here, 7 at most on Azure). Use a smaller value.",
             )
-        self.token_credential: TokenProvider = get_token_provider(self.scope, client_id=client_id)
+        self.token_credential: TokenProvider = get_token_provider(self.scope, client_id=self.client_id)
         self._keys = delegation_keys(self.account_url, self.token_credential.identity)
         self._container_url: str | None = None
 

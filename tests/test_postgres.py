@@ -8,7 +8,6 @@ import time
 
 import django
 import pytest
-from asgiref.local import Local
 from django.contrib.auth.models import User
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
@@ -39,34 +38,6 @@ if is_psycopg3:
     import psycopg as driver
 else:
     import psycopg2 as driver
-
-
-def _reset_connections() -> None:
-    for alias in list(connections.settings):
-        conn = connections[alias]
-        if hasattr(conn, "close_pool") and conn.alias in getattr(conn, "_connection_pools", {}):
-            conn.close_pool()
-        conn.close()
-    connections.__dict__.pop("settings", None)
-    connections._settings = None
-    connections._connections = Local(connections.thread_critical)
-
-
-@pytest.fixture
-def use_databases(azure_postgres, settings, django_db_blocker):
-    """use_databases(alias=settings_dict, ...) points Django's connections at the stand-in."""
-
-    def configure(**aliases):
-        _reset_connections()
-        settings.DATABASES = aliases
-        _reset_connections()
-        return connections
-
-    with django_db_blocker.unblock():
-        try:
-            yield configure
-        finally:
-            _reset_connections()
 
 
 def current_user(alias: str = "default") -> str:
