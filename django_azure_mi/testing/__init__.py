@@ -23,7 +23,7 @@ def reset_state() -> None:
     tokens.reset()
     identity.clear_cache()
     conf.clear_cache()
-    for module in ("cache", "storage", "keyvault"):  # adapters whose extras may not be installed
+    for module in ("cache", "storage", "keyvault", "views"):  # adapters whose extras may not be installed
         try:
             adapter = importlib.import_module(f"django_azure_mi.{module}")
         except ImportError:

@@ -1,0 +1,81 @@
+"""Health endpoints for App Service health checks, Container Apps and Kubernetes probes.
+
+    urlpatterns = [path("health/", include("django_azure_mi.urls")), ...]
+
+* ``health/live`` - liveness: the process answers (no I/O). 200 ``{"status": "ok"}``.
+* ``health/ready`` - readiness: each configured service's token and a light probe (Postgres ``select``,
+  Redis ``PING``, the storage container's properties, Key Vault). 200 when all pass, 503 otherwise, with a
+  JSON body per service. Results are cached for ``cache_seconds`` (5) and probes share one run, so a burst of
+  probes costs one round of checks; each run is bounded by ``timeout`` (5 s).
+
+``ReadinessView.as_view(cache_seconds=10, timeout=3)`` changes the defaults.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from django.http import HttpRequest, JsonResponse
+from django.utils.decorators import method_decorator
+from django.views import View
+from django.views.decorators.cache import never_cache
+
+from . import probes
+
+
+@never_cache
+def liveness(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": "ok"})
+
+
+@method_decorator(never_cache, name="dispatch")
+class ReadinessView(View):
+    http_method_names = ["get", "head"]
+    cache_seconds: float = 5.0
+    timeout: float = 5.0
+
+    _lock = threading.Lock()
+    _last: tuple[float, float, list[probes.Result]] | None = None  # (monotonic, wall clock, results)
+
+    def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+        checked, checked_at, results, cached = self._results()
+        healthy = all(r.ok for r in results)
+        body = {
+            "status": "ok" if healthy else "fail",
+            "checked_at": round(checked_at, 3),
+            "age_s": round(time.monotonic() - checked, 3),
+            "cached": cached,
+            "checks": [
+                {
+                    "service": r.service,
+                    "alias": r.alias,
+                    "ok": r.ok,
+                    "elapsed_ms": r.elapsed_ms,
+                    **({"diagnosis": r.diagnosis} if not r.ok else {}),
+                }
+                for r in results
+            ],
+        }
+        return JsonResponse(body, status=200 if healthy else 503)
+
+    def _results(self) -> tuple[float, float, list[probes.Result], bool]:
+        last = type(self)._last
+        if last is not None and time.monotonic() - last[0] < self.cache_seconds:
+            return (*last, True)
+        with type(self)._lock:  # one probe run at a time; waiters take its results
+            last = type(self)._last
+            if last is not None and time.monotonic() - last[0] < self.cache_seconds:
+                return (*last, True)
+            results = probes.run(probes.targets(), timeout=self.timeout, deep=False)
+            type(self)._last = (time.monotonic(), time.time(), results)
+            return (*type(self)._last, False)
+
+
+readiness = ReadinessView.as_view()
+
+
+def reset() -> None:
+    """Forget the cached readiness results (tests)."""
+    ReadinessView._last = None
