@@ -201,7 +201,8 @@ def _redis(cache: Any) -> tuple[Any, Any]:
     from .cache import OPTION, RedisCache, parse_options
 
     if isinstance(cache, RedisCache):  # Django's built-in backend: the settings live on its pools
-        return cache._cache._pool_options["entra"].settings, cache._cache.get_client(write=True)
+        client: Any = cache._cache
+        return client._pool_options["entra"].settings, client.get_client(write=True)
     settings = parse_options((cache._params.get("OPTIONS") or {}).get(OPTION), "")  # django-redis
     return settings, cache.client.get_client(write=True)
 

@@ -69,8 +69,9 @@ class ReadinessView(View):
             if last is not None and time.monotonic() - last[0] < self.cache_seconds:
                 return (*last, True)
             results = probes.run(probes.targets(), timeout=self.timeout, deep=False)
-            type(self)._last = (time.monotonic(), time.time(), results)
-            return (*type(self)._last, False)
+            last = (time.monotonic(), time.time(), results)
+            type(self)._last = last
+            return (*last, False)
 
 
 readiness = ReadinessView.as_view()
