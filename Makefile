@@ -6,9 +6,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 AZURITE := tools/azurite/node_modules/.bin/azurite-blob
 
-.PHONY: test venv lint type pytest tox bench clean
+.PHONY: test demo venv lint type pytest tox bench clean
 
 test: lint type pytest tox
+
+# `make demo` - the example site on local stand-ins; `make demo ARGS=--once` stops after the walkthrough.
+demo: $(STAMP) $(AZURITE)
+	$(BIN)/python example_project/demo.py $(ARGS)
 
 venv: $(STAMP) $(AZURITE)
 
@@ -24,8 +28,8 @@ $(STAMP): pyproject.toml
 	touch $@
 
 lint: $(STAMP)
-	$(BIN)/ruff check django_azure_mi tests benchmarks
-	$(BIN)/ruff format --check django_azure_mi tests benchmarks
+	$(BIN)/ruff check django_azure_mi tests benchmarks example_project
+	$(BIN)/ruff format --check django_azure_mi tests benchmarks example_project
 
 type: $(STAMP)
 	$(BIN)/mypy

@@ -76,7 +76,8 @@ def secret(
 
     ``default`` is returned when the secret does not exist anywhere; without it a missing secret raises
     :class:`SecretError` (an ``ImproperlyConfigured``). ``vault_url`` overrides ``AZURE_KEY_VAULT_URL``;
-    ``env_file`` defaults to ``.env`` in the current directory (pass ``BASE_DIR / ".env"`` to pin it).
+    ``env_file`` defaults to ``.env`` in the current directory (pass ``BASE_DIR / ".env"`` to pin it); a
+    missing file is skipped.
     """
     if not isinstance(name, str) or not _NAME.match(name):
         raise SecretError(
@@ -174,9 +175,7 @@ def _dotenv(env_file: str | os.PathLike[str] | None) -> _DotEnv:
         from dotenv import dotenv_values
 
         values.update(dotenv_values(path))
-        values.path = path
-    elif env_file:
-        raise SecretError(f"secret(env_file={os.fspath(env_file)!r}): no such file.")
+        values.path = path  # a missing file is fine: on Azure there is none
     with _lock:
         _dotenv_files[path] = values
     return values

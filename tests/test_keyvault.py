@@ -141,8 +141,7 @@ def test_dotenv_can_configure_the_vault(azure_keyvault, monkeypatch, tmp_path):
 def test_bad_names_and_files(no_vault):
     with pytest.raises(SecretError, match="letters, digits and dashes"):
         secret("db_password")
-    with pytest.raises(SecretError, match="no such file"):
-        secret("x", env_file=no_vault / "missing.env")
+    assert secret("x", env_file=no_vault / "missing.env", default="d") == "d"  # no .env on Azure
 
 
 def test_stand_in_rejects_foreign_and_wrong_audience_tokens(azure_keyvault, azure_imds):

@@ -26,7 +26,7 @@ from django.views.decorators.debug import sensitive_variables
 
 from ... import conf, get_token_provider
 from ...conf import SettingError
-from ...tokens import TokenProvider, redact
+from ...tokens import TokenProvider, TokenUnavailableError, redact
 from .client import DatabaseClient
 
 logger = logging.getLogger("django_azure_mi.postgres")
@@ -148,7 +148,10 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             params["sslmode"] = "require"
         if is_psycopg3 and self.settings_dict["OPTIONS"].get("pool"):
             _check_pool_version(self.alias)
-        return TokenConnectParams(params, identity)
+        try:
+            return TokenConnectParams(params, identity)
+        except TokenUnavailableError as exc:  # Django handles connect failures as OperationalError
+            raise self.Database.OperationalError(str(exc)) from None
 
     def _plain_params(self) -> dict[str, Any]:
         params: dict[str, Any] = super().get_connection_params()
@@ -163,7 +166,10 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
     @async_unsafe
     @sensitive_variables()
     def _connect_with_token(self, conn_params: TokenConnectParams) -> Any:
-        params = conn_params()
+        try:
+            params = conn_params()
+        except TokenUnavailableError as exc:
+            raise self.Database.OperationalError(str(exc)) from None
         try:
             return super().get_new_connection(params)
         except self.Database.OperationalError as exc:

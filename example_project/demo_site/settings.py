@@ -1,0 +1,100 @@
+"""Settings of the example site - the configuration django-azure-mi documents.
+
+Everything comes from environment variables (App Service application settings, Container Apps env, a
+Kubernetes ConfigMap) and not one of them is a secret: the app signs in to Postgres, Redis, Blob Storage and
+Key Vault with its managed identity. `make demo` sets them to local stand-ins.
+"""
+
+import os
+from pathlib import Path
+
+from django_azure_mi.keyvault import secret
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+env = os.environ.get
+
+# The identity: the system-assigned one by default; AZURE_CLIENT_ID picks a user-assigned one.
+# Locally, with `az login`: AZURE_MI_CREDENTIAL=default.
+AZURE_MANAGED_IDENTITY = {"CREDENTIAL": env("AZURE_MI_CREDENTIAL", "managed_identity")}
+
+# From Key Vault when AZURE_KEY_VAULT_URL is set, else from DJANGO_SECRET_KEY or .env.
+SECRET_KEY = secret("django-secret-key", env="DJANGO_SECRET_KEY", env_file=BASE_DIR / ".env")
+DEBUG = env("DJANGO_DEBUG", "") == "1"
+ALLOWED_HOSTS = env("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1").split(",")
+
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.staticfiles",
+    "django_azure_mi",
+    "notes",
+]
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+]
+ROOT_URLCONF = "demo_site.urls"
+WSGI_APPLICATION = "demo_site.wsgi.application"
+TEMPLATES = [{"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True}]
+USE_TZ = True
+STATIC_URL = "static/"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Azure Database for PostgreSQL: USER is the identity's Postgres role; no PASSWORD.
+DATABASES = {
+    "default": {
+        "ENGINE": "django_azure_mi.backends.postgresql",
+        "HOST": env("AZURE_POSTGRES_HOST", "localhost"),
+        "PORT": env("AZURE_POSTGRES_PORT", "5432"),
+        "NAME": env("AZURE_POSTGRES_NAME", "app"),
+        "USER": env("AZURE_POSTGRES_USER", ""),
+        "CONN_MAX_AGE": 600,
+        "CONN_HEALTH_CHECKS": True,
+        "OPTIONS": {"sslmode": "verify-full", "sslrootcert": env("AZURE_POSTGRES_SSLROOTCERT")}
+        if env("AZURE_POSTGRES_SSLROOTCERT")
+        else {},
+    }
+}
+
+# Azure Cache for Redis / Azure Managed Redis with Microsoft Entra authentication (django-redis).
+CACHES = {
+    "default": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": env("AZURE_REDIS_URL", "rediss://localhost:6380/0"),
+        "OPTIONS": {
+            "CONNECTION_FACTORY": "django_azure_mi.cache.EntraConnectionFactory",
+            "MANAGED_IDENTITY": {"USERNAME": env("AZURE_REDIS_USERNAME")},  # None: the token's object id
+            **(
+                {"CONNECTION_POOL_KWARGS": {"ssl_ca_certs": env("AZURE_REDIS_CA_CERTS")}}
+                if env("AZURE_REDIS_CA_CERTS")
+                else {}
+            ),
+        },
+    }
+}
+
+# Blob Storage for uploads, with signed (user delegation SAS) links for a private container.
+STORAGES = {
+    "default": {
+        "BACKEND": "django_azure_mi.storage.AzureManagedIdentityStorage",
+        "OPTIONS": {
+            "account_name": env("AZURE_STORAGE_ACCOUNT"),
+            "account_url": env("AZURE_STORAGE_ACCOUNT_URL"),  # custom endpoints; None: from account_name
+            "azure_container": env("AZURE_STORAGE_CONTAINER", "media"),
+            "expiration_secs": 3600,
+            **(
+                {"client_options": {"connection_verify": env("AZURE_STORAGE_CA_BUNDLE")}}
+                if env("AZURE_STORAGE_CA_BUNDLE")
+                else {}
+            ),
+        },
+    },
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"django_azure_mi": {"handlers": ["console"], "level": env("AZURE_MI_LOG_LEVEL", "WARNING")}},
+}
