@@ -122,7 +122,7 @@ class EntraAuth:
         self._stopped = False
         self._unsubscribe: Any = None
         self.interval = 5.0  # sweep period; shortened for short-lived tokens
-        self.reauths = 0  # counters for tests and benchmarks
+        self.reauths = 0  # reported by azure_check, the status page and the benchmarks
         self.reauth_failures = 0
 
     @property

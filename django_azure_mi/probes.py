@@ -183,6 +183,10 @@ def _probe_cache(result: Result, deep: bool) -> None:
             f"OPTIONS['{OPTION}']['USERNAME'] is {entra.username!r} but the token's object id is "
             f"{result.identity['oid']!r} (Redis would answer WRONGPASS)"
         )
+    from .cache import get_auth
+
+    auth = get_auth(entra)  # this process's re-AUTH record (the status page of a long-running site)
+    result.details.update(reauths=auth.reauths, reauth_failures=auth.reauth_failures)
     result.details["ping"] = bool(client.ping())
     result.details["user"] = _text(client.execute_command("ACL", "WHOAMI"))
     if deep:

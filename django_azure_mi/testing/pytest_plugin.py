@@ -144,6 +144,12 @@ def azure_keyvault(
     ``REQUESTS_CA_BUNDLE`` at its CA). Add secrets with ``azure_keyvault.set_secret(name, value)``."""
     server = azure_keyvault_server
     server.reset()
+    try:  # the SDK remembers each vault's challenge (and tenant) process-wide; each test has a new tenant
+        from azure.keyvault.secrets._shared import http_challenge_cache
+
+        http_challenge_cache.clear()
+    except ImportError:  # pragma: no cover - a future SDK layout
+        pass
     detach = server.attach(azure_imds)
     server.grant(azure_imds.object_id())
     monkeypatch.setenv("AZURE_KEY_VAULT_URL", server.url)
