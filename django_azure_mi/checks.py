@@ -93,13 +93,13 @@ def _run(errors: list[checks.CheckMessage], obj: str, check: Callable[..., Any],
             )
         )
     except ImproperlyConfigured as exc:
-        check_id = getattr(exc, "check_id", "E000")
-        problem, fix = _split(str(exc))
+        check_id = getattr(exc, "check_id", None) or "E000"
+        problem, fix = split_message(str(exc))
         errors.append(checks.Error(problem, hint=fix, obj=obj, id=f"django_azure_mi.{check_id}"))
     return None
 
 
-def _split(message: str) -> tuple[str, str | None]:
+def split_message(message: str) -> tuple[str, str | None]:
     """ "Problem. Fix." -> ("Problem.", "Fix.") at the first sentence end outside quotes/brackets."""
     depth = 0
     quote = ""

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
+from django.core.exceptions import ImproperlyConfigured
+
 from . import conf
-from .conf import SettingError
 
 if TYPE_CHECKING:
     from azure.keyvault.secrets import KeyVaultSecret, SecretClient
@@ -45,11 +46,13 @@ class _Missing:
 MISSING: Final = _Missing()
 
 
-class SecretError(SettingError):
-    """A secret could not be read; the message names the secret, the source and the fix."""
+class SecretError(ImproperlyConfigured):
+    """A secret could not be read; the message names the secret, the source and the fix. ``check_id`` is set
+    when the cause is static misconfiguration (``manage.py check`` reports it under that id)."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__("E040", message)
+    def __init__(self, message: str, check_id: str | None = None) -> None:
+        super().__init__(message)
+        self.check_id = check_id
 
 
 @dataclass(frozen=True)
@@ -300,7 +303,8 @@ def check_url(url: str) -> None:
     if parts.scheme != "https" or not parts.hostname:
         raise SecretError(
             f"{VAULT_URL_ENV}={url!r} is not an https URL. Use the vault's URI, e.g. "
-            "https://my-vault.vault.azure.net (az keyvault show -n NAME --query properties.vaultUri)."
+            "https://my-vault.vault.azure.net (az keyvault show -n NAME --query properties.vaultUri).",
+            check_id="E040",
         )
 
 

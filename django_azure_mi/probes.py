@@ -23,7 +23,7 @@ from typing import Any
 import jwt
 
 from . import conf, get_token_provider
-from .checks import CACHE_BACKEND, CACHE_FACTORY, ENGINE, STORAGE_BACKEND
+from .checks import CACHE_BACKEND, CACHE_FACTORY, ENGINE, STORAGE_BACKEND, split_message
 
 PROBE_PREFIX = "django-azure-mi-probe"
 
@@ -114,7 +114,13 @@ def _guarded(target: Target, result: Result, deep: bool) -> None:
         from .tokens import describe_error
 
         result.error = describe_error(exc, 600)
-        result.diagnosis, result.fix = _diagnose(target.service, target.alias, result.error, result)
+        check_id = getattr(exc, "check_id", None)
+        if check_id:  # a SettingError: the same words as `manage.py check`
+            problem, fix = split_message(str(exc))
+            result.diagnosis = f"Misconfiguration (django_azure_mi.{check_id}): {problem}"
+            result.fix = fix or "See `manage.py check`."
+        else:
+            result.diagnosis, result.fix = _diagnose(target.service, target.alias, result.error, result)
     finally:
         result.elapsed_ms = round((time.monotonic() - started) * 1000, 1)
 

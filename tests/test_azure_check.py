@@ -180,3 +180,20 @@ def test_nothing_configured(settings, monkeypatch):
     settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
     output, error = azure_check()
     assert error is None and "Nothing to check" in output
+
+
+def test_misconfiguration_is_reported_with_its_check_id(site, azure_postgres, use_databases):
+    use_databases(default=azure_postgres.database_settings("app-identity", PASSWORD="hunter2"))
+    output, error = azure_check("--database", "default")
+    assert error is not None
+    assert (
+        "Diagnosis: Misconfiguration (django_azure_mi.E011): DATABASES['default']['PASSWORD'] is set"
+        in output
+    )
+    assert "Fix: Remove PASSWORD" in output and "hunter2" not in output
+
+
+def test_keyvault_flag_without_a_vault(settings, monkeypatch):
+    monkeypatch.delenv("AZURE_KEY_VAULT_URL", raising=False)
+    _, error = azure_check("--keyvault")
+    assert "AZURE_KEY_VAULT_URL is not set" in str(error)

@@ -34,6 +34,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        self._check_aliases(options)
         limited = any(options[k] for k in ("database", "cache", "storage", "keyvault"))
         selected = probes.targets(
             databases=options["database"] or ([] if limited else None),
@@ -41,7 +42,6 @@ class Command(BaseCommand):
             storages=options["storage"] or ([] if limited else None),
             keyvault=options["keyvault"] or not limited,
         )
-        self._check_aliases(options)
         started = time.monotonic()
         results = probes.run(selected, timeout=options["timeout"])
         healthy = all(r.ok for r in results)
@@ -61,6 +61,11 @@ class Command(BaseCommand):
     def _check_aliases(self, options: dict[str, Any]) -> None:
         from django.conf import settings
 
+        if options["keyvault"]:
+            from ...keyvault import VAULT_URL_ENV, vault_url
+
+            if not vault_url():
+                raise CommandError(f"--keyvault: no Key Vault is configured ({VAULT_URL_ENV} is not set).")
         for option, setting in (("database", "DATABASES"), ("cache", "CACHES"), ("storage", "STORAGES")):
             for alias in options[option] or ():
                 if alias not in (getattr(settings, setting, None) or {}):
