@@ -120,8 +120,8 @@ class AzuriteStandIn:
     def stop(self) -> None:
         if self._proc is not None:
             self._proc.terminate()
-            try:
-                self._proc.wait(10)
+            try:  # Azurite waits for open keep-alive connections to close; its data is throwaway anyway
+                self._proc.wait(2)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
             self._proc = None
