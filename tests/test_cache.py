@@ -192,6 +192,41 @@ def test_connection_killed_by_server_is_replaced(use_cache, azure_redis):
     assert cache.get("k") == 1  # the dead pooled connection is replaced transparently
 
 
+def test_checkout_retries_when_reconnecting_is_refused(use_cache, azure_redis):
+    """The server drops a pooled connection, then refuses new clients for a moment (maxclients): the
+    reconnect at checkout is outside the command's retry, but redis-py retries the connect itself with the
+    pool's policy, so the read succeeds once the server takes clients again."""
+    from redis.backoff import ConstantBackoff
+    from redis.retry import Retry
+
+    retry = Retry(ConstantBackoff(0.3), 3)
+    cache = use_cache("django-redis", {"retry": retry, "retry_on_error": [RedisConnectionError]})
+    cache.set("k", 1)
+    admin = azure_redis.admin()
+    rejected = int(admin.info("stats")["rejected_connections"])
+    clients = azure_redis.client_count
+    admin.config_set("maxclients", 1)  # only the admin connection fits
+    admin.execute_command("CLIENT", "KILL", "USER", get_token_provider_oid())
+    deadline = time.monotonic() + 5  # until the enforcer has closed our side too
+    while azure_redis.client_count >= clients and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+    def reopen_after_first_refusal():
+        deadline = time.monotonic() + 10
+        while int(admin.info("stats")["rejected_connections"]) == rejected and time.monotonic() < deadline:
+            time.sleep(0.01)
+        admin.config_set("maxclients", 10000)
+
+    reopener = threading.Thread(target=reopen_after_first_refusal)
+    reopener.start()
+    try:
+        assert cache.get("k") == 1
+    finally:
+        reopener.join()
+        admin.config_set("maxclients", 10000)
+    assert int(admin.info("stats")["rejected_connections"]) > rejected  # the refusal really happened
+
+
 def get_token_provider_oid() -> str:
     import jwt
 
