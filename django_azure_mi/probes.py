@@ -85,24 +85,48 @@ def targets(
 
 
 def run(selected: list[Target], *, timeout: float = 20.0, deep: bool = True) -> list[Result]:
-    """Probe ``selected`` in parallel; every result is back within ``timeout`` seconds."""
+    """Probe ``selected`` in parallel; every result is back within ``timeout`` seconds.
+
+    A probe still stuck from an earlier run (a server that accepts but never answers) is not started again:
+    its result says so, and repeated readiness checks cannot pile up threads."""
     results = [Result(t.service, t.alias) for t in selected]
-    threads = []
+    threads: list[threading.Thread | None] = []
     for target, result in zip(selected, results, strict=True):
-        thread = threading.Thread(
-            target=_guarded, args=(target, result, deep), name=f"probe-{target.service}", daemon=True
-        )
+        key = (target.service, target.alias)
+        with _inflight_lock:
+            stuck = _inflight.get(key)
+            if stuck is not None and stuck[0].is_alive():
+                threads.append(None)
+                result.error = f"the previous probe has not answered for {time.monotonic() - stuck[1]:.0f} s"
+                result.diagnosis, result.fix = _diagnose(result.service, result.alias, "no answer within")
+                continue
+            thread = threading.Thread(
+                target=_guarded, args=(target, result, deep), name=f"probe-{target.service}", daemon=True
+            )
+            _inflight[key] = (thread, time.monotonic())
         thread.start()
         threads.append(thread)
     deadline = time.monotonic() + timeout
-    for thread, result in zip(threads, results, strict=True):
-        thread.join(max(0.0, deadline - time.monotonic()))
-        if thread.is_alive():
+    for started, result in zip(threads, results, strict=True):
+        if started is None:
+            continue
+        started.join(max(0.0, deadline - time.monotonic()))
+        if started.is_alive():
             result.ok = False
             result.elapsed_ms = timeout * 1000
             result.error = f"no answer within {timeout:g} s"
             result.diagnosis, result.fix = _diagnose(result.service, result.alias, result.error)
     return [dataclasses.replace(r) for r in results]  # snapshots: late threads cannot change them
+
+
+_inflight_lock = threading.Lock()
+_inflight: dict[tuple[str, str], tuple[threading.Thread, float]] = {}
+
+
+def reset() -> None:
+    """Forget probes still running (tests: a hung probe of one test must not mark the next one's)."""
+    with _inflight_lock:
+        _inflight.clear()
 
 
 def _guarded(target: Target, result: Result, deep: bool) -> None:

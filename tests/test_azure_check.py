@@ -98,6 +98,9 @@ def test_limit_to_aliases(site):
     assert [r["service"] for r in json.loads(output)["results"]] == ["cache", "storage"]
     output, error = azure_check("--database", "nope")
     assert "there is no DATABASES['nope']" in str(error)
+    site.CACHES = {**site.CACHES, "local": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    output, error = azure_check("--cache", "local")
+    assert "--cache local: it does not use django-azure-mi" in str(error)
 
 
 def test_identity_endpoint_down(site, azure_imds):
@@ -118,16 +121,23 @@ def test_hung_identity_endpoint_hits_the_deadline(site, azure_imds):
     assert time.monotonic() - started < 5 and error is not None
     (result,) = json.loads(output)["results"]
     assert result["ok"] is False and result["error"] == "no answer within 1.5 s"
+    # the stuck probe is not started again while it hangs (readiness checks cannot pile up threads)
+    requests_before = azure_imds.request_count()
+    output, error = azure_check("--json", "--timeout", "1.5", "--database", "default")
+    (result,) = json.loads(output)["results"]
+    assert result["error"].startswith("the previous probe has not answered for")
+    assert azure_imds.request_count() == requests_before
     azure_imds.release_hangs()
 
 
-def test_wrong_database_user(site, azure_postgres, use_databases):
+def test_wrong_database_user(site, azure_postgres, use_databases, azure_imds):
     use_databases(default=azure_postgres.database_settings("somebody-else"))
     output, error = azure_check("--database", "default")
     assert error is not None
     assert "✗ database 'default'" in output
     assert "DATABASES['default']['USER'] must be the identity's Postgres role" in output
     assert "pgaadauth_create_principal" in output
+    assert_no_tokens(output, azure_imds)
 
 
 def test_database_without_tls(site, azure_postgres, use_databases):

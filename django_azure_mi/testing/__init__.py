@@ -23,7 +23,8 @@ def reset_state() -> None:
     tokens.reset()
     identity.clear_cache()
     conf.clear_cache()
-    for module in ("cache", "storage", "keyvault", "views"):  # adapters whose extras may not be installed
+    # modules with process state; adapters whose extras are missing fail to import and have none
+    for module in ("cache", "storage", "keyvault", "probes", "views"):
         try:
             adapter = importlib.import_module(f"django_azure_mi.{module}")
         except ImportError:

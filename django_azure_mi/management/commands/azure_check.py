@@ -42,6 +42,10 @@ class Command(BaseCommand):
             storages=options["storage"] or ([] if limited else None),
             keyvault=options["keyvault"] or not limited,
         )
+        for option, service in (("database", "database"), ("cache", "cache"), ("storage", "storage")):
+            for alias in options[option] or ():
+                if not any(t.service == service and t.alias == alias for t in selected):
+                    raise CommandError(f"--{option} {alias}: it does not use django-azure-mi (see README).")
         started = time.monotonic()
         results = probes.run(selected, timeout=options["timeout"])
         healthy = all(r.ok for r in results)
