@@ -218,7 +218,14 @@ def _probe_cache(result: Result, deep: bool) -> None:
     auth = get_auth(entra)  # this process's re-AUTH record (the status page of a long-running site)
     result.details.update(reauths=auth.reauths, reauth_failures=auth.reauth_failures)
     result.details["ping"] = bool(client.ping())
-    result.details["user"] = _text(client.execute_command("ACL", "WHOAMI"))
+    try:
+        result.details["user"] = _text(client.execute_command("ACL", "WHOAMI"))
+    except Exception as exc:  # NOPERM with a Data Reader/Contributor policy, or a server without ACL
+        from redis.exceptions import ResponseError
+
+        if not isinstance(exc, ResponseError):
+            raise
+        result.details["user"] = f"(ACL WHOAMI refused: {str(exc)[:80]})"
     if deep:
         key = f"{PROBE_PREFIX}:{uuid.uuid4().hex}"
         value = uuid.uuid4().hex

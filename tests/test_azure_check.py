@@ -207,3 +207,13 @@ def test_keyvault_flag_without_a_vault(settings, monkeypatch):
     monkeypatch.delenv("AZURE_KEY_VAULT_URL", raising=False)
     _, error = azure_check("--keyvault")
     assert "AZURE_KEY_VAULT_URL is not set" in str(error)
+
+
+def test_cache_policy_without_acl_whoami_is_still_healthy(site, azure_redis, azure_imds):
+    """A narrower access policy may refuse ACL WHOAMI (NOPERM): the cache still works, so it is healthy."""
+    azure_redis.admin().execute_command("ACL", "SETUSER", azure_imds.object_id(), "-acl|whoami")
+    output, error = azure_check("--json", "--cache", "default")
+    assert error is None, output
+    (result,) = json.loads(output)["results"]
+    assert result["ok"] and result["details"]["user"].startswith("(ACL WHOAMI refused: ")
+    assert result["details"]["set_get_del"] is True
