@@ -119,7 +119,12 @@ def secret_info(name: str, vault_url: str | None = None, timeout: float | None =
     url = vault_url or os.environ.get(VAULT_URL_ENV) or _dotenv(None).get(VAULT_URL_ENV)
     if not url:
         raise SecretError(f"No Key Vault configured: set {VAULT_URL_ENV} to the vault's URL.")
-    found = _get(url, name, None, conf.get_config(), timeout)
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        found = _get(url, name, None, conf.get_config(), timeout)
+    except ResourceNotFoundError:
+        raise _not_found(url, name, None) from None
     props = found.properties
     return SecretInfo(
         name=name,
@@ -209,12 +214,7 @@ def _from_vault(
         if isinstance(default, str):
             logger.info("Key Vault secret %r not in %s: using the default", name, url)
             return default
-        raise SecretError(
-            f"Key Vault secret {name!r} does not exist in {url}"
-            + (f" (version {version})" if version else "")
-            + f". Create it: az keyvault secret set --vault-name {_vault_name(url)} --name {name} "
-            f"--file <file>, or pass default=... to secret({name!r})."
-        ) from None
+        raise _not_found(url, name, version) from None
     if found.value is None:
         raise SecretError(f"Key Vault secret {name!r} in {url} has no value.")
     logger.info("Read Key Vault secret %r (version %s) from %s", name, found.properties.version, url)
@@ -222,6 +222,15 @@ def _from_vault(
         if name not in _read_names:
             _read_names.append(name)
     return found.value
+
+
+def _not_found(url: str, name: str, version: str | None) -> SecretError:
+    return SecretError(
+        f"Key Vault secret {name!r} does not exist in {url}"
+        + (f" (version {version})" if version else "")
+        + f". Create it: az keyvault secret set --vault-name {_vault_name(url)} --name {name} "
+        f"--file <file>, or pass default=... to secret({name!r})."
+    )
 
 
 def _get(

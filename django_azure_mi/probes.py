@@ -12,6 +12,7 @@ Postgres ``select``, Redis ``PING``, the storage container's properties, the Key
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import threading
 import time
@@ -59,6 +60,7 @@ def targets(
     caches: list[str] | None = None,
     storages: list[str] | None = None,
     keyvault: bool | None = None,
+    secrets: list[str] | None = None,
 ) -> list[Target]:
     """What is configured to use a managed identity. ``None`` = all of that kind; ``[]`` = none."""
     from django.conf import settings
@@ -80,7 +82,8 @@ def targets(
     from . import keyvault as kv
 
     if keyvault is not False and kv.vault_url():
-        found.append(Target("keyvault", kv.vault_url() or "", _probe_keyvault))
+        probe = functools.partial(_probe_keyvault, names=secrets) if secrets else _probe_keyvault
+        found.append(Target("keyvault", kv.vault_url() or "", probe))
     return found
 
 
@@ -279,12 +282,13 @@ def _probe_storage(result: Result, deep: bool) -> None:
     result.details["delete"] = True
 
 
-def _probe_keyvault(result: Result, deep: bool) -> None:
+def _probe_keyvault(result: Result, deep: bool, names: list[str] | None = None) -> None:
+    """The vault token, then the metadata of ``names`` (default: the secrets settings.py read)."""
     from . import keyvault
 
     config = conf.get_config()
     result.identity = identity_facts(config.cloud.keyvault_scope, None)
-    names = keyvault.secrets_read()
+    names = names or keyvault.secrets_read()
     result.details["secrets"] = []
     for name in names if deep else names[:1]:
         info = keyvault.secret_info(name, result.alias, timeout=10)
@@ -384,6 +388,11 @@ def _diagnose(service: str, alias: str, error: str, result: Result | None = None
                 "The container does not exist.",
                 "Create it: az storage container create --auth-mode login ...",
             )
+    if service == "keyvault" and "does not exist" in text:
+        return (
+            "The secret does not exist in this vault.",
+            "az keyvault secret set --vault-name ... --name ...",
+        )
     if service == "keyvault" and "403" in text:
         return (
             "The identity may not read secrets in this vault.",

@@ -217,3 +217,13 @@ def test_cache_policy_without_acl_whoami_is_still_healthy(site, azure_redis, azu
     (result,) = json.loads(output)["results"]
     assert result["ok"] and result["details"]["user"].startswith("(ACL WHOAMI refused: ")
     assert result["details"]["set_get_del"] is True
+
+
+def test_named_secret_and_a_missing_one(site, azure_keyvault):
+    azure_keyvault.set_secret("other-secret", "x")
+    output, error = azure_check("--json", "--keyvault", "--secret", "other-secret")
+    assert error is None
+    (result,) = json.loads(output)["results"]
+    assert [s["name"] for s in result["details"]["secrets"]] == ["other-secret"]
+    output, error = azure_check("--keyvault", "--secret", "not-there")
+    assert error is not None and "'not-there' does not exist" in output

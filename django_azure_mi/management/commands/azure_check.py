@@ -30,6 +30,12 @@ class Command(BaseCommand):
         parser.add_argument("--storage", action="append", metavar="ALIAS", help="only this storage alias")
         parser.add_argument("--keyvault", action="store_true", help="only Key Vault (AZURE_KEY_VAULT_URL)")
         parser.add_argument(
+            "--secret",
+            action="append",
+            metavar="NAME",
+            help="Key Vault secret whose metadata to read (default: the secrets settings.py read)",
+        )
+        parser.add_argument(
             "--timeout", type=float, default=20.0, help="seconds before a probe counts as failed (default 20)"
         )
 
@@ -41,6 +47,7 @@ class Command(BaseCommand):
             caches=options["cache"] or ([] if limited else None),
             storages=options["storage"] or ([] if limited else None),
             keyvault=options["keyvault"] or not limited,
+            secrets=options["secret"],
         )
         for option, service in (("database", "database"), ("cache", "cache"), ("storage", "storage")):
             for alias in options[option] or ():
