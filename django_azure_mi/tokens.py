@@ -487,7 +487,7 @@ class TokenProvider:
         last = self._last_error
         message = f"No token for scope {self.scope} ({self.identity}): {why}."
         if last:
-            message += f" Last error: {last}."
+            message += f" Last error: {last.rstrip('.')}."
         if self._token is not None:
             message += f" The last token expired {time.time() - self._token.expires_on:.0f}s ago."
         return TokenUnavailableError(message, scope=self.scope, identity=self.identity, last_error=last)
