@@ -15,6 +15,7 @@ import contextlib
 import os
 import re
 import secrets
+import shutil
 import sys
 import tempfile
 import threading
@@ -88,7 +89,9 @@ def start_stand_ins(stack: contextlib.ExitStack) -> dict[str, str]:
     vault.set_secret("django-secret-key", secrets.token_urlsafe(50))
     say(f"    Key Vault                 {vault.url}   secret 'django-secret-key'")
 
-    bundle = Path(tempfile.mkdtemp(prefix="django-azure-mi-demo-")) / "ca-bundle.pem"
+    workdir = tempfile.mkdtemp(prefix="django-azure-mi-demo-")
+    stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+    bundle = Path(workdir) / "ca-bundle.pem"
     bundle.write_text("".join(Path(f).read_text() for f in (vault.ca_file, azurite.ca_file)))
     env: dict[str, str] = {k: v for k, v in imds.environ().items() if v is not None}
     for name, value in imds.environ().items():
