@@ -132,6 +132,8 @@ class EntraAuth:
     def token(self) -> Any:
         """The current token (AccessToken); a TokenUnavailableError becomes a redis ConnectionError, so
         redis-py cleans up and retries."""
+        if self._stopped:  # reset: a late sweep or connection must not build a provider for new settings
+            raise RedisConnectionError("django-azure-mi: this cache's identity was reset")
         try:
             return self.provider.get_token(self.settings.scope)
         except TokenUnavailableError as exc:
@@ -210,16 +212,22 @@ class EntraAuth:
             self._wake.clear()
             now = time.time()
             for pool in list(self._pools):
+                if self._stopped:
+                    break
                 try:
                     pool.reauth_idle(now)
                 except Exception as exc:
                     logger.warning("redis re-AUTH sweep failed: %s", describe_error(exc))
 
     def stop(self) -> None:
+        """Stop the sweeper and wait (briefly) for a sweep in progress to finish."""
         self._stopped = True
         self._wake.set()
         if self._unsubscribe is not None:
             self._unsubscribe()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(5)
 
 
 _auths: dict[EntraSettings, EntraAuth] = {}

@@ -227,6 +227,23 @@ def test_checkout_retries_when_reconnecting_is_refused(use_cache, azure_redis):
     assert int(admin.info("stats")["rejected_connections"]) > rejected  # the refusal really happened
 
 
+@pytest.mark.azure_imds(ttl=4)
+def test_reset_leaves_no_sweeper_that_could_fetch_tokens(use_cache, azure_redis, azure_imds):
+    """Between tests (or after settings change) a late sweep must not build a provider for the next
+    settings: it could fetch a token before the next test's Redis accepts it (the one-off WRONGPASS seen
+    in CI). reset() waits for the sweeper, and a reset EntraAuth refuses to fetch."""
+    cache = use_cache("builtin")
+    cache.set("k", 1)
+    (auth,) = entra_cache._auths.values()
+    assert auth._thread is not None and auth._thread.is_alive()
+    entra_cache.reset()
+    assert not auth._thread.is_alive()
+    issued = azure_imds.issued_count()
+    with pytest.raises(RedisConnectionError, match="was reset"):
+        auth.token()
+    assert azure_imds.issued_count() == issued
+
+
 def get_token_provider_oid() -> str:
     import jwt
 
