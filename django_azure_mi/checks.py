@@ -50,7 +50,6 @@ ENGINE = "django_azure_mi.backends.postgresql"
 CACHE_BACKEND = "django_azure_mi.cache.RedisCache"
 CACHE_FACTORY = "django_azure_mi.cache.EntraConnectionFactory"
 STORAGE_BACKEND = "django_azure_mi.storage.AzureManagedIdentityStorage"
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 _AZURE_REDIS = (".redis.cache.windows.net", ".redis.azure.net", ".redis.cache.usgovcloudapi.net",
                 ".redis.cache.chinacloudapi.cn")  # fmt: skip
 
@@ -162,16 +161,24 @@ def _locations(cache: dict[str, Any]) -> list[str]:
     return [str(url).strip() for url in location if str(url).strip()]
 
 
+def uses_our_cache(cache: dict[str, Any]) -> bool:
+    """Does this ``CACHES`` entry sign in through django-azure-mi (our backend, or django-redis with our
+    connection factory)?"""
+    backend = cache.get("BACKEND", "")
+    factory = (cache.get("OPTIONS") or {}).get("CONNECTION_FACTORY")
+    return bool(
+        backend == CACHE_BACKEND or (backend.startswith("django_redis.") and factory == CACHE_FACTORY)
+    )
+
+
 def _check_cache(errors: list[checks.CheckMessage], alias: str, cache: dict[str, Any]) -> None:
     backend = cache.get("BACKEND", "")
     options = cache.get("OPTIONS") or {}
     obj = f"CACHES[{alias!r}]"
-    factory = options.get("CONNECTION_FACTORY")
-    ours = backend == CACHE_BACKEND or (backend.startswith("django_redis.") and factory == CACHE_FACTORY)
-    if ours:
+    if uses_our_cache(cache):
         _run(errors, obj, _validate_cache, backend, cache)
         username = (options.get("MANAGED_IDENTITY") or {}).get("USERNAME")
-        if isinstance(username, str) and username and not _GUID.match(username):
+        if isinstance(username, str) and username and not conf.GUID.match(username):
             errors.append(
                 checks.Warning(
                     f"{obj}['OPTIONS']['MANAGED_IDENTITY']['USERNAME'] = {username!r} is not an object id.",
@@ -191,9 +198,9 @@ def _check_cache(errors: list[checks.CheckMessage], alias: str, cache: dict[str,
             )
         )
     elif "redis" in backend.lower() and not options.get("PASSWORD"):
-        hosts = [urlsplit(url).hostname or "" for url in _locations(cache)]
-        if any(host.endswith(_AZURE_REDIS) for host in hosts) and not any(
-            urlsplit(url).password for url in _locations(cache)
+        urls = [urlsplit(url) for url in _locations(cache)]
+        if any((url.hostname or "").endswith(_AZURE_REDIS) for url in urls) and not any(
+            url.password for url in urls
         ):
             errors.append(
                 checks.Warning(

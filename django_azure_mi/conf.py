@@ -74,7 +74,7 @@ DEFAULTS: Final[dict[str, Any]] = {
     "TIMEOUT": 15,
 }
 
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _DOTTED = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+$")
 
 
@@ -107,7 +107,7 @@ def validate_client_id(value: Any, where: str) -> str | None:
     """A client id is a GUID (the identity's *client id*, not its object id or resource id)."""
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or not _GUID.match(value.strip()):
+    if not isinstance(value, str) or not GUID.match(value.strip()):
         raise SettingError(
             "E002",
             f"{where} must be the client id (a GUID like 00000000-0000-0000-0000-000000000000) of a "

@@ -89,7 +89,7 @@ def secret(
         )
     env_name = env or name.upper().replace("-", "_")
     dotenv = _dotenv(env_file)
-    url = vault_url or os.environ.get(VAULT_URL_ENV) or dotenv.get(VAULT_URL_ENV) or None
+    url = vault_url or _configured_vault(env_file)
     key = (url or "", name, version, env_name, os.fspath(env_file) if env_file else None)
     with _lock:
         if key in _values:
@@ -116,7 +116,7 @@ def secret(
 
 def secret_info(name: str, vault_url: str | None = None, timeout: float | None = None) -> SecretInfo:
     """Read secret ``name`` from the vault and describe it without its value (``azure_check``)."""
-    url = vault_url or os.environ.get(VAULT_URL_ENV) or _dotenv(None).get(VAULT_URL_ENV)
+    url = vault_url or _configured_vault(None)
     if not url:
         raise SecretError(f"No Key Vault configured: set {VAULT_URL_ENV} to the vault's URL.")
     from azure.core.exceptions import ResourceNotFoundError
@@ -143,7 +143,11 @@ def secrets_read() -> list[str]:
 
 def vault_url() -> str | None:
     """The configured vault (``AZURE_KEY_VAULT_URL`` from the environment or ``.env``), or None."""
-    return os.environ.get(VAULT_URL_ENV) or _dotenv(None).get(VAULT_URL_ENV) or None
+    return _configured_vault(None)
+
+
+def _configured_vault(env_file: str | os.PathLike[str] | None) -> str | None:
+    return os.environ.get(VAULT_URL_ENV) or _dotenv(env_file).get(VAULT_URL_ENV) or None
 
 
 def clear_cache() -> None:

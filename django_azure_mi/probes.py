@@ -24,7 +24,7 @@ from typing import Any
 import jwt
 
 from . import conf, get_token_provider
-from .checks import CACHE_BACKEND, CACHE_FACTORY, ENGINE, STORAGE_BACKEND, split_message
+from .checks import ENGINE, STORAGE_BACKEND, split_message, uses_our_cache
 
 PROBE_PREFIX = "django-azure-mi-probe"
 
@@ -70,20 +70,17 @@ def targets(
         if entry.get("ENGINE") == ENGINE and (databases is None or alias in databases):
             found.append(Target("database", alias, _probe_database))
     for alias, entry in (getattr(settings, "CACHES", None) or {}).items():
-        ours = (
-            entry.get("BACKEND") == CACHE_BACKEND
-            or (entry.get("OPTIONS") or {}).get("CONNECTION_FACTORY") == CACHE_FACTORY
-        )
-        if ours and (caches is None or alias in caches):
+        if uses_our_cache(entry) and (caches is None or alias in caches):
             found.append(Target("cache", alias, _probe_cache))
     for alias, entry in (getattr(settings, "STORAGES", None) or {}).items():
         if entry.get("BACKEND") == STORAGE_BACKEND and (storages is None or alias in storages):
             found.append(Target("storage", alias, _probe_storage))
     from . import keyvault as kv
 
-    if keyvault is not False and kv.vault_url():
+    vault = kv.vault_url() if keyvault is not False else None
+    if vault:
         probe = functools.partial(_probe_keyvault, names=secrets) if secrets else _probe_keyvault
-        found.append(Target("keyvault", kv.vault_url() or "", probe))
+        found.append(Target("keyvault", vault, probe))
     return found
 
 
@@ -119,7 +116,8 @@ def run(selected: list[Target], *, timeout: float = 20.0, deep: bool = True) -> 
             result.elapsed_ms = timeout * 1000
             result.error = f"no answer within {timeout:g} s"
             result.diagnosis, result.fix = _diagnose(result.service, result.alias, result.error)
-    return [dataclasses.replace(r) for r in results]  # snapshots: late threads cannot change them
+    # snapshots (with their own dicts): a probe thread that answers late cannot change them
+    return [dataclasses.replace(r, identity=dict(r.identity), details=dict(r.details)) for r in results]
 
 
 _inflight_lock = threading.Lock()
@@ -206,28 +204,24 @@ def _probe_database(result: Result, deep: bool) -> None:
 
 def _probe_cache(result: Result, deep: bool) -> None:
     from django.core.cache import caches
+    from redis.exceptions import ResponseError
 
     from .cache import OPTION
 
-    entra, client = _redis(caches[result.alias])
+    auth, client = _redis(caches[result.alias])
+    entra = auth.settings
     result.identity = identity_facts(entra.scope, entra.client_id)
     if entra.username and result.identity["oid"] and entra.username != result.identity["oid"]:
         raise RuntimeError(
             f"OPTIONS['{OPTION}']['USERNAME'] is {entra.username!r} but the token's object id is "
             f"{result.identity['oid']!r} (Redis would answer WRONGPASS)"
         )
-    from .cache import get_auth
-
-    auth = get_auth(entra)  # this process's re-AUTH record (the status page of a long-running site)
+    # this process's re-AUTH record (the status page of a long-running site)
     result.details.update(reauths=auth.reauths, reauth_failures=auth.reauth_failures)
     result.details["ping"] = bool(client.ping())
     try:
         result.details["user"] = _text(client.execute_command("ACL", "WHOAMI"))
-    except Exception as exc:  # NOPERM with a Data Reader/Contributor policy, or a server without ACL
-        from redis.exceptions import ResponseError
-
-        if not isinstance(exc, ResponseError):
-            raise
+    except ResponseError as exc:  # NOPERM with a Data Reader/Contributor policy, or a server without ACL
         result.details["user"] = f"(ACL WHOAMI refused: {str(exc)[:80]})"
     if deep:
         key = f"{PROBE_PREFIX}:{uuid.uuid4().hex}"
@@ -241,14 +235,14 @@ def _probe_cache(result: Result, deep: bool) -> None:
 
 
 def _redis(cache: Any) -> tuple[Any, Any]:
-    """(EntraSettings, redis.Redis) of a django-redis cache or of our Django built-in RedisCache."""
-    from .cache import OPTION, RedisCache, parse_options
+    """(EntraAuth, redis.Redis) of a django-redis cache or of our Django built-in RedisCache: the auth
+    object the cache's pools use, so its settings and re-AUTH counters are the live ones."""
+    from .cache import RedisCache
 
-    if isinstance(cache, RedisCache):  # Django's built-in backend: the settings live on its pools
+    if isinstance(cache, RedisCache):  # Django's built-in backend: passed to its pools
         client: Any = cache._cache
-        return client._pool_options["entra"].settings, client.get_client(write=True)
-    settings = parse_options((cache._params.get("OPTIONS") or {}).get(OPTION), "")  # django-redis
-    return settings, cache.client.get_client(write=True)
+        return client._pool_options["entra"], client.get_client(write=True)
+    return cache.client.connection_factory.entra, cache.client.get_client(write=True)  # django-redis
 
 
 def _probe_storage(result: Result, deep: bool) -> None:
@@ -377,12 +371,9 @@ def _diagnose(service: str, alias: str, error: str, result: Result | None = None
                 f"Check {where}['OPTIONS']['managed_identity']['scope'] and AZURE_MANAGED_IDENTITY['CLOUD'].",
             )
         if "403" in text:  # AuthorizationPermissionMismatch / AuthorizationFailure
-            return (
-                "The identity has no data role on the storage account.",
-                "Grant 'Storage Blob Data Contributor' (and 'Storage Blob Delegator' for signed URLs): az "
-                "role assignment create --role 'Storage Blob Data Contributor' --assignee <oid> --scope "
-                "<storage account id>.",
-            )
+            from .storage import ROLES
+
+            return ("The identity has no data role on the storage account.", ROLES)
         if "containernotfound" in text or ("container" in text and "not exist" in text):
             return (
                 "The container does not exist.",

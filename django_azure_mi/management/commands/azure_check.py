@@ -40,7 +40,6 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        self._check_aliases(options)
         limited = any(options[k] for k in ("database", "cache", "storage", "keyvault"))
         selected = probes.targets(
             databases=options["database"] or ([] if limited else None),
@@ -49,10 +48,7 @@ class Command(BaseCommand):
             keyvault=options["keyvault"] or not limited,
             secrets=options["secret"],
         )
-        for option, service in (("database", "database"), ("cache", "cache"), ("storage", "storage")):
-            for alias in options[option] or ():
-                if not any(t.service == service and t.alias == alias for t in selected):
-                    raise CommandError(f"--{option} {alias}: it does not use django-azure-mi (see README).")
+        self._check_aliases(options, selected)
         started = time.monotonic()
         results = probes.run(selected, timeout=options["timeout"])
         healthy = all(r.ok for r in results)
@@ -69,7 +65,8 @@ class Command(BaseCommand):
             failed = sum(not r.ok for r in results)
             raise CommandError(f"{failed} of {len(results)} checks failed", returncode=1)
 
-    def _check_aliases(self, options: dict[str, Any]) -> None:
+    def _check_aliases(self, options: dict[str, Any], selected: list[probes.Target]) -> None:
+        """Every alias named on the command line exists and uses django-azure-mi."""
         from django.conf import settings
 
         if options["keyvault"]:
@@ -81,6 +78,8 @@ class Command(BaseCommand):
             for alias in options[option] or ():
                 if alias not in (getattr(settings, setting, None) or {}):
                     raise CommandError(f"--{option} {alias}: there is no {setting}[{alias!r}].")
+                if not any(t.service == option and t.alias == alias for t in selected):
+                    raise CommandError(f"--{option} {alias}: it does not use django-azure-mi (see README).")
 
     def _table(self, results: list[probes.Result]) -> None:
         write = self.stdout.write
