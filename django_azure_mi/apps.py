@@ -12,7 +12,7 @@ class DjangoAzureMIConfig(AppConfig):
         from django.core.signals import setting_changed
 
         from . import checks as our_checks
-        from . import conf
+        from . import runtime
 
-        setting_changed.connect(conf.on_setting_changed, dispatch_uid="django_azure_mi.conf")
+        setting_changed.connect(runtime.on_setting_changed, dispatch_uid="django_azure_mi.runtime")
         checks.register(our_checks.check_settings, "django_azure_mi")

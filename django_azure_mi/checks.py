@@ -36,7 +36,6 @@ E040      ``AZURE_KEY_VAULT_URL`` is not an https URL
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,6 +44,10 @@ from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
 from . import conf
+from .core.credentials import KINDS, IdentityKey, check_workload_environment, import_factory
+from .core.errors import Problem
+from .diagnostics import setting_errors
+from .options import split_locations
 
 ENGINE = "django_azure_mi.backends.postgresql"
 CACHE_BACKEND = "django_azure_mi.cache.RedisCache"
@@ -80,7 +83,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
 def _run(errors: list[checks.CheckMessage], obj: str, check: Callable[..., Any], *args: Any) -> Any:
     """Call ``check``; turn a SettingError (or a missing extra) into a check message."""
     try:
-        return check(*args)
+        with setting_errors():
+            return check(*args)
     except ImportError as exc:
         errors.append(
             checks.Error(
@@ -92,40 +96,25 @@ def _run(errors: list[checks.CheckMessage], obj: str, check: Callable[..., Any],
             )
         )
     except ImproperlyConfigured as exc:
-        check_id = getattr(exc, "check_id", None) or "E000"
-        problem, fix = split_message(str(exc))
-        errors.append(checks.Error(problem, hint=fix, obj=obj, id=f"django_azure_mi.{check_id}"))
+        problem = getattr(exc, "problem", None)
+        if not isinstance(problem, Problem):  # Django's own, e.g. pooling without psycopg 3
+            problem = Problem("E000", str(exc))
+        errors.append(
+            checks.Error(
+                problem.problem, hint=problem.fix or None, obj=obj, id=f"django_azure_mi.{problem.check_id}"
+            )
+        )
     return None
 
 
-def split_message(message: str) -> tuple[str, str | None]:
-    """ "Problem. Fix." -> ("Problem.", "Fix.") at the first sentence end outside quotes/brackets."""
-    depth = 0
-    quote = ""
-    for i, char in enumerate(message):
-        if quote:
-            quote = "" if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char in "([{":
-            depth += 1
-        elif char in ")]}":
-            depth = max(0, depth - 1)
-        elif char == "." and depth == 0 and message[i + 1 : i + 2] == " " and i > 0:
-            if message[i - 3 : i] in ("e.g", "i.e"):
-                continue
-            return message[: i + 1], message[i + 2 :]
-    return message, None
-
-
 def _check_credential(config: conf.Config) -> None:
-    from . import identity
-
-    key = identity.identity_key(config, None)
-    if key.credential in conf.CREDENTIAL_KINDS:
-        identity.build_credential(key, config.timeout)  # no network: checks the environment it needs
+    """The environment a built-in credential needs, or that a custom factory imports. Nothing is built
+    and a custom factory is not called: it may do anything."""
+    key = IdentityKey(config.credential, config.client_id, config.cloud.authority_host)
+    if key.credential in KINDS:
+        check_workload_environment(key)
     else:
-        identity.import_factory(key.credential)  # not called: a custom factory may do anything
+        import_factory(key.credential)
 
 
 def _check_database(errors: list[checks.CheckMessage], alias: str, database: dict[str, Any]) -> None:
@@ -148,17 +137,9 @@ def _check_database(errors: list[checks.CheckMessage], alias: str, database: dic
 
 
 def _validate_database(alias: str, database: dict[str, Any]) -> None:
-    from .backends.postgresql import base
+    from .backends.postgresql.options import managed_identity
 
-    if base.managed_identity(database, alias) is not None and (database.get("OPTIONS") or {}).get("pool"):
-        base._check_pool_version(alias)
-
-
-def _locations(cache: dict[str, Any]) -> list[str]:
-    location = cache.get("LOCATION") or []
-    if isinstance(location, str):
-        location = re.split(r"[;,]", location)
-    return [str(url).strip() for url in location if str(url).strip()]
+    managed_identity(database, alias)
 
 
 def uses_our_cache(cache: dict[str, Any]) -> bool:
@@ -198,7 +179,7 @@ def _check_cache(errors: list[checks.CheckMessage], alias: str, cache: dict[str,
             )
         )
     elif "redis" in backend.lower() and not options.get("PASSWORD"):
-        urls = [urlsplit(url) for url in _locations(cache)]
+        urls = [urlsplit(url) for url in split_locations(cache.get("LOCATION"))]
         if any((url.hostname or "").endswith(_AZURE_REDIS) for url in urls) and not any(
             url.password for url in urls
         ):
@@ -214,15 +195,15 @@ def _check_cache(errors: list[checks.CheckMessage], alias: str, cache: dict[str,
 
 
 def _validate_cache(backend: str, cache: dict[str, Any]) -> None:
-    from . import cache as adapter
+    from .cache import auth, factory
+    from .cache import backend as builtin
 
-    options = dict(cache.get("OPTIONS") or {})
     if backend == CACHE_BACKEND:
-        adapter.RedisCache(cache.get("LOCATION") or "", dict(cache))  # validates options and LOCATION
+        builtin.validate(cache.get("LOCATION") or "", cache)  # options and LOCATION
         return
-    adapter.EntraConnectionFactory(options)
-    for url in _locations(cache):
-        adapter.check_location(url, "CACHES[…]['LOCATION']")
+    factory.validate(dict(cache.get("OPTIONS") or {}))
+    for url in split_locations(cache.get("LOCATION")):
+        auth.check_location(url)
 
 
 def _check_storage(errors: list[checks.CheckMessage], alias: str, storage: dict[str, Any]) -> None:
@@ -233,4 +214,4 @@ def _check_storage(errors: list[checks.CheckMessage], alias: str, storage: dict[
 def _validate_storage(options: dict[str, Any]) -> None:
     from .storage import AzureManagedIdentityStorage
 
-    AzureManagedIdentityStorage(**options)  # validation only: no request is made
+    AzureManagedIdentityStorage(**options)  # validation only: no credential, no request

@@ -1,25 +1,22 @@
 """Settings: ``settings.AZURE_MANAGED_IDENTITY`` (every key optional) plus environment defaults.
 
-Read once and cached; Django's ``setting_changed`` signal (``override_settings``) clears the cache.
-Works without Django settings configured too (defaults + environment), so the token core can be used
-from plain scripts.
+Validated into a frozen :class:`Config`; the :mod:`~django_azure_mi.runtime` holds the current one and is
+replaced when the setting changes. Works without Django settings configured too (defaults + environment),
+so the token core can be used from plain scripts.
 """
 
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import os
 import re
-import threading
 from dataclasses import dataclass
 from typing import Any, Final
 
-from django.core.exceptions import ImproperlyConfigured
+from .core.credentials import KINDS as CREDENTIAL_KINDS
+from .diagnostics import SettingError
 
 SETTING: Final = "AZURE_MANAGED_IDENTITY"
-
-CREDENTIAL_KINDS: Final = ("managed_identity", "workload_identity", "default")
 
 
 @dataclass(frozen=True)
@@ -90,17 +87,8 @@ class Config:
     timeout: float
 
 
-class SettingError(ImproperlyConfigured):
-    """A misconfiguration, with the id ``manage.py check`` reports it under (``django_azure_mi.E0xx``).
-    The message names the setting and, after its first sentence, the fix."""
-
-    def __init__(self, check_id: str, message: str) -> None:
-        super().__init__(message)
-        self.check_id = check_id
-
-
 def _error(key: str, problem: str, fix: str) -> SettingError:
-    return SettingError("E001", f"{SETTING}[{key!r}] {problem}. {fix}")
+    return SettingError("E001", f"{SETTING}[{key!r}] {problem}.", fix)
 
 
 def validate_client_id(value: Any, where: str) -> str | None:
@@ -111,8 +99,8 @@ def validate_client_id(value: Any, where: str) -> str | None:
         raise SettingError(
             "E002",
             f"{where} must be the client id (a GUID like 00000000-0000-0000-0000-000000000000) of a "
-            f"user-assigned managed identity, got {value!r}. Find it with "
-            "`az identity show -n NAME -g GROUP --query clientId`, or leave it unset for the "
+            f"user-assigned managed identity, got {value!r}.",
+            "Find it with `az identity show -n NAME -g GROUP --query clientId`, or leave it unset for the "
             "system-assigned identity.",
         )
     return value.strip()
@@ -126,8 +114,8 @@ def build_config(raw: Any, environ: os._Environ[str] | dict[str, str] | None = N
     if not isinstance(raw, dict):
         raise SettingError(
             "E001",
-            f"{SETTING} must be a dict, got {type(raw).__name__}. Example: "
-            f'{SETTING} = {{"CREDENTIAL": "managed_identity"}}',
+            f"{SETTING} must be a dict, got {type(raw).__name__}.",
+            f'Example: {SETTING} = {{"CREDENTIAL": "managed_identity"}}',
         )
     unknown = sorted(set(raw) - set(DEFAULTS), key=str)
     if unknown:
@@ -195,72 +183,3 @@ def build_config(raw: Any, environ: os._Environ[str] | dict[str, str] | None = N
         token_cache_dir=cache_dir,
         timeout=float(timeout),
     )
-
-
-_lock = threading.Lock()
-_cached: Config | None = None
-_unconfigured: Config | None = None
-
-
-def get_config() -> Config:
-    """The process-wide configuration (validated once, cached until settings change)."""
-    global _cached
-    config = _cached
-    if config is None:
-        from django.conf import settings
-
-        if not settings.configured:  # plain scripts, or settings.py itself running: defaults + env,
-            global _unconfigured  # kept apart so the real setting is read once settings exist
-            if _unconfigured is None:
-                _unconfigured = build_config(None)
-            return _unconfigured
-        with _lock:
-            if _cached is None:
-                _cached = build_config(getattr(settings, SETTING, None))
-            config = _cached
-    return config
-
-
-def clear_cache() -> None:
-    global _cached, _unconfigured
-    with _lock:
-        _cached = _unconfigured = None
-
-
-def on_setting_changed(*, setting: str, **kwargs: Any) -> None:
-    """``setting_changed`` receiver (connected in ``apps.py``): re-read the setting next time."""
-    if setting == SETTING:
-        clear_cache()
-
-
-def is_loopback(host: str | None) -> bool:
-    """True for hosts that never leave this machine: loopback names/addresses and Unix socket paths.
-    Bearer tokens may travel without TLS only to these."""
-    if not host:
-        return True  # libpq/redis default: the local socket
-    host = host.strip().strip("[]")
-    if host.startswith("/") or host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def adapter_identity(
-    options: dict[str, Any], service: str, where: str, keys: tuple[str, str] = ("client_id", "scope")
-) -> tuple[str | None, str]:
-    """An adapter's per-connection identity options: ``(client_id, scope)``, with the configured cloud's
-    default scope for ``service`` ("postgres", "redis", "storage", "keyvault"). ``where`` names the option
-    dict in errors, e.g. ``"DATABASES['default']['OPTIONS']['managed_identity']"``; ``keys`` its key names."""
-    client_key, scope_key = keys
-    client_id = validate_client_id(options.get(client_key), f"{where}['{client_key}']")
-    default: str = getattr(get_config().cloud, f"{service}_scope")
-    scope = options.get(scope_key) or default
-    if not isinstance(scope, str) or not scope.startswith("https://"):
-        raise SettingError(
-            "E005",
-            f"{where}['{scope_key}'] = {scope!r} is not a scope; the default for "
-            f"AZURE_MANAGED_IDENTITY['CLOUD'] is {default!r}.",
-        )
-    return client_id, scope

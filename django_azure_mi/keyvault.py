@@ -27,7 +27,9 @@ from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
-from . import conf
+from . import conf, diagnostics, runtime
+from .core.errors import Problem
+from .options import is_loopback
 
 if TYPE_CHECKING:
     from azure.keyvault.secrets import KeyVaultSecret, SecretClient
@@ -47,12 +49,16 @@ MISSING: Final = _Missing()
 
 
 class SecretError(ImproperlyConfigured):
-    """A secret could not be read; the message names the secret, the source and the fix. ``check_id`` is set
-    when the cause is static misconfiguration (``manage.py check`` reports it under that id)."""
+    """A secret could not be read; the message names the secret, the source and the fix. ``problem`` is set
+    when the cause is static misconfiguration (``manage.py check`` reports it under its id)."""
 
-    def __init__(self, message: str, check_id: str | None = None) -> None:
+    def __init__(self, message: str, problem: Problem | None = None) -> None:
         super().__init__(message)
-        self.check_id = check_id
+        self.problem = problem
+
+    @property
+    def check_id(self) -> str | None:
+        return self.problem.check_id if self.problem else None
 
 
 @dataclass(frozen=True)
@@ -88,12 +94,13 @@ def secret(
             "(e.g. 'django-secret-key')."
         )
     env_name = env or name.upper().replace("-", "_")
-    dotenv = _dotenv(env_file)
+    state = _state()
+    dotenv = state.dotenv(env_file)
     url = vault_url or _configured_vault(env_file)
     key = (url or "", name, version, env_name, os.fspath(env_file) if env_file else None)
-    with _lock:
-        if key in _values:
-            return _values[key]
+    with state.lock:
+        if key in state.values:
+            return state.values[key]
     if url:
         value = _from_vault(url, name, version, default, _identity_setting())
     elif env_name in os.environ:
@@ -109,8 +116,8 @@ def secret(
             f"environment variable {env_name}{where}. Set {env_name}, add it to .env, set {VAULT_URL_ENV} "
             f"to read it from Key Vault, or pass default=... to secret({name!r})."
         )
-    with _lock:
-        _values[key] = value
+    with state.lock:
+        state.values[key] = value
     return value
 
 
@@ -122,7 +129,7 @@ def secret_info(name: str, vault_url: str | None = None, timeout: float | None =
     from azure.core.exceptions import ResourceNotFoundError
 
     try:
-        found = _get(url, name, None, conf.get_config(), timeout)
+        found = _get(url, name, None, runtime.get().config, timeout)
     except ResourceNotFoundError:
         raise _not_found(url, name, None) from None
     props = found.properties
@@ -137,8 +144,9 @@ def secret_info(name: str, vault_url: str | None = None, timeout: float | None =
 
 def secrets_read() -> list[str]:
     """Names of the secrets this process read from Key Vault (what ``azure_check`` probes)."""
-    with _lock:
-        return list(_read_names)
+    state = _state()
+    with state.lock:
+        return list(state.read_names)
 
 
 def vault_url() -> str | None:
@@ -147,50 +155,57 @@ def vault_url() -> str | None:
 
 
 def _configured_vault(env_file: str | os.PathLike[str] | None) -> str | None:
-    return os.environ.get(VAULT_URL_ENV) or _dotenv(env_file).get(VAULT_URL_ENV) or None
+    return os.environ.get(VAULT_URL_ENV) or _state().dotenv(env_file).get(VAULT_URL_ENV) or None
 
-
-def clear_cache() -> None:
-    """Forget cached values and clients (tests; after rotating a secret, restart the process instead)."""
-    with _lock:
-        _values.clear()
-        _read_names.clear()
-        _clients.clear()
-        _dotenv_files.clear()
-
-
-reset = clear_cache
 
 # ---------------------------------------------------------------------------------------------- internals
-
-_lock = threading.Lock()
-_values: dict[tuple[Any, ...], str] = {}
-_read_names: list[str] = []
-_clients: dict[tuple[str, conf.Config, float | None], SecretClient] = {}
 
 
 class _DotEnv(dict[str, str | None]):
     path: str | None = None
 
 
-_dotenv_files: dict[str, _DotEnv] = {}
+class KeyVaultState:
+    """What ``secret()`` remembers in this process: values, the names read from the vault, SDK clients and
+    parsed ``.env`` files. A runtime component."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.values: dict[tuple[Any, ...], str] = {}
+        self.read_names: list[str] = []
+        self.clients: dict[tuple[str, conf.Config, float | None], SecretClient] = {}
+        self.dotenv_files: dict[str, _DotEnv] = {}
+
+    def dotenv(self, env_file: str | os.PathLike[str] | None) -> _DotEnv:
+        path = os.path.abspath(os.fspath(env_file) if env_file else ".env")
+        with self.lock:
+            cached = self.dotenv_files.get(path)
+        if cached is not None:
+            return cached
+        values = _DotEnv()
+        if os.path.isfile(path):
+            from dotenv import dotenv_values
+
+            values.update(dotenv_values(path))
+            values.path = path  # a missing file is fine: on Azure there is none
+        with self.lock:
+            self.dotenv_files[path] = values
+        return values
+
+    def close(self) -> None:
+        with self.lock:
+            self.values.clear()
+            self.read_names.clear()
+            self.clients.clear()
+            self.dotenv_files.clear()
+
+    def after_fork(self) -> None:  # HTTP sessions must not be shared with the parent
+        self.lock = threading.Lock()
+        self.clients.clear()
 
 
-def _dotenv(env_file: str | os.PathLike[str] | None) -> _DotEnv:
-    path = os.path.abspath(os.fspath(env_file) if env_file else ".env")
-    with _lock:
-        cached = _dotenv_files.get(path)
-    if cached is not None:
-        return cached
-    values = _DotEnv()
-    if os.path.isfile(path):
-        from dotenv import dotenv_values
-
-        values.update(dotenv_values(path))
-        values.path = path  # a missing file is fine: on Azure there is none
-    with _lock:
-        _dotenv_files[path] = values
-    return values
+def _state() -> KeyVaultState:
+    return runtime.get().component("keyvault", KeyVaultState)
 
 
 def _identity_setting() -> conf.Config:
@@ -199,7 +214,7 @@ def _identity_setting() -> conf.Config:
     from django.conf import settings
 
     if settings.configured:
-        return conf.get_config()
+        return runtime.get().config
     frame = sys._getframe(1)
     while frame is not None and frame.f_globals.get("__name__") == __name__:
         frame = frame.f_back  # type: ignore[assignment]
@@ -222,33 +237,32 @@ def _from_vault(
     if found.value is None:
         raise SecretError(f"Key Vault secret {name!r} in {url} has no value.")
     logger.info("Read Key Vault secret %r (version %s) from %s", name, found.properties.version, url)
-    with _lock:
-        if name not in _read_names:
-            _read_names.append(name)
+    state = _state()
+    with state.lock:
+        if name not in state.read_names:
+            state.read_names.append(name)
     return found.value
 
 
 def _not_found(url: str, name: str, version: str | None) -> SecretError:
-    return SecretError(
-        f"Key Vault secret {name!r} does not exist in {url}"
-        + (f" (version {version})" if version else "")
-        + f". Create it: az keyvault secret set --vault-name {_vault_name(url)} --name {name} "
-        f"--file <file>, or pass default=... to secret({name!r})."
+    from azure.core.exceptions import ResourceNotFoundError
+
+    failure = diagnostics.diagnose_keyvault(ResourceNotFoundError(), url, name)
+    where = f" (version {version})" if version else ""
+    message = (
+        f"Key Vault secret {name!r} does not exist in {url}{where}. {failure.fix}, or pass default=... to "
+        f"secret({name!r})."
     )
+    return diagnostics.attach(SecretError(message), failure)  # type: ignore[return-value]
 
 
 def _get(
     url: str, name: str, version: str | None, config: conf.Config, timeout: float | None
 ) -> KeyVaultSecret:
     """One ``get_secret`` with our errors. ``timeout`` bounds the whole call (``azure_check``)."""
-    from azure.core.exceptions import (
-        ClientAuthenticationError,
-        HttpResponseError,
-        ResourceNotFoundError,
-        ServiceRequestError,
-    )
+    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
-    from .tokens import TokenUnavailableError, describe_error
+    from .core.errors import TokenUnavailableError, describe_error
 
     client = _client(url, config, timeout)
     identity = _identity_label(config)
@@ -256,57 +270,54 @@ def _get(
         return client.get_secret(name, version)
     except ResourceNotFoundError:
         raise
-    except TokenUnavailableError as exc:
-        raise SecretError(f"Key Vault secret {name!r}: no token for {identity}: {exc}") from None
-    except ClientAuthenticationError as exc:
-        raise SecretError(
-            f"Key Vault {url} refused the token of {identity} for secret {name!r} "
-            f"({_reason(exc)}). Check that the vault is in the identity's tenant and that "
-            f"AZURE_MANAGED_IDENTITY['CLOUD'] matches the vault's cloud."
-        ) from None
-    except HttpResponseError as exc:
-        if exc.status_code == 403:
-            raise SecretError(
-                f"{identity} may not read secret {name!r} in {url} ({_reason(exc)}). Grant it the "
-                "'Key Vault Secrets User' role: az role assignment create --role 'Key Vault Secrets User' "
-                "--assignee <principal id> --scope $(az keyvault show -n "
-                f"{_vault_name(url)} --query id -o tsv); for a vault using access policies: "
-                f"az keyvault set-policy -n {_vault_name(url)} --object-id <principal id> "
-                "--secret-permissions get."
-            ) from None
-        raise SecretError(f"Key Vault {url}: reading secret {name!r} failed: {_reason(exc)}") from None
-    except (ServiceRequestError, OSError) as exc:
-        raise SecretError(
-            f"Key Vault {url} is unreachable while reading secret {name!r}: {describe_error(exc)}. Check "
-            f"{VAULT_URL_ENV}, DNS/private endpoint and the vault's firewall."
-        ) from None
+    except Exception as exc:
+        error = exc
+    failure = diagnostics.diagnose_identity(error) or diagnostics.diagnose_keyvault(error, url, name)
+    if isinstance(error, TokenUnavailableError):
+        message = f"Key Vault secret {name!r}: no token for {identity}: {error}"
+    elif failure.kind == "token-refused":
+        message = (
+            f"Key Vault {url} refused the token of {identity} for secret {name!r} ({_reason(error)}). "
+            f"{failure.fix}"
+        )
+    elif failure.kind == "no-role":
+        message = f"{identity} may not read secret {name!r} in {url} ({_reason(error)}). {failure.fix}"
+    elif failure.kind == "unreachable":
+        message = (
+            f"Key Vault {url} is unreachable while reading secret {name!r}: {describe_error(error)}. "
+            f"{failure.fix}"
+        )
+    elif isinstance(error, HttpResponseError):
+        message = f"Key Vault {url}: reading secret {name!r} failed: {_reason(error)}"
+    else:
+        raise error
+    raise diagnostics.attach(SecretError(message), failure) from None
 
 
 def _client(url: str, config: conf.Config, timeout: float | None) -> SecretClient:
     check_url(url)
     key = (url, config, timeout)
-    with _lock:
-        client = _clients.get(key)
+    state = _state()
+    with state.lock:
+        client = state.clients.get(key)
     if client is not None:
         return client
     from azure.keyvault.secrets import SecretClient
 
-    from . import _build_provider
-
-    provider = _build_provider(config, config.cloud.keyvault_scope, None)
+    provider = runtime.get().provider(config.cloud.keyvault_scope, None, config)
     read_timeout = min(config.timeout, timeout) if timeout else config.timeout
     client = SecretClient(
         url,
         credential=provider,
         # a vault on 127.0.0.1 (the stand-in) cannot match the challenge's vault.azure.net
-        verify_challenge_resource=not conf.is_loopback(urlsplit(url).hostname),
+        verify_challenge_resource=not is_loopback(urlsplit(url).hostname),
         connection_timeout=min(5.0, read_timeout),
         read_timeout=read_timeout,
         retry_total=0 if timeout else 3,
         retry_backoff_max=8,
     )
-    with _lock:
-        client = _clients.setdefault(key, client)
+    with state.lock:
+        client = state.clients.setdefault(key, client)
     return client
 
 
@@ -314,17 +325,17 @@ def check_url(url: str) -> None:
     """``AZURE_KEY_VAULT_URL`` must be an https URL (the system checks call this too)."""
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
-        raise SecretError(
-            f"{VAULT_URL_ENV}={url!r} is not an https URL. Use the vault's URI, e.g. "
-            "https://my-vault.vault.azure.net (az keyvault show -n NAME --query properties.vaultUri).",
-            check_id="E040",
+        problem = Problem(
+            "E040",
+            f"{VAULT_URL_ENV}={url!r} is not an https URL.",
+            "Use the vault's URI, e.g. https://my-vault.vault.azure.net (az keyvault show -n NAME --query "
+            "properties.vaultUri).",
         )
+        raise SecretError(problem.message, problem)
 
 
 def _identity_label(config: conf.Config) -> str:
-    from .identity import identity_key
-
-    return identity_key(config, None).label
+    return runtime.get().identity(None, config).label
 
 
 def _vault_name(url: str) -> str:
@@ -339,13 +350,3 @@ def _reason(exc: Any) -> str:
     if isinstance(inner, dict) and inner.get("code"):
         code = f"{code}/{inner['code']}"
     return f"{exc.status_code} {code}: {message}" if code else f"{exc.status_code} {message}"
-
-
-def _after_fork() -> None:  # HTTP sessions must not be shared with the parent
-    global _lock
-    _lock = threading.Lock()
-    _clients.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 import threading
 import time
 import uuid
@@ -21,10 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import jwt
-
-from . import conf, get_token_provider
-from .checks import ENGINE, STORAGE_BACKEND, split_message, uses_our_cache
+from . import diagnostics, get_token_provider, runtime
+from .checks import ENGINE, STORAGE_BACKEND, uses_our_cache
+from .core.errors import describe_error
+from .options import is_loopback
 
 PROBE_PREFIX = "django-azure-mi-probe"
 
@@ -84,26 +83,43 @@ def targets(
     return found
 
 
+class InFlight:
+    """Probe threads still running, by (service, alias): a runtime component."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.threads: dict[tuple[str, str], tuple[threading.Thread, float]] = {}
+
+    def close(self) -> None:  # a hung probe of one runtime must not mark the next one's
+        with self.lock:
+            self.threads.clear()
+
+    def after_fork(self) -> None:
+        self.lock = threading.Lock()
+        self.threads.clear()
+
+
 def run(selected: list[Target], *, timeout: float = 20.0, deep: bool = True) -> list[Result]:
     """Probe ``selected`` in parallel; every result is back within ``timeout`` seconds.
 
     A probe still stuck from an earlier run (a server that accepts but never answers) is not started again:
     its result says so, and repeated readiness checks cannot pile up threads."""
+    inflight = runtime.get().component("probes", InFlight)
     results = [Result(t.service, t.alias) for t in selected]
     threads: list[threading.Thread | None] = []
     for target, result in zip(selected, results, strict=True):
         key = (target.service, target.alias)
-        with _inflight_lock:
-            stuck = _inflight.get(key)
+        with inflight.lock:
+            stuck = inflight.threads.get(key)
             if stuck is not None and stuck[0].is_alive():
                 threads.append(None)
                 result.error = f"the previous probe has not answered for {time.monotonic() - stuck[1]:.0f} s"
-                result.diagnosis, result.fix = _diagnose(result.service, result.alias, "no answer within")
+                _set_failure(result, diagnostics.timeout_failure(result.service, _where(result), timeout))
                 continue
             thread = threading.Thread(
                 target=_guarded, args=(target, result, deep), name=f"probe-{target.service}", daemon=True
             )
-            _inflight[key] = (thread, time.monotonic())
+            inflight.threads[key] = (thread, time.monotonic())
         thread.start()
         threads.append(thread)
     deadline = time.monotonic() + timeout
@@ -115,19 +131,21 @@ def run(selected: list[Target], *, timeout: float = 20.0, deep: bool = True) -> 
             result.ok = False
             result.elapsed_ms = timeout * 1000
             result.error = f"no answer within {timeout:g} s"
-            result.diagnosis, result.fix = _diagnose(result.service, result.alias, result.error)
+            _set_failure(result, diagnostics.timeout_failure(result.service, _where(result), timeout))
     # snapshots (with their own dicts): a probe thread that answers late cannot change them
     return [dataclasses.replace(r, identity=dict(r.identity), details=dict(r.details)) for r in results]
 
 
-_inflight_lock = threading.Lock()
-_inflight: dict[tuple[str, str], tuple[threading.Thread, float]] = {}
+def _where(result: Result) -> str:
+    return {
+        "database": f"DATABASES[{result.alias!r}]",
+        "cache": f"CACHES[{result.alias!r}]",
+        "storage": f"STORAGES[{result.alias!r}]",
+    }.get(result.service, "AZURE_KEY_VAULT_URL")
 
 
-def reset() -> None:
-    """Forget probes still running (tests: a hung probe of one test must not mark the next one's)."""
-    with _inflight_lock:
-        _inflight.clear()
+def _set_failure(result: Result, failure: diagnostics.ServiceFailure) -> None:
+    result.diagnosis, result.fix = failure.diagnosis, failure.fix
 
 
 def _guarded(target: Target, result: Result, deep: bool) -> None:
@@ -136,16 +154,8 @@ def _guarded(target: Target, result: Result, deep: bool) -> None:
         target.probe(result, deep)
         result.ok = True
     except Exception as exc:
-        from .tokens import describe_error
-
         result.error = describe_error(exc, 600)
-        check_id = getattr(exc, "check_id", None)
-        if check_id:  # a SettingError: the same words as `manage.py check`
-            problem, fix = split_message(str(exc))
-            result.diagnosis = f"Misconfiguration (django_azure_mi.{check_id}): {problem}"
-            result.fix = fix or "See `manage.py check`."
-        else:
-            result.diagnosis, result.fix = _diagnose(target.service, target.alias, result.error, result)
+        _set_failure(result, diagnostics.diagnose(target.service, exc, _where(result)))
     finally:
         result.elapsed_ms = round((time.monotonic() - started) * 1000, 1)
 
@@ -156,8 +166,8 @@ def _guarded(target: Target, result: Result, deep: bool) -> None:
 def identity_facts(scope: str, client_id: str | None) -> dict[str, Any]:
     """Who the token for ``scope`` says we are - from its claims, without the token."""
     provider = get_token_provider(scope, client_id=client_id)
-    token = provider.get_token(scope)
-    claims = jwt.decode(token.token, options={"verify_signature": False})
+    token = provider.current()
+    claims = token.claims
     resource_id = str(claims.get("xms_mirid") or "")
     return {
         "credential": provider.identity,
@@ -177,10 +187,8 @@ def identity_facts(scope: str, client_id: str | None) -> dict[str, Any]:
 def _probe_database(result: Result, deep: bool) -> None:
     from django.db import connections
 
-    from .backends.postgresql.base import managed_identity
-
-    connection = connections[result.alias]
-    identity = managed_identity(connection.settings_dict, result.alias)
+    connection: Any = connections[result.alias]
+    identity = connection.managed_identity
     if identity is not None:
         result.identity = identity_facts(identity.scope, identity.client_id)
     result.details["user"] = connection.settings_dict.get("USER")
@@ -198,24 +206,23 @@ def _probe_database(result: Result, deep: bool) -> None:
         tls=bool(row and row[0]),
         tls_version=row[1] if row and row[0] else None,
     )
-    if identity is not None and not result.details["tls"] and not conf.is_loopback(identity.host):
-        raise RuntimeError("connected without TLS")
+    if identity is not None and not result.details["tls"] and not is_loopback(identity.host):
+        raise diagnostics.attach(
+            RuntimeError("connected without TLS"), diagnostics.postgres_tls(identity.alias)
+        )
 
 
 def _probe_cache(result: Result, deep: bool) -> None:
     from django.core.cache import caches
     from redis.exceptions import ResponseError
 
-    from .cache import OPTION
-
     auth, client = _redis(caches[result.alias])
     entra = auth.settings
     result.identity = identity_facts(entra.scope, entra.client_id)
-    if entra.username and result.identity["oid"] and entra.username != result.identity["oid"]:
-        raise RuntimeError(
-            f"OPTIONS['{OPTION}']['USERNAME'] is {entra.username!r} but the token's object id is "
-            f"{result.identity['oid']!r} (Redis would answer WRONGPASS)"
-        )
+    oid = result.identity["oid"]
+    if entra.username and oid and entra.username != oid:
+        failure = diagnostics.diagnose_redis(None, _where(result), entra.username, oid)
+        raise diagnostics.attach(RuntimeError(failure.diagnosis), failure)
     # this process's re-AUTH record (the status page of a long-running site)
     result.details.update(reauths=auth.reauths, reauth_failures=auth.reauth_failures)
     result.details["ping"] = bool(client.ping())
@@ -280,7 +287,7 @@ def _probe_keyvault(result: Result, deep: bool, names: list[str] | None = None) 
     """The vault token, then the metadata of ``names`` (default: the secrets settings.py read)."""
     from . import keyvault
 
-    config = conf.get_config()
+    config = runtime.get().config
     result.identity = identity_facts(config.cloud.keyvault_scope, None)
     names = names or keyvault.secrets_read()
     result.details["secrets"] = []
@@ -291,106 +298,3 @@ def _probe_keyvault(result: Result, deep: bool, names: list[str] | None = None) 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-# ---------------------------------------------------------------------------------------------- diagnosis
-
-_IDENTITY_DOWN = re.compile(
-    r"connection refused|failed to establish|max retries|timed out|no token|unavailable|"
-    r"name or service not known|network is unreachable",
-    re.I,
-)
-
-
-def _diagnose(service: str, alias: str, error: str, result: Result | None = None) -> tuple[str, str]:
-    """(diagnosis, fix) for an error text."""
-    text = error.lower()
-    where = {
-        "database": f"DATABASES[{alias!r}]",
-        "cache": f"CACHES[{alias!r}]",
-        "storage": f"STORAGES[{alias!r}]",
-        "keyvault": "AZURE_KEY_VAULT_URL",
-    }[service]
-    got_token = bool(result and result.identity)
-    if not got_token and ("token" in text or "identity" in text or _IDENTITY_DOWN.search(text)):
-        if "identity not found" in text or "400" in text:
-            return (
-                "The identity endpoint does not know this identity.",
-                "Assign the user-assigned identity to this app (az webapp identity assign / az containerapp "
-                "identity assign --user-assigned <id>) and set AZURE_MANAGED_IDENTITY['CLIENT_ID'] to its "
-                "client id.",
-            )
-        return (
-            "No token: the managed identity endpoint (IMDS) is unreachable or refused - this process is "
-            "probably not running on Azure, or the app has no managed identity.",
-            "On Azure: enable the identity (az webapp identity assign). Locally: set "
-            "AZURE_MANAGED_IDENTITY = {'CREDENTIAL': 'default'} and run `az login`.",
-        )
-    if "no answer within" in text:
-        return (
-            f"{service} did not answer in time.",
-            f"Check the host/port in {where}, the network path (VNet, private endpoint, firewall rules).",
-        )
-    if service == "database":
-        if re.search(r'role "[^"]*" does not exist', text) or "password authentication failed" in text:
-            name = result.identity.get("name") if result else None
-            return (
-                f"Postgres refused the token for USER {(result.details.get('user') if result else None)!r}"
-                + (f" (the identity's name is {name!r})" if name else "")
-                + ".",
-                f"{where}['USER'] must be the identity's Postgres role exactly as created with "
-                "pgaadauth_create_principal('<identity name>', false, false) by a Microsoft Entra admin.",
-            )
-        if "ssl" in text or "tls" in text or "no encryption" in text:
-            return (
-                "TLS problem between Django and Postgres.",
-                f"Azure requires TLS: keep {where}['OPTIONS']['sslmode'] at 'require' or 'verify-full' "
-                "(with 'sslrootcert').",
-            )
-        if "expired" in text:
-            return ("The token expired before Postgres checked it.", "Check the machine's clock (NTP).")
-    if service == "cache":
-        if "wrongpass" in text or "object id" in text:
-            return (
-                "Redis refused the identity: USERNAME is not the identity's object id, or it has no access "
-                "policy.",
-                f"Leave {where}['OPTIONS']['MANAGED_IDENTITY']['USERNAME'] unset (the token's oid is "
-                "used) or set it to the oid shown above, and give that oid an access policy: az redis "
-                "access-policy-assignment create --object-id <oid> --access-policy-name 'Data Owner' ...",
-            )
-        if "ssl" in text or "tls" in text or "connection closed" in text or "reset by peer" in text:
-            return (
-                "TLS problem between Django and Redis.",
-                f"Use rediss:// in {where}['LOCATION'] (port 6380 for Azure Cache for Redis, 10000 for "
-                "Azure Managed Redis).",
-            )
-    if service == "storage":
-        if "authenticationfailed" in text or "401" in text:
-            return (
-                "Blob Storage rejected the token (audience/scope, tenant or clock).",
-                f"Check {where}['OPTIONS']['managed_identity']['scope'] and AZURE_MANAGED_IDENTITY['CLOUD'].",
-            )
-        if "403" in text:  # AuthorizationPermissionMismatch / AuthorizationFailure
-            from .storage import ROLES
-
-            return ("The identity has no data role on the storage account.", ROLES)
-        if "containernotfound" in text or ("container" in text and "not exist" in text):
-            return (
-                "The container does not exist.",
-                "Create it: az storage container create --auth-mode login ...",
-            )
-    if service == "keyvault" and "does not exist" in text:
-        return (
-            "The secret does not exist in this vault.",
-            "az keyvault secret set --vault-name ... --name ...",
-        )
-    if service == "keyvault" and "403" in text:
-        return (
-            "The identity may not read secrets in this vault.",
-            "Grant 'Key Vault Secrets User' to the identity (az role assignment create ...).",
-        )
-    if "ssl" in text or "certificate" in text:
-        return ("TLS handshake failed.", "Check the server certificate and the CA bundle the client trusts.")
-    if "refused" in text or "resolve" in text or "unreachable" in text:
-        return (f"{service} is unreachable.", f"Check the host and port in {where} and the network path.")
-    return (f"The {service} probe failed.", "See the error above.")

@@ -22,7 +22,7 @@ from django.utils.decorators import method_decorator
 from django.views import View
 from django.views.decorators.cache import never_cache
 
-from . import probes
+from . import probes, runtime
 
 
 @never_cache
@@ -35,9 +35,6 @@ class ReadinessView(View):
     http_method_names = ["get", "head"]
     cache_seconds: float = 5.0
     timeout: float = 5.0
-
-    _lock = threading.Lock()
-    _last: tuple[float, float, list[probes.Result]] | None = None  # (monotonic, wall clock, results)
 
     def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
         checked, checked_at, results, cached = self._results()
@@ -61,22 +58,32 @@ class ReadinessView(View):
         return JsonResponse(body, status=200 if healthy else 503)
 
     def _results(self) -> tuple[float, float, list[probes.Result], bool]:
-        last = type(self)._last
+        state = runtime.get().component("readiness", Readiness)
+        last = state.last
         if last is not None and time.monotonic() - last[0] < self.cache_seconds:
             return (*last, True)
-        with type(self)._lock:  # one probe run at a time; waiters take its results
-            last = type(self)._last
+        with state.lock:  # one probe run at a time; waiters take its results
+            last = state.last
             if last is not None and time.monotonic() - last[0] < self.cache_seconds:
                 return (*last, True)
             results = probes.run(probes.targets(), timeout=self.timeout, deep=False)
             last = (time.monotonic(), time.time(), results)
-            type(self)._last = last
+            state.last = last
             return (*last, False)
 
 
+class Readiness:
+    """The last readiness results, shared by every request of the process: a runtime component."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.last: tuple[float, float, list[probes.Result]] | None = None  # (monotonic, wall clock, results)
+
+    def close(self) -> None:
+        self.last = None
+
+    def after_fork(self) -> None:
+        self.lock = threading.Lock()
+
+
 readiness = ReadinessView.as_view()
-
-
-def reset() -> None:
-    """Forget the cached readiness results (tests)."""
-    ReadinessView._last = None

@@ -12,7 +12,7 @@ from asgiref.local import Local
 from azure.identity import ManagedIdentityCredential
 from django.db import connections
 
-from django_azure_mi.tokens import TokenProvider
+from django_azure_mi.core import TokenProvider
 
 STORAGE = "https://storage.azure.com/.default"
 STORAGE_RESOURCE = "https://storage.azure.com"

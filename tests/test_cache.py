@@ -15,7 +15,8 @@ from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from django_azure_mi import cache as entra_cache
-from django_azure_mi import get_token_provider
+from django_azure_mi import get_token_provider, runtime
+from django_azure_mi.testing import reset_state
 
 from .conftest import in_child
 
@@ -234,10 +235,11 @@ def test_reset_leaves_no_sweeper_that_could_fetch_tokens(use_cache, azure_redis,
     in CI). reset() waits for the sweeper, and a reset EntraAuth refuses to fetch."""
     cache = use_cache("builtin")
     cache.set("k", 1)
-    (auth,) = entra_cache._auths.values()
-    assert auth._thread is not None and auth._thread.is_alive()
-    entra_cache.reset()
-    assert not auth._thread.is_alive()
+    (auth,) = [c for c in runtime.get().components() if isinstance(c, entra_cache.EntraAuth)]
+    thread = auth.sweeper._thread
+    assert thread is not None and thread.is_alive()
+    reset_state()
+    assert not thread.is_alive()
     issued = azure_imds.issued_count()
     with pytest.raises(RedisConnectionError, match="was reset"):
         auth.token()

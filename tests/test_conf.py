@@ -8,7 +8,7 @@ import stat
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from django_azure_mi import conf, get_token_provider
+from django_azure_mi import conf, get_token_provider, runtime
 from django_azure_mi.testing import reset_state
 
 from .conftest import CLIENT_ID, STORAGE
@@ -81,10 +81,10 @@ def test_bad_client_id_in_environment_names_the_variable():
 
 def test_settings_are_read_through_django_and_reread_on_change(settings):
     settings.AZURE_MANAGED_IDENTITY = {"CLOUD": "china", "REFRESH_MARGIN": 120}
-    assert conf.get_config().cloud.name == "china"
+    assert runtime.get().config.cloud.name == "china"
     settings.AZURE_MANAGED_IDENTITY = {"CLOUD": "bogus"}
     with pytest.raises(ImproperlyConfigured, match="CLOUD"):
-        conf.get_config()
+        runtime.get().config
 
 
 def test_bad_credential_path_fails_on_first_use(settings, azure_imds):

@@ -13,8 +13,8 @@ import pytest
 import requests
 from django.test import override_settings
 
-from django_azure_mi import keyvault
 from django_azure_mi.keyvault import SecretError, secret, secret_info
+from django_azure_mi.testing import reset_state
 
 from .conftest import CLIENT_ID
 
@@ -26,7 +26,7 @@ def no_vault(azure_imds, monkeypatch, tmp_path):
     """No vault configured; cwd without a .env file."""
     monkeypatch.delenv("AZURE_KEY_VAULT_URL", raising=False)
     monkeypatch.chdir(tmp_path)
-    keyvault.clear_cache()
+    reset_state()
     return tmp_path
 
 
@@ -114,7 +114,7 @@ def test_secret_info_has_no_value(azure_keyvault):
 def test_environment_then_dotenv_then_default(no_vault, monkeypatch):
     (no_vault / ".env").write_text("DB_PASSWORD=from-dotenv\nOTHER=x\n")
     assert secret("db-password") == "from-dotenv"
-    keyvault.clear_cache()
+    reset_state()
     monkeypatch.setenv("DB_PASSWORD", "from-env")
     assert secret("db-password") == "from-env"  # the environment beats .env
     assert secret("db-password", env="OTHER") == "x"  # env= names the variable

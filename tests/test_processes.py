@@ -22,13 +22,13 @@ from .conftest import STORAGE, STORAGE_RESOURCE, claims, in_child
 def test_child_after_fork_refreshes_with_its_own_worker(azure_imds):
     provider = get_token_provider(STORAGE)
     parent_token = provider.get_token(STORAGE).token
-    parent_thread = provider._thread
+    parent_thread = provider._refresher._thread
 
     # Fork while another thread holds the provider's lock (the classic fork deadlock).
     locked, release = threading.Event(), threading.Event()
 
     def hold_lock():
-        with provider._lock:
+        with provider._refresher._lock:
             locked.set()
             release.wait(10)
 
@@ -44,7 +44,8 @@ def test_child_after_fork_refreshes_with_its_own_worker(azure_imds):
             "cached_is_parent": cached == parent_token,
             "refreshed": refreshed,
             "new_differs": new != parent_token,
-            "new_worker": provider._thread is not None and provider._thread is not parent_thread,
+            "new_worker": provider._refresher._thread is not None
+            and provider._refresher._thread is not parent_thread,
         }
 
     try:

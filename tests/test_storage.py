@@ -108,7 +108,7 @@ def test_twenty_threads_on_a_cold_process_fetch_one_delegation_key(make_storage,
 def test_delegation_key_is_backdated_and_under_seven_days(make_storage):
     storage = make_storage(expiration_secs=300)
     storage.url("file.txt")
-    key = storage._keys._key
+    key = storage._keys.refresher.value
     lifetime = key.expiry - key.start
     assert key.start < key.expiry and lifetime.total_seconds() < 7 * 86400
     assert time.time() - key.start.timestamp() >= 600  # started 15 minutes ago (clock skew)
@@ -212,15 +212,15 @@ def test_delegation_key_is_renewed_in_the_background(make_storage, azure_storage
     storage = make_storage(expiration_secs=300)
     storage.save("b.txt", ContentFile(b"renewed"))
     storage.url("a.txt")
-    first = storage._keys._key
+    first = storage._keys.refresher.value
     # Pretend the key reached its renewal point: url() keeps using it and renews it in the background.
-    storage._keys._key = dataclasses.replace(first, renew_at=datetime.now(timezone.utc))
+    storage._keys.refresher.install(dataclasses.replace(first, renew_at=datetime.now(timezone.utc)))
     assert "sig=" in storage.url("b.txt")
     deadline = time.monotonic() + 10
-    while storage._keys._key.start == first.start and time.monotonic() < deadline:
+    while storage._keys.refresher.value.start == first.start and time.monotonic() < deadline:
         time.sleep(0.05)
     assert storage._keys.requests == 2
-    assert storage._keys._key.expiry > first.expiry
+    assert storage._keys.refresher.value.expiry > first.expiry
     response = requests.get(storage.url("b.txt"), verify=azure_storage.ca_file, timeout=10)
     assert response.content == b"renewed"  # signed with the new key
 
@@ -250,7 +250,7 @@ def test_signed_urls_after_fork(make_storage, azure_storage):
     holder_ready, release = threading.Event(), threading.Event()
 
     def hold_key_lock():  # fork while another thread holds the key cache's lock
-        with storage._keys._lock:
+        with storage._keys.refresher._lock:
             holder_ready.set()
             release.wait(10)
 
@@ -259,7 +259,7 @@ def test_signed_urls_after_fork(make_storage, azure_storage):
     assert holder_ready.wait(5)
 
     def child():
-        storage._keys._key = None  # cold in the child: must take the (new) lock
+        storage._keys.refresher.value = None  # cold in the child: must take the (new) lock
         url = storage.url("fork.txt")
         return {"content": requests.get(url, verify=azure_storage.ca_file, timeout=10).text}
 

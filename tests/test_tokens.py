@@ -11,8 +11,8 @@ import pytest
 from azure.core.credentials import AccessToken, AccessTokenInfo, TokenCredential
 
 from django_azure_mi import TokenUnavailableError, get_token_provider
+from django_azure_mi.core.errors import redact
 from django_azure_mi.testing.imds import Fault
-from django_azure_mi.tokens import redact
 
 from .conftest import CLIENT_ID, STORAGE, STORAGE_RESOURCE, VAULT, claims, run_threads
 
@@ -311,4 +311,4 @@ def test_default_credential_reaches_managed_identity(settings, azure_imds, monke
     provider = get_token_provider(STORAGE)
     assert provider.identity == f"DefaultAzureCredential (client_id={CLIENT_ID})"
     assert claims(provider.get_token(STORAGE).token)["oid"] == azure_imds.object_id(CLIENT_ID)
-    assert provider._source == "default-credential"
+    assert provider.source == "default-credential"

@@ -13,21 +13,10 @@ point) provides the ``azure_imds`` fixture.
 
 from __future__ import annotations
 
-import importlib
-
 
 def reset_state() -> None:
-    """Forget every token provider, credential and cached setting of this process (between tests)."""
-    from .. import conf, identity, tokens
+    """Forget every token provider, credential, cached setting and adapter component of this process
+    (between tests): the runtime's reset."""
+    from .. import runtime
 
-    # First the modules whose threads use the core (the Redis sweeper...), so that none of them can build a
-    # provider or credential after the core was reset. Adapters whose extras are missing fail to import.
-    for module in ("cache", "storage", "keyvault", "probes", "views"):
-        try:
-            adapter = importlib.import_module(f"django_azure_mi.{module}")
-        except ImportError:
-            continue
-        adapter.reset()
-    tokens.reset()
-    identity.clear_cache()
-    conf.clear_cache()
+    runtime.reset()

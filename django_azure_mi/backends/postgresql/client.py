@@ -7,33 +7,27 @@ from typing import Any
 
 from django.db.backends.postgresql import client as postgresql
 
-from ... import conf
+from .options import OPTION, default_sslmode, managed_identity
 
 
 class DatabaseClient(postgresql.DatabaseClient):
+    def runshell(self, parameters: Iterable[str]) -> None:
+        # Misconfiguration is reported by the connection wrapper, which names the alias.
+        self.connection.managed_identity  # type: ignore[attr-defined]  # noqa: B018
+        super().runshell(parameters)
+
     @classmethod
     def settings_to_cmd_args_env(
         cls, settings_dict: dict[str, Any], parameters: Iterable[str]
     ) -> tuple[list[str], dict[str, str] | None]:
-        from .base import OPTION, managed_identity
-
         options = {k: v for k, v in (settings_dict.get("OPTIONS") or {}).items() if k != OPTION}
         args, env = super().settings_to_cmd_args_env({**settings_dict, "OPTIONS": options}, parameters)
-        identity = managed_identity(settings_dict, _alias_of(settings_dict))
+        identity = managed_identity(settings_dict, "…")
         if identity is None:
             return args, env
         env = dict(env or {})
-        env["PGPASSWORD"] = identity.provider.get_token(identity.scope).token
-        if "sslmode" not in options and not conf.is_loopback(identity.host):
-            env["PGSSLMODE"] = "require"
+        env["PGPASSWORD"] = identity.token()
+        sslmode = default_sslmode(identity, options)
+        if sslmode:
+            env["PGSSLMODE"] = sslmode
         return args, env
-
-
-def _alias_of(settings_dict: dict[str, Any]) -> str:
-    """The DATABASES alias of ``settings_dict`` (for error messages)."""
-    from django.db import connections
-
-    for alias in connections:
-        if connections.settings[alias] is settings_dict:
-            return alias
-    return "?"

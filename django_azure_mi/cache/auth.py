@@ -1,0 +1,193 @@
+"""Which identity a cache signs in with, and the re-AUTH schedule of its connections.
+
+``EntraAuth`` is one per (identity, scope, USERNAME), owned by the runtime: the token for new connections,
+the user name to AUTH with, when a connection is due to re-AUTH, and the sweep that re-AUTHs idle pooled
+connections - a :class:`~django_azure_mi.core.refresher.Refresher` like every renewal in the package, woken
+early by each new token.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from .. import diagnostics, runtime
+from ..core import policy
+from ..core.errors import TokenUnavailableError, describe_error
+from ..core.refresher import Refresher
+from ..core.token import Token
+from ..diagnostics import SettingError
+from ..options import Bound, OptionSpec, ServiceBinding, bind, require_tls, text
+
+if TYPE_CHECKING:
+    from ..core.provider import TokenProvider
+    from .connection import EntraConnectionPool
+
+logger = logging.getLogger("django_azure_mi.cache")
+
+OPTION: Final = "MANAGED_IDENTITY"
+WHERE: Final = "CACHES[…]['OPTIONS']"
+SPEC: Final = OptionSpec(
+    "redis",
+    OPTION,
+    "E020",
+    "{'USERNAME': '<object id of the identity>'}",
+    upper=True,
+    extra={"username": (text("the identity's object id (a string)"), None)},
+)
+
+
+@dataclass(frozen=True)
+class EntraSettings(Bound):
+    """The validated ``OPTIONS["MANAGED_IDENTITY"]`` of one cache."""
+
+    binding: ServiceBinding
+    username: str | None  # the identity's object id; None: the token's oid claim
+
+
+def parse_options(raw: Any, where: str = WHERE) -> EntraSettings:
+    binding = bind(SPEC, raw, where)
+    return EntraSettings(binding, binding.values["username"])
+
+
+def check_location(url: str, where: str = "CACHES[…]['LOCATION']") -> None:
+    """No credentials in the URL; TLS (``rediss://``) unless the host is loopback."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        raise SettingError(
+            "E021",
+            f"{where} has credentials in the URL ({parts.scheme}://…@{parts.hostname}) while the cache signs "
+            "in with a managed identity.",
+            "Remove them: the identity's object id and token are sent instead.",
+        )
+    require_tls(
+        "E022",
+        parts.hostname,
+        parts.scheme != "redis",
+        f"{where} uses redis:// (no TLS) to {parts.hostname}: the access token would travel in clear text.",
+        f"Use rediss://{parts.hostname}:{parts.port or 6380}/… (Azure Cache for Redis: port 6380; Azure "
+        "Managed Redis: 10000).",
+    )
+
+
+class EntraAuth:
+    """Tokens and user name for one identity/scope, and the sweep that re-AUTHs its pools' idle
+    connections. A runtime component: :func:`get_auth`."""
+
+    def __init__(self, settings: EntraSettings) -> None:
+        self.settings = settings
+        self._pools: weakref.WeakSet[EntraConnectionPool] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._unsubscribe: Any = None
+        self.interval = 5.0  # sweep period; shortened for short-lived tokens
+        self.reauths = 0  # reported by azure_check, the status page and the benchmarks
+        self.reauth_failures = 0
+        self.sweeper: Refresher[float] = Refresher(
+            "redis re-auth",
+            self._sweep,
+            schedule=lambda next_at: next_at,
+            describe=lambda _: "idle connections swept",
+            log_level=logging.DEBUG,
+        )
+
+    @property
+    def provider(self) -> TokenProvider:
+        return self.settings.provider
+
+    def token(self) -> Token:
+        """The current token; a TokenUnavailableError becomes a redis ConnectionError, so redis-py cleans up
+        and retries."""
+        if (
+            self.sweeper.closed
+        ):  # reset: a late sweep or connection must not build a provider for new settings
+            raise RedisConnectionError("django-azure-mi: this cache's identity was reset")
+        try:
+            return self.provider.current()
+        except TokenUnavailableError as exc:
+            failure = diagnostics.diagnose_identity(exc)
+            assert failure is not None
+            raise diagnostics.attach(RedisConnectionError(str(exc)), failure) from None
+
+    def username(self, token: Token) -> str:
+        if self.settings.username:
+            return self.settings.username
+        oid = token.claims.get("oid")
+        if not oid:
+            raise SettingError(
+                "E020",
+                f"The token for {self.settings.scope} has no oid claim;",
+                f"set OPTIONS['{OPTION}']['USERNAME'] to the identity's object id.",
+            )
+        return str(oid)
+
+    def due(self, token: Token) -> float:
+        """When a connection AUTHed with ``token`` should re-AUTH (jittered per connection)."""
+        interval = policy.sweep_interval(token.expires_on, token.issued_at)
+        if interval < self.interval:
+            self.interval = interval
+            self.sweeper.refresh()  # the sweeper may be sleeping on the longer interval
+        return policy.reauth_due(token.expires_on, token.issued_at)
+
+    def explain(self, exc: BaseException, token: Token) -> tuple[str, diagnostics.ServiceFailure]:
+        """The message (and failure) for a refused AUTH - never the token."""
+        oid = token.claims.get("oid")
+        username = self.username(token)
+        failure = diagnostics.diagnose_redis(exc, "CACHES[…]", self.settings.username, oid)
+        message = (
+            f"Redis refused AUTH as {username!r} with a token for {self.settings.scope} "
+            f"({self.provider.identity}, oid {oid}): {describe_error(exc)}. {failure.diagnosis} {failure.fix}"
+        )
+        return message, failure
+
+    def register(self, pool: EntraConnectionPool) -> None:
+        with self._lock:
+            self._pools.add(pool)
+        self.ensure_sweeper()
+
+    def ensure_sweeper(self) -> None:
+        """Start the sweeper if it is not running (first pool; after fork)."""
+        self.sweeper.poke()
+        if self._unsubscribe is None and not self.sweeper.closed:
+            with self._lock:
+                if self._unsubscribe is None:  # a new token: look for due connections at once
+                    self._unsubscribe = self.provider.subscribe(self._wake)
+
+    def _wake(self, info: Any) -> None:
+        self.sweeper.refresh()
+
+    def _sweep(self, previous: float | None) -> float:
+        now = time.time()
+        with self._lock:
+            pools = list(self._pools)
+        for pool in pools:
+            if self.sweeper.closed:
+                break
+            try:
+                pool.reauth_idle(now)
+            except Exception as exc:
+                logger.warning("redis re-AUTH sweep failed: %s", describe_error(exc))
+        return time.time() + self.interval
+
+    def close(self) -> None:
+        """Stop the sweeper and wait (briefly) for a sweep in progress to finish."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        self.sweeper.close(join=5)
+
+    stop = close
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self.sweeper.after_fork()  # restarted by the next pool that registers or reconnects
+
+
+def get_auth(settings: EntraSettings) -> EntraAuth:
+    """The runtime's EntraAuth for ``settings``."""
+    return runtime.get().component(("redis-auth", settings), lambda: EntraAuth(settings))

@@ -1,0 +1,201 @@
+"""redis-py connections and pools that sign in with Entra tokens and re-AUTH before expiry.
+
+Every new connection AUTHs with (object id, current token). Azure closes a connection when the token it
+authenticated with expires, unless the client sent AUTH with a fresh token, so every live connection is
+re-AUTHed before that:
+
+* a connection in use re-AUTHs itself before its next command once it is due (the owning thread holds it,
+  so nothing interleaves);
+* idle connections are taken out of their pools by the identity's sweeper (:class:`~.auth.EntraAuth`),
+  re-AUTHed and put back;
+* "due" comes from :mod:`django_azure_mi.core.policy` (3 min before expiry, jittered per connection).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import redis
+from django.utils.module_loading import import_string
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import AuthenticationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from .. import diagnostics
+from ..diagnostics import SettingError
+from .auth import EntraAuth
+
+logger = logging.getLogger("django_azure_mi.cache")
+
+
+class _Credentials(redis.CredentialProvider):
+    """One connection's (username, token); hides the token from reprs."""
+
+    def __init__(self, username: str, token: str) -> None:
+        self._credentials = (username, token)
+
+    def get_credentials(self) -> tuple[str, str]:
+        return self._credentials
+
+    def __repr__(self) -> str:
+        return f"<credentials user={self._credentials[0]} token=<{len(self._credentials[1])} chars>>"
+
+
+class EntraConnectionMixin:
+    """Mixed into redis-py's Connection classes: AUTH with the token on connect, re-AUTH when due."""
+
+    entra: EntraAuth
+    credential_provider: redis.CredentialProvider | None
+    _entra_exp = 0.0
+    _entra_due = float("inf")
+    _entra_busy = False
+
+    def __init__(self, *args: Any, entra: EntraAuth, **kwargs: Any) -> None:
+        self.entra = entra
+        super().__init__(*args, **kwargs)
+
+    # redis-py 8 connects through on_connect_check_health; older versions through on_connect.
+    def on_connect(self) -> None:
+        if hasattr(super(), "on_connect_check_health"):
+            super().on_connect()  # type: ignore[misc]  # calls our on_connect_check_health
+        else:
+            self._entra_connect(super().on_connect)  # type: ignore[misc]
+
+    def on_connect_check_health(self, check_health: bool = True) -> None:
+        self._entra_connect(lambda: super(EntraConnectionMixin, self).on_connect_check_health(check_health))  # type: ignore[misc]
+
+    def _entra_connect(self, connect: Any) -> None:
+        token = self.entra.token()
+        credentials = _Credentials(self.entra.username(token), token.value)
+        self.credential_provider = credentials
+        try:
+            connect()
+        except AuthenticationError as exc:
+            message, failure = self.entra.explain(exc, token)
+            raise diagnostics.attach(AuthenticationError(message), failure) from None
+        finally:
+            self.credential_provider = None
+        self._entra_exp = token.expires_on
+        self._entra_due = self.entra.due(token)
+        self.entra.ensure_sweeper()
+
+    def disconnect(self, *args: Any, **kwargs: Any) -> None:
+        self._entra_due = float("inf")
+        super().disconnect(*args, **kwargs)  # type: ignore[misc]
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if time.time() >= self._entra_due and not self._entra_busy:
+            self.entra_reauth()
+        super().send_packed_command(command, check_health)  # type: ignore[misc]
+
+    def entra_due(self, now: float) -> bool:
+        return now >= self._entra_due
+
+    def entra_reauth(self) -> None:
+        """AUTH again with the current token if it is newer than the one this connection used."""
+        if getattr(self, "_connect_callbacks", None) and str(getattr(self, "protocol", 2)) != "3":
+            # A RESP2 pub/sub connection (redis-py registered a resubscribe callback): Redis refuses AUTH
+            # while subscribed. Azure closes it at expiry; redis-py reconnects with a fresh token and
+            # resubscribes. (RESP3 allows AUTH while subscribed: those re-AUTH like any other.)
+            self._entra_due = float("inf")
+            return
+        now = time.time()
+        try:
+            token = self.entra.token()
+        except RedisConnectionError:
+            token = None
+        if token is None or token.expires_on <= self._entra_exp:
+            # No newer token yet (refresh pending, identity outage): try again soon, until expiry.
+            self._entra_due = min(now + self.entra.interval, self._entra_exp)
+            return
+        username = self.entra.username(token)
+        self._entra_busy = True
+        try:
+            auth = self.pack_command("AUTH", username, token.value)  # type: ignore[attr-defined]
+            super().send_packed_command(auth, False)  # type: ignore[misc]
+            self.read_response()  # type: ignore[attr-defined]
+        except AuthenticationError as exc:
+            self.entra.reauth_failures += 1
+            self._entra_due = min(now + self.entra.interval, self._entra_exp)
+            logger.warning("%s", self.entra.explain(exc, token)[0])
+            return
+        finally:
+            self._entra_busy = False
+        self.entra.reauths += 1
+        self._entra_exp = token.expires_on
+        self._entra_due = self.entra.due(token)
+
+
+class EntraConnection(EntraConnectionMixin, redis.Connection):
+    pass
+
+
+class EntraSSLConnection(EntraConnectionMixin, redis.SSLConnection):
+    pass
+
+
+class EntraUnixDomainSocketConnection(EntraConnectionMixin, redis.UnixDomainSocketConnection):
+    pass
+
+
+_KNOWN = {
+    redis.Connection: EntraConnection,
+    redis.SSLConnection: EntraSSLConnection,
+    redis.UnixDomainSocketConnection: EntraUnixDomainSocketConnection,
+}
+
+
+def entra_connection_class(base: type) -> type:
+    """``base`` (Connection, SSLConnection, UnixDomainSocketConnection, …) with the Entra mixin."""
+    if issubclass(base, EntraConnectionMixin):
+        return base
+    return _KNOWN.get(base) or type(f"Entra{base.__name__}", (EntraConnectionMixin, base), {})
+
+
+class EntraConnectionPool(redis.ConnectionPool):
+    """A redis-py ConnectionPool whose connections sign in with Entra tokens and re-AUTH before expiry."""
+
+    def __init__(self, connection_class: type = redis.Connection, *, entra: EntraAuth, **kwargs: Any) -> None:
+        if "retry" not in kwargs and "retry_on_error" not in kwargs:
+            # A connection the server closed (token expiry, failover) is replaced transparently.
+            kwargs["retry"] = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), 3)
+            kwargs["retry_on_error"] = [RedisConnectionError, RedisTimeoutError]
+        super().__init__(connection_class=entra_connection_class(connection_class), entra=entra, **kwargs)
+        self.entra = entra
+        entra.register(self)
+
+    def reauth_idle(self, now: float) -> None:
+        """Take the idle connections that are due out of the pool, re-AUTH them, put them back."""
+        self._checkpid()
+        with self._lock:
+            due = [c for c in self._available_connections if c.entra_due(now)]
+            for conn in due:
+                self._available_connections.remove(conn)
+                self._in_use_connections.add(conn)
+        for conn in due:
+            try:
+                conn.entra_reauth()
+            except Exception:
+                conn.disconnect()  # broken: the next user reconnects with a fresh token
+            finally:
+                self.release(conn)
+
+
+def pool_class(configured: Any, where: str) -> type[EntraConnectionPool]:
+    if configured is None:
+        return EntraConnectionPool
+    cls = import_string(configured) if isinstance(configured, str) else configured
+    if cls is redis.ConnectionPool:
+        return EntraConnectionPool
+    if isinstance(cls, type) and issubclass(cls, EntraConnectionPool):
+        return cls
+    raise SettingError(
+        "E023",
+        f"{where} is {configured!r}.",
+        "With a managed identity the pool must be redis.ConnectionPool or a subclass of "
+        "django_azure_mi.cache.EntraConnectionPool (it re-AUTHs idle connections).",
+    )

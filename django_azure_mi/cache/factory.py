@@ -1,0 +1,72 @@
+"""django-redis ``CONNECTION_FACTORY``: pools of Entra-authenticated connections."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import runtime
+from ..diagnostics import SettingError
+from .auth import OPTION, WHERE, EntraSettings, check_location, get_auth, parse_options
+from .connection import pool_class
+
+try:
+    from django_redis.pool import ConnectionFactory as _DjangoRedisFactory
+except ImportError:  # pragma: no cover - django-redis is optional
+    _DjangoRedisFactory = object
+
+
+class Pools:
+    """The factory's pools, apart from django-redis's (keyed by URL only): a runtime component."""
+
+    def __init__(self) -> None:
+        self.pools: dict[tuple[str, EntraSettings], Any] = {}
+
+    def close(self) -> None:
+        pools = list(self.pools.values())
+        self.pools.clear()
+        for pool in pools:
+            pool.disconnect()
+
+
+def validate(options: dict[str, Any]) -> EntraSettings:
+    """The factory's OPTIONS checks (also run by the system checks): no network, no credential."""
+    if _DjangoRedisFactory is object:
+        raise SettingError(
+            "E025", "EntraConnectionFactory needs django-redis:", "pip install 'django-azure-mi[redis]'"
+        )
+    for key in ("PASSWORD", "USERNAME"):
+        if options.get(key):
+            raise SettingError(
+                "E021",
+                f"{WHERE}['{key}'] is set while the cache signs in with a managed identity.",
+                f"Remove it; put the identity's object id in {WHERE}['{OPTION}']['USERNAME'] if needed.",
+            )
+    pool_class(options.get("CONNECTION_POOL_CLASS"), f"{WHERE}['CONNECTION_POOL_CLASS']")
+    return parse_options(options.get(OPTION))
+
+
+class EntraConnectionFactory(_DjangoRedisFactory):  # type: ignore[misc]
+    """django-redis ``CONNECTION_FACTORY``: pools of Entra-authenticated connections."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        settings = validate(options)
+        super().__init__(options)
+        self.pool_cls = pool_class(options.get("CONNECTION_POOL_CLASS"), f"{WHERE}['CONNECTION_POOL_CLASS']")
+        self.entra = get_auth(settings)
+
+    def make_connection_params(self, url: str) -> dict[str, Any]:
+        check_location(url)
+        params: dict[str, Any] = super().make_connection_params(url)
+        params["entra"] = self.entra
+        return params
+
+    def get_or_create_connection_pool(self, params: dict[str, Any]) -> Any:
+        pools = runtime.get().component("redis-pools", Pools).pools
+        key = (params["url"], self.entra.settings)
+        pool = pools.get(key)
+        if pool is None:
+            pool = pools[key] = self.get_connection_pool(params)
+        return pool
+
+    def get_connection_pool(self, params: dict[str, Any]) -> Any:
+        return self.pool_cls.from_url(**{**params, **self.pool_cls_kwargs})

@@ -1,0 +1,93 @@
+"""``Token``: one access token and everything derived from it, computed once when it arrives."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jwt
+from azure.core.credentials import AccessToken, AccessTokenInfo
+
+from . import policy
+
+
+class SafeAccessToken(AccessToken):
+    """An ``AccessToken`` whose repr does not show the token (Django's debug page prints locals)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"AccessToken(token=<{len(self.token)} chars>, expires_on={self.expires_on})"
+
+
+class SafeAccessTokenInfo(AccessTokenInfo):
+    """An ``AccessTokenInfo`` whose repr does not show the token."""
+
+    def __repr__(self) -> str:
+        return (
+            f"AccessTokenInfo(token=<{len(self.token)} chars>, expires_on={self.expires_on}, "
+            f"token_type={self.token_type!r}, refresh_on={self.refresh_on})"
+        )
+
+
+class Token:
+    """A token plus the times derived from it: ``usable_until`` (handed out until), ``refresh_due`` (renew
+    from), its ``claims`` (decoded once, unverified: they describe the token, they don't authorize), and
+    ``source`` ("imds", "file", ...). Its repr shows the length, never the value."""
+
+    __slots__ = (
+        "_claims",
+        "access",
+        "acquired_at",
+        "expires_on",
+        "info",
+        "refresh_due",
+        "source",
+        "usable_until",
+    )
+
+    def __init__(self, info: AccessTokenInfo, acquired_at: float, source: str, refresh_margin: float) -> None:
+        self.info = SafeAccessTokenInfo(
+            info.token, int(info.expires_on), token_type=info.token_type, refresh_on=info.refresh_on
+        )
+        self.access = SafeAccessToken(info.token, int(info.expires_on))
+        self.acquired_at = acquired_at
+        self.expires_on = float(info.expires_on)
+        self.source = source
+        self.usable_until = policy.usable_until(self.expires_on, acquired_at)
+        self.refresh_due = policy.refresh_due(self.expires_on, acquired_at, refresh_margin, info.refresh_on)
+        self._claims: dict[str, Any] | None = None
+
+    @property
+    def value(self) -> str:
+        return self.info.token
+
+    @property
+    def lifetime(self) -> float:
+        return self.expires_on - self.acquired_at
+
+    @property
+    def claims(self) -> dict[str, Any]:
+        """The JWT's claims (``{}`` for a token that is not a JWT)."""
+        claims = self._claims
+        if claims is None:
+            try:
+                claims = jwt.decode(self.value, options={"verify_signature": False})
+            except jwt.PyJWTError:
+                claims = {}
+            self._claims = claims
+        return claims
+
+    @property
+    def issued_at(self) -> float:
+        """The ``iat`` claim, else when we received it."""
+        iat = self.claims.get("iat")
+        return float(iat) if isinstance(iat, (int, float)) else self.acquired_at
+
+    def __repr__(self) -> str:
+        return (
+            f"<token {len(self.value)} chars, expires in {self.expires_on - time.time():.0f}s, "
+            f"source={self.source}>"
+        )
+
+    __str__ = __repr__

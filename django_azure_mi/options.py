@@ -1,0 +1,201 @@
+"""Per-service options, validated once, and the one TLS rule.
+
+Every adapter's identity options (``DATABASES[…]['OPTIONS']['managed_identity']``,
+``CACHES[…]['OPTIONS']['MANAGED_IDENTITY']``, ``STORAGES[…]['OPTIONS']['managed_identity']``) go through
+:func:`bind`, which checks the dict against the service's :class:`OptionSpec` and returns a frozen
+:class:`ServiceBinding`: which identity, which scope, and (on demand) its token provider.
+
+One casing rule: an option dict's keys take the casing of the dict they sit in - upper case inside
+django-redis's upper-case ``OPTIONS``, lower case in ``DATABASES``/``STORAGES`` ``OPTIONS`` (Django's and
+django-storages' own convention). A key in the wrong casing is reported with the right spelling.
+
+One TLS rule (:func:`require_tls`): a bearer token goes only over TLS, unless the target is loopback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from azure.core.credentials import AccessToken, AccessTokenInfo, TokenRequestOptions
+
+from . import conf, runtime
+from .diagnostics import SettingError
+
+if TYPE_CHECKING:
+    from .core.provider import TokenProvider
+
+Validator = Callable[[Any], Any]  # returns the value to use, or raises ValueError("must be ...")
+
+
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("must be True or False.")
+    return value
+
+
+def text(what: str) -> Validator:
+    """A string option (empty = unset); ``what`` says what it must be, for the error."""
+
+    def validate(value: Any) -> str | None:
+        if value in (None, ""):
+            return None
+        if not isinstance(value, str):
+            raise ValueError(f"must be {what}.")
+        return value
+
+    return validate
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """The identity option dict of one service: its name, the check id of a malformed dict, its casing,
+    and the keys beyond ``client_id``/``scope`` (with their validators and defaults)."""
+
+    service: str  # "postgres" | "redis" | "storage" | "keyvault": picks the cloud's default scope
+    name: str  # the option's key, e.g. "managed_identity"
+    check_id: str
+    example: str
+    upper: bool = False
+    extra: dict[str, tuple[Validator, Any]] = field(default_factory=dict)  # name: (validator, default)
+
+    def key(self, name: str) -> str:
+        return name.upper() if self.upper else name
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return (self.key("client_id"), self.key("scope"), *(self.key(k) for k in self.extra))
+
+
+@dataclass(frozen=True)
+class ServiceBinding:
+    """One service's validated identity: resolved once, used for every connection. ``where`` names the
+    option dict in messages; ``values`` holds the spec's extra keys (lower-case names)."""
+
+    service: str
+    where: str
+    client_id: str | None
+    scope: str
+    values: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def provider(self) -> TokenProvider:
+        """The current runtime's provider (a settings change gives a new one)."""
+        return runtime.get().provider(self.scope, self.client_id)
+
+    @property
+    def credential(self) -> BindingCredential:
+        """A TokenCredential for SDK clients that asks the current provider on every call (one per binding
+        in a runtime, so that every storage of an identity shares it)."""
+        return runtime.get().component(("credential", self), lambda: BindingCredential(self))
+
+
+class BindingCredential:
+    """An azure-core ``TokenCredential`` for an SDK client that outlives a settings change."""
+
+    def __init__(self, binding: ServiceBinding) -> None:
+        self.binding = binding
+
+    @property
+    def identity(self) -> str:
+        return self.binding.provider.identity
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        return self.binding.provider.get_token(*scopes, **kwargs)
+
+    def get_token_info(self, *scopes: str, options: TokenRequestOptions | None = None) -> AccessTokenInfo:
+        return self.binding.provider.get_token_info(*scopes, options=options)
+
+    def close(self) -> None:
+        """Nothing to close: the provider belongs to the runtime (a runtime component needs close())."""
+
+    def __repr__(self) -> str:
+        return f"<BindingCredential {self.binding.service} scope={self.binding.scope!r}>"
+
+
+class Bound:
+    """For an adapter's settings object that holds a ``binding``: its identity, scope and provider."""
+
+    binding: ServiceBinding
+
+    @property
+    def client_id(self) -> str | None:
+        return self.binding.client_id
+
+    @property
+    def scope(self) -> str:
+        return self.binding.scope
+
+    @property
+    def provider(self) -> TokenProvider:
+        return self.binding.provider
+
+
+def bind(spec: OptionSpec, raw: Any, where: str) -> ServiceBinding:
+    """Validate ``raw`` (the option dict, None for defaults) against ``spec``; ``where`` names the dict
+    that holds it, e.g. ``"DATABASES['default']['OPTIONS']"``. Raises SettingError naming key and fix."""
+    where = f"{where}['{spec.name}']"
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise SettingError(spec.check_id, f"{where} must be a dict", f"such as {spec.example}.")
+    allowed = spec.keys
+    for key in raw:
+        if key not in allowed:
+            right = [k for k in allowed if isinstance(key, str) and k.lower() == key.lower()]
+            hint = f" (in this dict it is spelled {right[0]!r})" if right else ""
+            raise SettingError(
+                spec.check_id,
+                f"{where} has unknown key {key!r}{hint};",
+                f"allowed: {', '.join(map(repr, allowed[:-1]))} and/or {allowed[-1]!r}.",
+            )
+    client_key, scope_key = spec.key("client_id"), spec.key("scope")
+    client_id = conf.validate_client_id(raw.get(client_key), f"{where}['{client_key}']")
+    default: str = getattr(runtime.get().config.cloud, f"{spec.service}_scope")
+    scope = raw.get(scope_key) or default
+    if not isinstance(scope, str) or not scope.startswith("https://"):
+        raise SettingError(
+            "E005",
+            f"{where}['{scope_key}'] = {scope!r} is not a scope;",
+            f"the default for AZURE_MANAGED_IDENTITY['CLOUD'] is {default!r}.",
+        )
+    values: dict[str, Any] = {}
+    for name, (validate, fallback) in spec.extra.items():
+        key = spec.key(name)
+        try:
+            values[name] = validate(raw[key]) if key in raw else fallback
+        except ValueError as exc:
+            raise SettingError(spec.check_id, f"{where}['{key}'] {exc}") from None
+    return ServiceBinding(spec.service, where, client_id, scope, values)
+
+
+def split_locations(location: Any) -> list[str]:
+    """The server URLs of a cache LOCATION, split as Django's RedisCache splits them."""
+    urls = re.split(r"[;,]", location) if isinstance(location, str) else list(location or [])
+    return [str(url).strip() for url in urls if str(url).strip()]
+
+
+# ---------------------------------------------------------------------------------------------- TLS
+
+
+def is_loopback(host: str | None) -> bool:
+    """True for hosts that never leave this machine: loopback names/addresses and Unix socket paths.
+    Bearer tokens may travel without TLS only to these."""
+    if not host:
+        return True  # libpq/redis default: the local socket
+    host = host.strip().strip("[]")
+    if host.startswith("/") or host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def require_tls(check_id: str, host: str | None, tls: bool, problem: str, fix: str = "") -> None:
+    """THE rule: a token goes to ``host`` without TLS only when ``host`` is loopback. ``problem`` and
+    ``fix`` word the error for the setting at hand."""
+    if not tls and not is_loopback(host):
+        raise SettingError(check_id, problem, fix)

@@ -1,0 +1,238 @@
+"""The runtime: the ONE owner of process-wide state.
+
+Everything that lives for the process - the validated settings, one credential per identity, one
+:class:`~django_azure_mi.core.provider.TokenProvider` per (identity, scope), and the adapters' shared parts
+("components": the Redis re-AUTH of an identity, the delegation keys of a storage account, Key Vault values,
+readiness results...) - hangs off the current :class:`Runtime`. Nothing else in the package keeps
+module-level mutable state.
+
+Lifecycle:
+
+* built on first use (:func:`get`);
+* replaced as a whole when ``AZURE_MANAGED_IDENTITY`` changes (``setting_changed``): the old one is closed,
+  so its worker threads stop and nothing of it is used again;
+* :func:`reset` closes it (tests: ``django_azure_mi.testing.reset_state``);
+* after ``os.fork()`` the child's runtime gets new locks, forgets the parent's credentials (HTTP connections)
+  and tells every provider and component (the one ``os.register_at_fork`` of the package).
+
+A component is any object with ``close()``; ``after_fork()`` is called too when it has one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Hashable
+from typing import Any, Protocol, TypeVar
+
+from azure.core.credentials import TokenCredential
+
+from . import conf
+from .core.credentials import IdentityKey, build_credential
+from .core.provider import TokenProvider
+from .diagnostics import setting_errors
+
+logger = logging.getLogger("django_azure_mi")
+
+C = TypeVar("C", bound="Component")
+
+
+class Component(Protocol):
+    def close(self) -> None: ...
+
+
+class Runtime:
+    """Process-wide objects for one ``AZURE_MANAGED_IDENTITY`` setting."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._config: conf.Config | None = None
+        self._provisional = False  # config read before Django's settings were configured
+        self._credentials: dict[tuple[IdentityKey, float], TokenCredential] = {}
+        self._providers: dict[tuple[IdentityKey, conf.Config, str], TokenProvider] = {}
+        self._requests: dict[tuple[str, str | None], TokenProvider] = {}  # get_token_provider's shortcut
+        self._components: dict[Hashable, Any] = {}
+        self.closed = False
+
+    # ------------------------------------------------------------------ settings
+
+    @property
+    def config(self) -> conf.Config:
+        """The validated ``AZURE_MANAGED_IDENTITY``. Before Django's settings are configured (plain scripts,
+        or settings.py itself running): defaults + environment, re-read once settings exist."""
+        config = self._config
+        if config is None or self._provisional:
+            from django.conf import settings
+
+            with self._lock:
+                if self._config is None or (self._provisional and settings.configured):
+                    configured = settings.configured
+                    raw = getattr(settings, conf.SETTING, None) if configured else None
+                    self._config = conf.build_config(raw)
+                    self._provisional = not configured
+                    self._requests.clear()
+                config = self._config
+        return config
+
+    # ------------------------------------------------------------------ identity
+
+    def identity(self, client_id: str | None = None, config: conf.Config | None = None) -> IdentityKey:
+        config = config or self.config
+        return IdentityKey(config.credential, client_id or config.client_id, config.cloud.authority_host)
+
+    def credential(self, key: IdentityKey, timeout: float) -> TokenCredential:
+        """The credential of ``key`` (built on first use; a misconfiguration raises SettingError)."""
+        credential = self._credentials.get((key, timeout))
+        if credential is None:
+            with self._lock:
+                credential = self._credentials.get((key, timeout))
+                if credential is None:
+                    with setting_errors():
+                        credential = build_credential(key, timeout)
+                    self._credentials[(key, timeout)] = credential
+        return credential
+
+    def provider(
+        self, scope: str, client_id: str | None = None, config: conf.Config | None = None
+    ) -> TokenProvider:
+        """The provider for ``scope`` of the identity ``client_id`` (None: the configured one)."""
+        if config is None:
+            provider = self._requests.get((scope, client_id))
+            if provider is not None and not provider.closed:
+                return provider
+        resolved = conf.validate_client_id(client_id, "get_token_provider(client_id=...)")
+        chosen = config or self.config
+        provider = self._provider(self.identity(resolved, chosen), chosen, scope)
+        if config is None:
+            self._requests[(scope, client_id)] = provider
+        return provider
+
+    def _provider(self, key: IdentityKey, config: conf.Config, scope: str) -> TokenProvider:
+        provider = self._providers.get((key, config, scope))
+        if provider is None or provider.closed:
+            with self._lock:
+                if self.closed:
+                    raise RuntimeError("django-azure-mi: this runtime was closed (settings changed or reset)")
+                provider = self._providers.get((key, config, scope))
+                if provider is None or provider.closed:
+                    self.credential(key, config.timeout)  # misconfiguration fails here, in the caller
+                    with setting_errors():
+                        provider = TokenProvider(
+                            None,
+                            scope,
+                            identity=key.label,
+                            source=key.source,
+                            refresh_margin=config.refresh_margin,
+                            timeout=config.timeout,
+                            cache_dir=config.token_cache_dir,
+                            credential_factory=lambda: self.credential(key, config.timeout),
+                            siblings=lambda other: self._provider(key, config, other),
+                        )
+                    self._providers[(key, config, scope)] = provider
+        return provider
+
+    def providers(self) -> list[TokenProvider]:
+        """The live providers (diagnostics and tests)."""
+        with self._lock:
+            return [p for p in self._providers.values() if not p.closed]
+
+    # ------------------------------------------------------------------ components
+
+    def component(self, key: Hashable, factory: Callable[[], C]) -> C:
+        """The component stored under ``key``, made by ``factory()`` on first use."""
+        found = self._components.get(key)
+        if found is None:
+            with self._lock:
+                found = self._components.get(key)
+                if found is None:
+                    if self.closed:
+                        raise RuntimeError(
+                            "django-azure-mi: this runtime was closed (settings changed or reset)"
+                        )
+                    found = self._components[key] = factory()
+        return found
+
+    def components(self) -> list[Any]:
+        with self._lock:
+            return list(self._components.values())
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Close components first (their threads use providers), then providers, then credentials."""
+        with self._lock:
+            self.closed = True
+            components = list(self._components.values())
+            providers = list(self._providers.values())
+            credentials = list(self._credentials.values())
+            self._components.clear()
+            self._providers.clear()
+            self._requests.clear()
+            self._credentials.clear()
+        for component in components:
+            try:
+                component.close()
+            except Exception:
+                logger.exception("closing %r failed", component)
+        for provider in providers:
+            provider.close()
+        for credential in credentials:
+            close = getattr(credential, "close", None)
+            if callable(close):
+                with contextlib.suppress(Exception):  # best effort
+                    close()
+
+    def after_fork_in_child(self) -> None:
+        """New locks; the parent's credentials (and their HTTP connections) are forgotten, not closed."""
+        self._lock = threading.RLock()
+        self._credentials.clear()
+        for provider in self._providers.values():
+            provider.after_fork()
+        for component in self._components.values():
+            after_fork = getattr(component, "after_fork", None)
+            if after_fork is not None:
+                after_fork()
+
+
+_lock = threading.Lock()
+_current: Runtime | None = None
+
+
+def get() -> Runtime:
+    """The current runtime (built on first use)."""
+    global _current
+    runtime = _current
+    if runtime is None:
+        with _lock:
+            if _current is None:
+                _current = Runtime()
+            runtime = _current
+    return runtime
+
+
+def reset() -> None:
+    """Close the current runtime; the next :func:`get` builds a new one."""
+    global _current
+    with _lock:
+        runtime, _current = _current, None
+    if runtime is not None:
+        runtime.close()
+
+
+def on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    """``setting_changed`` receiver (connected in ``apps.py``): a new ``AZURE_MANAGED_IDENTITY`` gets a new
+    runtime."""
+    if setting == conf.SETTING:
+        reset()
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()
+    if _current is not None:
+        _current.after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

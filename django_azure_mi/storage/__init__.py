@@ -1,0 +1,15 @@
+"""Blob Storage with a managed identity (``STORAGES`` backend): ``backend`` (the django-storages subclass)
+and ``delegation`` (user delegation keys on the shared renewal loop)."""
+
+from ..diagnostics import STORAGE_ROLES as ROLES
+from .backend import AzureManagedIdentityStorage
+from .delegation import KEY_BACKDATE, KEY_LIFETIME, DelegationKey, DelegationKeys
+
+__all__ = [
+    "KEY_BACKDATE",
+    "KEY_LIFETIME",
+    "ROLES",
+    "AzureManagedIdentityStorage",
+    "DelegationKey",
+    "DelegationKeys",
+]

@@ -1,0 +1,228 @@
+"""Blob Storage with a managed identity: django-storages' ``AzureStorage`` on the token core, with cached
+user-delegation SAS for signed URLs.
+
+    STORAGES = {"default": {
+        "BACKEND": "django_azure_mi.storage.AzureManagedIdentityStorage",
+        "OPTIONS": {"account_name": "acct", "azure_container": "media", "expiration_secs": 3600,
+                    "account_url": None},   # custom endpoint, e.g. "https://127.0.0.1:10000/devstoreaccount1"
+    }}
+
+Every django-storages option keeps working. What differs from the stock backend with a ``token_credential``:
+
+* the credential is the runtime's :class:`~django_azure_mi.core.provider.TokenProvider` for the storage
+  scope (one per identity, shared by every storage instance);
+* ``account_url`` for path-style emulator URLs, private endpoints and sovereign clouds;
+* the user delegation key is cached process-wide per (account, identity) (:mod:`.delegation`); a warm
+  ``url()`` makes no network call and builds no SDK client; no SAS outlives its key;
+* bearer tokens only over HTTPS except to loopback, and errors that name the setting or the RBAC role.
+
+Constructing the backend validates its options and does nothing else (no credential, no request), so the
+system checks construct it too.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any, Final, TypeVar
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from azure.core.exceptions import HttpResponseError
+from azure.storage.blob import BlobSasPermissions, UserDelegationKey, generate_blob_sas
+from django.utils.deconstruct import deconstructible
+from storages.backends.azure_storage import AzureStorage
+
+from .. import runtime
+from ..diagnostics import SettingError
+from ..options import BindingCredential, OptionSpec, ServiceBinding, bind, require_tls
+from .delegation import KEY_BACKDATE, KEY_LIFETIME, DelegationKeys, explained
+
+T = TypeVar("T")
+
+WHERE: Final = "STORAGES[…]['OPTIONS']"
+SPEC: Final = OptionSpec(
+    "storage",
+    "managed_identity",
+    "E031",
+    "{'client_id': '<client id>', 'scope': 'https://storage.azure.com/.default'}",
+)
+
+
+def _explain_errors(action: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Re-raise 401/403 from a storage operation with what to do about it."""
+
+    def decorate(method: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(method)
+        def wrapper(self: Any, name: str = "", *args: Any, **kwargs: Any) -> T:
+            try:
+                return method(self, name, *args, **kwargs)
+            except HttpResponseError as exc:
+                raise explained(exc, f"{action} {name!r}", "STORAGES[…]") from None
+
+        return wrapper
+
+    return decorate
+
+
+@deconstructible
+class AzureManagedIdentityStorage(AzureStorage):  # type: ignore[misc]
+    """django-storages' AzureStorage signing in with the managed identity (see the module docstring)."""
+
+    account_url: str
+    account_name: str | None
+    scope: str
+    client_id: str | None
+
+    def get_default_settings(self) -> dict[str, Any]:
+        defaults: dict[str, Any] = super().get_default_settings()
+        defaults.update(account_url=None, managed_identity=None)
+        return defaults
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        for name in ("connection_string", "account_key", "sas_token", "token_credential"):
+            if getattr(self, name):
+                raise SettingError(
+                    "E030",
+                    f"{WHERE}['{name}'] (or its AZURE_* setting) is set, but AzureManagedIdentityStorage "
+                    "signs every request with the managed identity.",
+                    f"Remove {name}, or use storages.backends.azure_storage.AzureStorage for "
+                    "key/SAS/connection-string access.",
+                )
+        self.binding: ServiceBinding = bind(SPEC, self.managed_identity, WHERE)
+        self.client_id, self.scope = self.binding.client_id, self.binding.scope
+        self._resolve_account()
+        if self.expiration_secs and self.expiration_secs > (KEY_LIFETIME - KEY_BACKDATE).total_seconds():
+            raise SettingError(
+                "E034",
+                f"{WHERE}['expiration_secs'] = {self.expiration_secs}: a signed URL cannot outlive its user "
+                f"delegation key ({KEY_LIFETIME.days} days here, 7 at most on Azure).",
+                "Use a smaller value.",
+            )
+        self.token_credential: BindingCredential = self.binding.credential
+        self._container_url: str | None = None
+
+    _keys_of: tuple[runtime.Runtime, DelegationKeys] | None = None
+
+    @property
+    def _keys(self) -> DelegationKeys:
+        """The delegation keys of this account and identity (shared by every instance; runtime-owned)."""
+        rt = runtime.get()
+        cached = self._keys_of
+        if cached is None or cached[0] is not rt:
+            label = f"account={self.account_url} identity={self.token_credential.identity}"
+            keys = rt.component(
+                ("delegation-keys", self.account_url, self.binding),
+                lambda: DelegationKeys(label, rt.config.timeout),
+            )
+            cached = self._keys_of = (rt, keys)
+        return cached[1]
+
+    def _resolve_account(self) -> None:
+        if self.account_url:
+            parts = urlsplit(self.account_url.rstrip("/"))
+            require_tls(
+                "E032",
+                parts.hostname,
+                parts.scheme == "https",
+                f"{WHERE}['account_url'] = {self.account_url!r}: bearer tokens go only over https",
+                "(plain http is allowed to loopback hosts only).",
+            )
+            path_account = parts.path.strip("/").split("/")[0] if parts.path.strip("/") else ""
+            host_account = (parts.hostname or "").split(".")[0] if ".blob." in (parts.hostname or "") else ""
+            self.account_name = self.account_name or path_account or host_account
+            self.account_url = self.account_url.rstrip("/")
+            if not self.account_name:
+                raise SettingError(
+                    "E033",
+                    f"{WHERE}['account_name'] is needed with account_url {self.account_url!r}",
+                    "(it names the account in signed URLs).",
+                )
+            return
+        if not self.account_name:
+            raise SettingError(
+                "E033",
+                f"{WHERE} needs 'account_name' (the storage account) or 'account_url' (a custom endpoint "
+                "such as 'https://127.0.0.1:10000/devstoreaccount1').",
+            )
+        suffix = self.endpoint_suffix
+        cloud = runtime.get().config.cloud
+        if suffix == "core.windows.net" and cloud.name != "public":
+            suffix = cloud.storage_suffix
+        host = f"{self.account_name}.blob.{suffix}"
+        require_tls(
+            "E032",
+            host,
+            bool(self.azure_ssl),
+            f"{WHERE}['azure_ssl'] is False: bearer tokens go only over https.",
+        )
+        self.account_url = f"https://{host}"
+
+    def _get_service_client(self) -> Any:
+        from azure.storage.blob import BlobServiceClient
+
+        options = dict(self.client_options)
+        # The SDK asks the credential for {audience}/.default: make that our configured scope.
+        options.setdefault("audience", self.scope.removesuffix("/.default"))
+        return BlobServiceClient(self.account_url, credential=self.token_credential, **options)
+
+    @_explain_errors("upload")
+    def _save(self, name: str, content: Any) -> str:
+        return str(super()._save(name, content))
+
+    @_explain_errors("open")
+    def _open(self, name: str, mode: str = "rb") -> Any:
+        return super()._open(name, mode)
+
+    @_explain_errors("check")
+    def exists(self, name: str) -> bool:
+        return bool(super().exists(name))
+
+    @_explain_errors("delete")
+    def delete(self, name: str) -> None:
+        super().delete(name)
+
+    @_explain_errors("read the size of")
+    def size(self, name: str) -> int:
+        return int(super().size(name))
+
+    @_explain_errors("list")
+    def listdir(self, path: str = "") -> tuple[list[str], list[str]]:
+        return super().listdir(path)  # type: ignore[no-any-return]
+
+    @_explain_errors("read the modification time of")
+    def get_modified_time(self, name: str) -> datetime:
+        return super().get_modified_time(name)  # type: ignore[no-any-return]
+
+    def get_user_delegation_key(self, expiry: datetime) -> UserDelegationKey:
+        if expiry.tzinfo is None:
+            expiry = expiry.replace(tzinfo=timezone.utc)
+        return self._keys.get(self.service_client, expiry).key
+
+    def url(
+        self, name: str, expire: int | None = None, parameters: dict[str, Any] | None = None, mode: str = "r"
+    ) -> str:
+        name = self._get_valid_path(name)
+        if self._container_url is None:
+            container_url = self.client.url
+            if self.custom_domain:
+                container_url = urlunsplit(urlsplit(container_url)._replace(netloc=self.custom_domain))
+            self._container_url = container_url.rstrip("/")
+        blob_url = f"{self._container_url}/{quote(name, safe='~/')}"
+        if expire is None:
+            expire = self.expiration_secs
+        if not expire:
+            return blob_url
+        expiry = datetime.now(timezone.utc) + timedelta(seconds=expire)
+        key = self._keys.get(self.service_client, expiry)
+        sas = generate_blob_sas(
+            str(self.account_name),  # set by _resolve_account
+            self.azure_container,
+            name,
+            user_delegation_key=key.key,
+            permission=BlobSasPermissions.from_string(mode),
+            expiry=expiry,  # never past key.expiry: the key was fetched to cover it
+            **(parameters or {}),
+        )
+        return f"{blob_url}?{sas}"

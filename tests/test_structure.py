@@ -1,0 +1,303 @@
+"""The shape of the package (DESIGN.md §1): one owner of process state, one renewal loop, a Django-free
+core, no import cycles, small classes, side-effect-free checks, no leaked providers."""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from django.test import override_settings
+
+from django_azure_mi import get_token_provider, runtime
+from django_azure_mi.checks import check_settings
+
+from .conftest import CLIENT_ID, STORAGE
+
+PACKAGE = Path(__file__).resolve().parent.parent / "django_azure_mi"
+PRODUCT = sorted(p for p in PACKAGE.rglob("*.py") if "testing" not in p.relative_to(PACKAGE).parts)
+MUTABLE_CALLS = {"dict", "list", "set", "defaultdict", "OrderedDict", "WeakSet", "WeakValueDictionary",
+                 "WeakKeyDictionary", "Lock", "RLock", "Condition", "Event", "local"}  # fmt: skip
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), str(path))
+
+
+def is_mutable(value: ast.expr | None, *, lists: bool = True) -> bool:
+    if isinstance(value, (ast.Dict, ast.Set, ast.DictComp, ast.SetComp)):
+        return True
+    if lists and isinstance(value, (ast.List, ast.ListComp)):
+        return True
+    if isinstance(value, ast.Call):
+        func = value.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        return name in MUTABLE_CALLS
+    return False
+
+
+CONSTANT = re.compile(r"^_?[A-Z][A-Z0-9_]*$|^__\w+__$|^urlpatterns$")
+
+
+def names_of(node: ast.Assign | ast.AnnAssign) -> list[str]:
+    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+    return [ast.unparse(t) for t in targets]
+
+
+def test_process_state_lives_in_the_runtime_only():
+    """Mutable module or class attributes (other than constant tables: UPPER_CASE names) only in
+    runtime.py; no ``global`` statement elsewhere."""
+    offenders = []
+    for path in PRODUCT:
+        if path.name == "runtime.py" and path.parent == PACKAGE:
+            continue
+        for node in tree(path).body:
+            mutable = isinstance(node, (ast.Assign, ast.AnnAssign)) and is_mutable(node.value)
+            if mutable and not all(CONSTANT.match(name) for name in names_of(node)):  # type: ignore[arg-type]
+                offenders.append(f"{module_name(path)}: {ast.unparse(node)[:40]} (module level)")
+            if isinstance(node, ast.ClassDef):  # class attributes shared by every instance
+                for item in node.body:
+                    mutable = isinstance(item, (ast.Assign, ast.AnnAssign)) and is_mutable(
+                        item.value, lists=False
+                    )
+                    if mutable and not all(CONSTANT.match(name) for name in names_of(item)):
+                        offenders.append(f"{module_name(path)}: {node.name}.{ast.unparse(item)[:40]}")
+        offenders += [
+            f"{module_name(path)}: global {', '.join(n.names)}"
+            for n in ast.walk(tree(path))
+            if isinstance(n, ast.Global)
+        ]
+    assert offenders == []
+
+
+def test_one_fork_hook_and_no_test_only_functions_in_the_product():
+    hooks = []
+    for path in PRODUCT:
+        source = path.read_text()
+        hooks += [module_name(path)] * source.count("register_at_fork(")
+        names = {n.name for n in ast.walk(tree(path)) if isinstance(n, ast.FunctionDef) and n.col_offset == 0}
+        if module_name(path) != "django_azure_mi.runtime":
+            assert not names & {"reset", "clear_cache", "reset_state"}, module_name(path)
+    assert hooks == ["django_azure_mi.runtime"]
+
+
+def test_one_renewal_loop():
+    """Background threads are started by the Refresher (renewals) and the probes (deadlines) only."""
+    starting = sorted(module_name(p) for p in PRODUCT if "threading.Thread(" in p.read_text())
+    assert starting == ["django_azure_mi.core.refresher", "django_azure_mi.probes"]
+
+
+def imports_of(path: Path, modules: set[str]) -> set[str]:
+    """Package modules ``path`` imports (top-level and inside functions; not TYPE_CHECKING-only). ``from .
+    import conf`` is an edge to ``conf``, not to the package's ``__init__``."""
+    me = module_name(path).split(".")
+    package = me if path.name == "__init__.py" else me[:-1]
+    found: set[str] = set()
+    parsed = tree(path)
+    type_checking = {
+        id(n)
+        for block in ast.walk(parsed)
+        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+        for n in ast.walk(block)
+    }
+    for node in ast.walk(parsed):
+        if id(node) in type_checking:
+            continue
+        if isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            submodules = {f"{module}.{alias.name}" for alias in node.names} & modules
+            found |= submodules or {module}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+    return found & modules
+
+
+def test_no_import_cycle_and_a_django_free_core():
+    modules = {module_name(p): p for p in PRODUCT}
+    graph = {name: imports_of(path, set(modules)) - {name} for name, path in modules.items()}
+    for name, path in modules.items():
+        if name.startswith("django_azure_mi.core"):
+            for node in ast.walk(tree(path)):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and not node.level:
+                    names = [node.module or ""]
+                else:
+                    continue
+                assert not any(n == "django" or n.startswith("django.") for n in names), name
+            assert all(m.startswith("django_azure_mi.core") for m in graph[name]), name
+
+    def cycle_from(start: str) -> list[str] | None:
+        stack, seen = [(start, [start])], {start}
+        while stack:
+            node, trail = stack.pop()
+            for nxt in sorted(graph[node]):
+                if nxt == start:
+                    return [*trail, start]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*trail, nxt]))
+        return None
+
+    # a package's __init__ re-exporting its own modules is not a cycle with them
+    cycles = [c for c in map(cycle_from, graph) if c]
+    cycles = [
+        c
+        for c in cycles
+        if not all(b.startswith(a + ".") or a.startswith(b + ".") for a, b in itertools.pairwise(c))
+    ]
+    assert cycles == []
+
+
+def test_no_product_module_imports_the_stand_ins():
+    everything = {module_name(p) for p in PACKAGE.rglob("*.py")}
+    assert {
+        module_name(p): found
+        for p in PRODUCT
+        if (found := {m for m in imports_of(p, everything) if m.startswith("django_azure_mi.testing")})
+    } == {}
+
+
+def test_no_class_over_about_200_lines():
+    sizes = {
+        f"{module_name(p)}.{n.name}": n.end_lineno - n.lineno + 1
+        for p in PRODUCT
+        for n in ast.walk(tree(p))
+        if isinstance(n, ast.ClassDef) and n.end_lineno is not None
+    }
+    assert {name: size for name, size in sizes.items() if size > 210} == {}
+
+
+def test_refresher_states_its_state_machine_and_invariants():
+    doc = ast.get_docstring(tree(PACKAGE / "core" / "refresher.py")) or ""
+    assert "State machine" in doc and "Invariants" in doc
+
+
+# ---------------------------------------------------------------------------------------------- behaviour
+
+
+def raising_factory():
+    raise AssertionError("manage.py check called the CREDENTIAL factory")
+
+
+ALL_ADAPTERS = {
+    "AZURE_MANAGED_IDENTITY": {"CREDENTIAL": "tests.test_structure.raising_factory"},
+    "DATABASES": {
+        "default": {
+            "ENGINE": "django_azure_mi.backends.postgresql",
+            "HOST": "srv.postgres.database.azure.com",
+            "NAME": "app",
+            "USER": "app-identity",
+            "OPTIONS": {"pool": True, "managed_identity": {"client_id": CLIENT_ID}},
+        }
+    },
+    "CACHES": {
+        "default": {
+            "BACKEND": "django_azure_mi.cache.RedisCache",
+            "LOCATION": "rediss://c.redis.cache.windows.net:6380/0",
+        },
+        "redis": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": "rediss://c.redis.cache.windows.net:6380/1",
+            "OPTIONS": {
+                "CONNECTION_FACTORY": "django_azure_mi.cache.EntraConnectionFactory",
+                "MANAGED_IDENTITY": {"USERNAME": "00000000-0000-0000-0000-000000000001"},
+            },
+        },
+    },
+    "STORAGES": {
+        "default": {
+            "BACKEND": "django_azure_mi.storage.AzureManagedIdentityStorage",
+            "OPTIONS": {"account_name": "acct", "azure_container": "media", "expiration_secs": 3600},
+        },
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    },
+}
+
+
+def test_checks_build_no_credential_or_provider_and_never_call_the_factory(monkeypatch):
+    monkeypatch.setenv("AZURE_KEY_VAULT_URL", "https://v.vault.azure.net")
+    runtime.reset()
+    with override_settings(**ALL_ADAPTERS):
+        assert [m.id for m in check_settings()] == []
+        rt = runtime.get()
+        assert rt.providers() == [] and rt._credentials == {}
+    runtime.reset()
+
+
+def worker_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("django-azure-mi token")]
+
+
+def test_settings_changes_leave_only_what_the_current_settings_need(azure_imds):
+    clients = [f"{CLIENT_ID[:-1]}{i}" for i in range(5)]
+    for client_id in clients:
+        azure_imds.add_identity(client_id)
+        with override_settings(AZURE_MANAGED_IDENTITY={"CLIENT_ID": client_id}):
+            get_token_provider(STORAGE).get_token(STORAGE)
+            assert len(runtime.get().providers()) == 1
+    deadline = time.monotonic() + 5
+    while worker_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert worker_threads() == []  # the 5 providers of the 5 settings are closed and their workers gone
+    get_token_provider(STORAGE).get_token(STORAGE)
+    assert len(runtime.get().providers()) == 1 and len(worker_threads()) == 1
+
+
+@pytest.mark.parametrize("pooled", [False, True], ids=["plain", "pool"])
+def test_postgres_takes_the_token_once_per_connection_and_validates_once(
+    azure_postgres, use_databases, monkeypatch, pooled
+):
+    from django.db import connections
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+    from django_azure_mi.backends.postgresql import base
+    from django_azure_mi.core.provider import TokenProvider
+
+    if pooled and not is_psycopg3:
+        pytest.skip("Django's pool needs psycopg 3")
+    validations, takes = [], []
+    validate, current = base.managed_identity, TokenProvider.current
+    monkeypatch.setattr(base, "managed_identity", lambda *a: validations.append(a) or validate(*a))
+    monkeypatch.setattr(TokenProvider, "current", lambda self: takes.append(self.scope) or current(self))
+    options = {"pool": {"min_size": 0, "max_size": 2}} if pooled else {}
+    use_databases(default=azure_postgres.database_settings("app-identity", OPTIONS=options))
+    connection = connections["default"]
+    for _ in range(3):
+        connection.connect()
+        with connection.cursor() as cursor:
+            cursor.execute("select 1")
+        if pooled:
+            connection.connection.close()  # a physical close: the next checkout opens a new connection
+        connection.close()
+    assert len(validations) == 1  # per wrapper, not per connection
+    opened = 3 if not pooled else connection.pool.get_stats()["connections_num"]
+    assert len(takes) == opened  # one take per physical connection
+    if pooled:
+        connection.close_pool()
+
+
+def test_probe_and_error_give_the_same_diagnosis(azure_postgres, use_databases, azure_imds):
+    from django.db import OperationalError, connections
+
+    from django_azure_mi import diagnostics, probes
+
+    use_databases(default=azure_postgres.database_settings("somebody-else"))
+    with pytest.raises(OperationalError) as info:
+        connections["default"].ensure_connection()
+    raised = diagnostics.failure_of(info.value)
+    assert raised is not None and raised.kind == "auth-refused"
+    (result,) = probes.run(probes.targets(databases=["default"], caches=[], storages=[], keyvault=False))
+    assert (result.diagnosis, result.fix) == (raised.diagnosis, raised.fix)
