@@ -244,11 +244,11 @@ def _probe_cache(result: Result, deep: bool) -> None:
 def _redis(cache: Any) -> tuple[Any, Any]:
     """(EntraAuth, redis.Redis) of a django-redis cache or of our Django built-in RedisCache: the auth
     object the cache's pools use, so its settings and re-AUTH counters are the live ones."""
-    from .cache import RedisCache
+    from .cache import RedisCache, get_auth
 
     if isinstance(cache, RedisCache):  # Django's built-in backend: passed to its pools
         client: Any = cache._cache
-        return client._pool_options["entra"], client.get_client(write=True)
+        return get_auth(client._pool_options["entra_settings"]), client.get_client(write=True)
     return cache.client.connection_factory.entra, cache.client.get_client(write=True)  # django-redis
 
 

@@ -397,3 +397,19 @@ def test_pubsub_on_an_entra_pool_survives_token_expiry(use_cache, azure_redis, p
     pubsub.close()
     assert received and received[-1] >= n - 3  # still receiving at the end
     assert n > 40
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_cache_built_before_a_settings_change_keeps_working(use_cache, backend, azure_redis, settings):
+    """AZURE_MANAGED_IDENTITY changes (override_settings) replace the runtime: a cache object Django built
+    before must sign in through the new one, not the closed one."""
+    cache = use_cache(backend)
+    cache.set("k", 1)
+    closed = [c for c in runtime.get().components() if isinstance(c, entra_cache.EntraAuth)]
+    settings.AZURE_MANAGED_IDENTITY = {"TIMEOUT": 5}  # a new runtime; the old one's auth is closed
+    assert closed and all(auth.sweeper.closed for auth in closed)
+    client = cache.client.get_client() if backend == "django-redis" else cache._cache.get_client(write=True)
+    client.connection_pool.disconnect()  # the next command opens (and AUTHs) a new connection
+    assert cache.get("k") == 1
+    (auth,) = [c for c in runtime.get().components() if isinstance(c, entra_cache.EntraAuth)]
+    assert not auth.sweeper.closed and auth.sweeper._thread is not None

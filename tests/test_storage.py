@@ -269,3 +269,10 @@ def test_signed_urls_after_fork(make_storage, azure_storage):
         release.set()
         holder.join()
     assert result == {"ok": True, "content": "forked"}
+
+
+def test_delegation_key_repr_hides_the_signing_key(make_storage):
+    storage = make_storage(expiration_secs=300)
+    storage.url("file.txt")
+    key = storage._keys.refresher.value
+    assert key.key.value and key.key.value not in repr(key)

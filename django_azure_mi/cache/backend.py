@@ -7,7 +7,7 @@ from typing import Any
 from django.core.cache.backends.redis import RedisCache as DjangoRedisCache
 
 from ..options import split_locations
-from .auth import OPTION, WHERE, EntraSettings, check_location, get_auth, parse_options
+from .auth import OPTION, WHERE, EntraSettings, check_location, parse_options
 from .connection import pool_class
 
 
@@ -27,5 +27,5 @@ class RedisCache(DjangoRedisCache):
 
     def __init__(self, server: str, params: dict[str, Any]) -> None:
         settings, options = validate(server, params)
-        options["entra"] = get_auth(settings)
+        options["entra_settings"] = settings
         super().__init__(server, {**params, "OPTIONS": options})

@@ -27,7 +27,7 @@ from redis.retry import Retry
 
 from .. import diagnostics
 from ..diagnostics import SettingError
-from .auth import EntraAuth
+from .auth import EntraAuth, EntraSettings, get_auth
 
 logger = logging.getLogger("django_azure_mi.cache")
 
@@ -48,15 +48,20 @@ class _Credentials(redis.CredentialProvider):
 class EntraConnectionMixin:
     """Mixed into redis-py's Connection classes: AUTH with the token on connect, re-AUTH when due."""
 
-    entra: EntraAuth
+    entra_settings: EntraSettings
     credential_provider: redis.CredentialProvider | None
     _entra_exp = 0.0
     _entra_due = float("inf")
     _entra_busy = False
 
-    def __init__(self, *args: Any, entra: EntraAuth, **kwargs: Any) -> None:
-        self.entra = entra
+    def __init__(self, *args: Any, entra_settings: EntraSettings, **kwargs: Any) -> None:
+        self.entra_settings = entra_settings
         super().__init__(*args, **kwargs)
+
+    @property
+    def entra(self) -> EntraAuth:
+        """The current runtime's auth for these settings (a settings change gives a new one)."""
+        return get_auth(self.entra_settings)
 
     # redis-py 8 connects through on_connect_check_health; older versions through on_connect.
     def on_connect(self) -> None:
@@ -159,14 +164,24 @@ def entra_connection_class(base: type) -> type:
 class EntraConnectionPool(redis.ConnectionPool):
     """A redis-py ConnectionPool whose connections sign in with Entra tokens and re-AUTH before expiry."""
 
-    def __init__(self, connection_class: type = redis.Connection, *, entra: EntraAuth, **kwargs: Any) -> None:
+    def __init__(
+        self, connection_class: type = redis.Connection, *, entra_settings: EntraSettings, **kwargs: Any
+    ) -> None:
         if "retry" not in kwargs and "retry_on_error" not in kwargs:
             # A connection the server closed (token expiry, failover) is replaced transparently.
             kwargs["retry"] = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), 3)
             kwargs["retry_on_error"] = [RedisConnectionError, RedisTimeoutError]
-        super().__init__(connection_class=entra_connection_class(connection_class), entra=entra, **kwargs)
-        self.entra = entra
-        entra.register(self)
+        connection_class = entra_connection_class(connection_class)
+        super().__init__(connection_class=connection_class, entra_settings=entra_settings, **kwargs)
+        self.entra_settings = entra_settings
+
+    @property
+    def entra(self) -> EntraAuth:
+        return get_auth(self.entra_settings)
+
+    def make_connection(self) -> Any:
+        self.entra.register(self)  # the current runtime's sweeper looks after this pool's idle connections
+        return super().make_connection()
 
     def reauth_idle(self, now: float) -> None:
         """Take the idle connections that are due out of the pool, re-AUTH them, put them back."""

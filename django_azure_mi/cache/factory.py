@@ -6,7 +6,7 @@ from typing import Any
 
 from .. import runtime
 from ..diagnostics import SettingError
-from .auth import OPTION, WHERE, EntraSettings, check_location, get_auth, parse_options
+from .auth import OPTION, WHERE, EntraAuth, EntraSettings, check_location, get_auth, parse_options
 from .connection import pool_class
 
 try:
@@ -52,17 +52,22 @@ class EntraConnectionFactory(_DjangoRedisFactory):  # type: ignore[misc]
         settings = validate(options)
         super().__init__(options)
         self.pool_cls = pool_class(options.get("CONNECTION_POOL_CLASS"), f"{WHERE}['CONNECTION_POOL_CLASS']")
-        self.entra = get_auth(settings)
+        self.entra_settings = settings
+
+    @property
+    def entra(self) -> EntraAuth:
+        """The current runtime's auth for this cache's identity."""
+        return get_auth(self.entra_settings)
 
     def make_connection_params(self, url: str) -> dict[str, Any]:
         check_location(url)
         params: dict[str, Any] = super().make_connection_params(url)
-        params["entra"] = self.entra
+        params["entra_settings"] = self.entra_settings
         return params
 
     def get_or_create_connection_pool(self, params: dict[str, Any]) -> Any:
         pools = runtime.get().component("redis-pools", Pools).pools
-        key = (params["url"], self.entra.settings)
+        key = (params["url"], self.entra_settings)
         pool = pools.get(key)
         if pool is None:
             pool = pools[key] = self.get_connection_pool(params)

@@ -108,33 +108,28 @@ def import_factory(path: str) -> Callable[[], Any]:
     try:
         factory = getattr(importlib.import_module(module_path), name)
     except (ImportError, AttributeError) as exc:
-        raise ConfigurationError(
-            Problem(
-                "E003",
-                f"{SETTING} = {path!r} cannot be imported ({exc}).",
-                'Use "managed_identity", "workload_identity", "default" or the dotted path of a '
-                "zero-argument callable.",
-            )
+        raise _bad_factory(
+            f"{SETTING} = {path!r} cannot be imported ({exc}).",
+            'Use "managed_identity", "workload_identity", "default" or the dotted path of a zero-argument '
+            "callable.",
         ) from exc
     if not callable(factory):
-        raise ConfigurationError(
-            Problem(
-                "E003",
-                f"{SETTING} = {path!r} is not callable.",
-                "Point it at a zero-argument function or class that returns an azure.core TokenCredential.",
-            )
+        raise _bad_factory(
+            f"{SETTING} = {path!r} is not callable.",
+            "Point it at a zero-argument function or class that returns an azure.core TokenCredential.",
         )
     return factory  # type: ignore[no-any-return]
+
+
+def _bad_factory(problem: str, fix: str) -> ConfigurationError:
+    return ConfigurationError(Problem("E003", problem, fix))
 
 
 def _custom_credential(path: str) -> TokenCredential:
     credential = import_factory(path)()
     if not callable(getattr(credential, "get_token", None)):
-        raise ConfigurationError(
-            Problem(
-                "E003",
-                f"{SETTING} = {path!r} returned {type(credential).__name__}, which has no get_token();",
-                "it must return an azure.core.credentials.TokenCredential.",
-            )
+        raise _bad_factory(
+            f"{SETTING} = {path!r} returned {type(credential).__name__}, which has no get_token();",
+            "it must return an azure.core.credentials.TokenCredential.",
         )
     return credential  # type: ignore[no-any-return]

@@ -7,7 +7,7 @@ Unlike django-storages' cache: the key's start is backdated for clock skew, its 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Final
 
@@ -24,7 +24,7 @@ KEY_BACKDATE: Final = timedelta(minutes=15)  # start in the past: clocks differ
 
 @dataclass(frozen=True)
 class DelegationKey:
-    key: UserDelegationKey
+    key: UserDelegationKey = field(repr=False)  # its value signs URLs: never in a repr
     start: datetime
     expiry: datetime
     renew_at: datetime

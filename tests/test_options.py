@@ -1,0 +1,55 @@
+"""options.bind (the one validator of per-service option dicts) and the one TLS rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from django_azure_mi.backends.postgresql.options import SPEC as POSTGRES
+from django_azure_mi.cache.auth import SPEC as REDIS
+from django_azure_mi.diagnostics import SettingError
+from django_azure_mi.options import bind, require_tls
+from django_azure_mi.storage.backend import SPEC as STORAGE
+
+from .conftest import CLIENT_ID
+
+
+@pytest.mark.parametrize(
+    ("spec", "key", "right", "check_id"),
+    [(POSTGRES, "CLIENT_ID", "client_id", "E010"), (REDIS, "client_id", "CLIENT_ID", "E020"),
+     (STORAGE, "Scope", "scope", "E031")],
+)  # fmt: skip
+def test_keys_take_the_casing_of_their_dict(spec, key, right, check_id):
+    with pytest.raises(SettingError) as info:
+        bind(spec, {key: CLIENT_ID}, "X['OPTIONS']")
+    assert info.value.check_id == check_id
+    assert f"unknown key {key!r} (in this dict it is spelled {right!r})" in str(info.value)
+    assert info.value.problem.fix.startswith("allowed: ")
+
+
+def test_a_binding_is_resolved_once_with_the_clouds_default_scope(settings):
+    settings.AZURE_MANAGED_IDENTITY = {"CLOUD": "china"}
+    binding = bind(REDIS, {"CLIENT_ID": CLIENT_ID, "USERNAME": "oid"}, "CACHES['x']['OPTIONS']")
+    assert (binding.client_id, binding.scope) == (CLIENT_ID, "https://redis.azure.cn/.default")
+    assert binding.values == {"username": "oid"}
+    assert binding.where == "CACHES['x']['OPTIONS']['MANAGED_IDENTITY']"
+    assert bind(POSTGRES, None, "D").values == {"enabled": True}
+
+
+def test_extra_keys_are_validated_with_the_services_check_id():
+    with pytest.raises(SettingError, match=r"\['enabled'\] must be True or False") as info:
+        bind(POSTGRES, {"enabled": "yes"}, "D")
+    assert info.value.check_id == "E010"
+
+
+@pytest.mark.parametrize(
+    ("host", "tls", "allowed"),
+    [("srv.postgres.database.azure.com", False, False), ("srv.postgres.database.azure.com", True, True),
+     ("127.0.0.1", False, True), ("::1", False, True), ("[::1]", False, True), ("localhost", False, True),
+     ("/var/run/postgresql", False, True), ("10.0.0.5", False, False), ("127.0.0.1.nip.io", False, False)],
+)  # fmt: skip
+def test_one_tls_rule(host, tls, allowed):
+    if allowed:
+        require_tls("E999", host, tls, "problem")
+    else:
+        with pytest.raises(SettingError, match="problem"):
+            require_tls("E999", host, tls, "problem")
