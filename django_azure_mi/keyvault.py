@@ -338,10 +338,6 @@ def _identity_label(config: conf.Config) -> str:
     return runtime.get().identity(None, config).label
 
 
-def _vault_name(url: str) -> str:
-    return (urlsplit(url).hostname or "VAULT").split(".")[0]
-
-
 def _reason(exc: Any) -> str:
     error = getattr(exc, "error", None)
     code = getattr(error, "code", None)

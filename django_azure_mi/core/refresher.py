@@ -123,9 +123,9 @@ class Refresher(Generic[T]):
             if time.time() >= self._next_at:
                 self._cond.notify_all()
 
-    def get(self, timeout: float, *, demand: bool = True) -> T:
-        """A usable value, waiting at most ``timeout`` seconds for the worker. With ``demand``, a caller who
-        finds no value asks for an attempt now, unless the source is failing (then the backoff decides)."""
+    def get(self, timeout: float) -> T:
+        """A usable value, waiting at most ``timeout`` seconds for the worker. A caller who finds none asks
+        for an attempt now, unless the source is failing (then the backoff decides when)."""
         self._check_fork()
         deadline = time.time() + timeout
         with self._cond:
@@ -143,7 +143,7 @@ class Refresher(Generic[T]):
                 if not self._in_flight:
                     if self._failures and self._next_at > deadline:
                         raise NotReady("backoff", self._next_at - now)
-                    if demand and not self._failures:
+                    if not self._failures:
                         self._wanted = True
                         self._cond.notify_all()
                 remaining = deadline - now

@@ -1,0 +1,116 @@
+"""The one renewal loop on its own: single flight, Defer, backoff, close, fork."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from django_azure_mi.core.refresher import Defer, NotReady, Refresher
+
+from .conftest import in_child, run_threads
+
+
+class Source:
+    """A value source whose answers the test scripts: values, Defer or errors, one per call."""
+
+    def __init__(self, *answers: object, delay: float = 0.0) -> None:
+        self.answers = list(answers)
+        self.calls = 0
+        self.delay = delay
+
+    def __call__(self, previous: object) -> object:
+        self.calls += 1
+        time.sleep(self.delay)
+        answer = self.answers.pop(0) if self.answers else self.calls
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def refresher(source: Source, **options) -> Refresher:
+    options.setdefault("schedule", lambda value: time.time() + 3600)
+    options.setdefault("retry_base", 0.05)
+    return Refresher("test", source, **options)
+
+
+def test_twenty_cold_callers_make_one_fetch():
+    source = Source(delay=0.2)
+    r = refresher(source)
+    assert run_threads(20, lambda: r.get(5)) == [1] * 20
+    assert source.calls == 1 and r.waits == 20
+    r.close(join=1)
+
+
+def test_defer_is_not_a_failure_and_the_value_stays():
+    source = Source("v1", Defer(time.time() + 3600, "upstream cache"))
+    r = refresher(source)
+    assert r.get(5) == "v1"
+    assert r.refresh(wait=True, timeout=5) is False  # an attempt, no new value
+    assert r.value == "v1" and r.failed == 0 and r.last_error is None and r.attempts == 2
+    r.close(join=1)
+
+
+def test_a_failure_is_reported_then_backed_off_then_recovered():
+    source = Source(ValueError("boom eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"), "v2")
+    r = refresher(source, retry_cap=0.1)
+    with pytest.raises(NotReady) as info:
+        r.get(5)
+    assert info.value.reason == "failed"
+    assert r.last_error and "eyJ" not in r.last_error  # redacted
+    assert r.last_exception is not None and r.last_exception.__traceback__ is None
+    assert r.get(5) == "v2"  # the backoff retry (<= 0.1 s) brought it
+    assert r.last_error is None and r.failed == 1
+    r.close(join=1)
+
+
+def test_close_wakes_waiters_and_stops_the_worker():
+    r = refresher(Source(delay=0.5))
+    errors = []
+
+    def wait() -> None:
+        with pytest.raises(NotReady) as info:
+            r.get(10)
+        errors.append(info.value.reason)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.1)
+    r.close(join=2)
+    waiter.join(2)
+    assert errors == ["closed"] and not r._thread.is_alive()
+
+
+def test_subscribers_see_each_new_value_and_can_leave():
+    seen = []
+    r = refresher(Source("a", "b", "c"))
+    leave = r.subscribe(seen.append)
+    r.get(5)
+    r.refresh(wait=True)
+    leave()
+    r.refresh(wait=True)
+    assert seen == ["a", "b"] and r.value == "c"
+    r.close(join=1)
+
+
+def test_fork_while_the_lock_is_held_gets_a_new_worker_in_the_child():
+    r = refresher(Source())
+    assert r.get(5) == 1
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with r._lock:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(5)
+    try:  # no fork hook for this refresher: the pid check on the slow path does it
+        result = in_child(lambda: {"refreshed": r.refresh(wait=True, timeout=5), "value": r.value})
+    finally:
+        release.set()
+        holder.join()
+    assert result == {"ok": True, "refreshed": True, "value": 2}
+    r.close(join=1)
