@@ -14,8 +14,12 @@ E006      the extra an adapter needs is not installed
 E010      ``DATABASES[…]['OPTIONS']['managed_identity']`` malformed
 E011      ``DATABASES[…]['PASSWORD']`` set with a managed identity
 E012      ``DATABASES[…]['USER']`` empty
-E013      weak ``sslmode`` (disable/allow/prefer) to a non-loopback host
+E013      an ``sslmode`` that may send the token in clear (disable/allow/prefer) or to an unverified
+          server (require/verify-ca without the ``verify_tls=False`` opt-out), judged on the effective
+          targets (HOST, OPTIONS host/hostaddr/service, PGHOST/PGHOSTADDR/PGSERVICE, multi-host lists)
 E014      ``OPTIONS['pool']`` with psycopg-pool < 3.3
+E015      the default ``sslrootcert='system'`` with libpq < 16
+W011      ``managed_identity['verify_tls'] = False``: the server is not verified
 W010      a Postgres on ``*.postgres.database.azure.com`` without a password, but not our ENGINE
 E020      ``CACHES[…]['OPTIONS']['MANAGED_IDENTITY']`` malformed
 E021      credentials in ``LOCATION`` or ``OPTIONS`` (PASSWORD/USERNAME)
@@ -121,7 +125,7 @@ def _check_database(errors: list[checks.CheckMessage], alias: str, database: dic
     engine = database.get("ENGINE", "")
     obj = f"DATABASES[{alias!r}]"
     if engine == ENGINE:
-        _run(errors, obj, _validate_database, alias, database)
+        _run(errors, obj, _validate_database, alias, database, errors)
     elif engine.endswith("postgresql") and not database.get("PASSWORD"):
         host = str(database.get("HOST") or "")
         if host.endswith((".postgres.database.azure.com", ".postgres.database.usgovcloudapi.net")):
@@ -136,10 +140,22 @@ def _check_database(errors: list[checks.CheckMessage], alias: str, database: dic
             )
 
 
-def _validate_database(alias: str, database: dict[str, Any]) -> None:
+def _validate_database(alias: str, database: dict[str, Any], errors: list[checks.CheckMessage]) -> None:
     from .backends.postgresql.options import managed_identity
 
-    managed_identity(database, alias)
+    identity = managed_identity(database, alias)
+    if identity is not None and not identity.binding.values["verify_tls"]:
+        errors.append(
+            checks.Warning(
+                f"DATABASES[{alias!r}] signs in with the access token without verifying the server "
+                "(managed_identity verify_tls=False).",
+                hint="Anyone who can impersonate the server (DNS, a proxy, a rogue network) gets a token "
+                "valid for every database this identity may use. Remove verify_tls=False and the weak "
+                "sslmode: the default verify-full checks Azure's certificate against the OS trust store.",
+                obj=f"DATABASES[{alias!r}]",
+                id="django_azure_mi.W011",
+            )
+        )
 
 
 def uses_our_cache(cache: dict[str, Any]) -> bool:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -194,8 +194,21 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
-def require_tls(check_id: str, host: str | None, tls: bool, problem: str, fix: str = "") -> None:
-    """THE rule: a token goes to ``host`` without TLS only when ``host`` is loopback. ``problem`` and
-    ``fix`` word the error for the setting at hand."""
-    if not tls and not is_loopback(host):
+def is_remote(targets: str | Sequence[str | None] | None) -> bool:
+    """Does any of the effective ``targets`` leave this machine? ``None``: unknown (a service file, ...),
+    which counts as remote."""
+    if targets is None:
+        return True
+    if isinstance(targets, str):
+        targets = [targets]
+    return not all(is_loopback(target) for target in targets) or not targets
+
+
+def require_tls(
+    check_id: str, targets: str | Sequence[str | None] | None, tls: bool, problem: str, fix: str = ""
+) -> None:
+    """THE rule: a token goes without (verified) TLS only when every effective target is loopback.
+    ``targets``: a host, the hosts a client will try, or None when they cannot be known here. ``problem``
+    and ``fix`` word the error for the setting at hand."""
+    if not tls and is_remote(targets):
         raise SettingError(check_id, problem, fix)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import threading
 import time
 import uuid
@@ -23,7 +24,7 @@ from typing import Any
 from . import diagnostics, get_token_provider, runtime
 from .checks import ENGINE, STORAGE_BACKEND, uses_our_cache
 from .core.errors import describe_error
-from .options import is_loopback
+from .options import is_remote
 
 PROBE_PREFIX = "django-azure-mi-probe"
 
@@ -187,6 +188,8 @@ def identity_facts(scope: str, client_id: str | None) -> dict[str, Any]:
 def _probe_database(result: Result, deep: bool) -> None:
     from django.db import connections
 
+    from .backends.postgresql.options import targets
+
     connection: Any = connections[result.alias]
     identity = connection.managed_identity
     if identity is not None:
@@ -206,7 +209,11 @@ def _probe_database(result: Result, deep: bool) -> None:
         tls=bool(row and row[0]),
         tls_version=row[1] if row and row[0] else None,
     )
-    if identity is not None and not result.details["tls"] and not is_loopback(identity.host):
+    if (
+        identity is not None
+        and not result.details["tls"]
+        and is_remote(targets(connection.settings_dict, os.environ))
+    ):
         raise diagnostics.attach(
             RuntimeError("connected without TLS"), diagnostics.postgres_tls(identity.alias)
         )

@@ -14,6 +14,8 @@ from django.db import connections
 
 from django_azure_mi.core import TokenProvider
 
+from .rogue import rogue_host, rogue_postgres  # noqa: F401 - fixtures for the transport tests
+
 STORAGE = "https://storage.azure.com/.default"
 STORAGE_RESOURCE = "https://storage.azure.com"
 VAULT = "https://vault.azure.net/.default"

@@ -32,7 +32,7 @@ def test_a_binding_is_resolved_once_with_the_clouds_default_scope(settings):
     assert (binding.client_id, binding.scope) == (CLIENT_ID, "https://redis.azure.cn/.default")
     assert binding.values == {"username": "oid"}
     assert binding.where == "CACHES['x']['OPTIONS']['MANAGED_IDENTITY']"
-    assert bind(POSTGRES, None, "D").values == {"enabled": True}
+    assert bind(POSTGRES, None, "D").values == {"enabled": True, "verify_tls": True}
 
 
 def test_extra_keys_are_validated_with_the_services_check_id():

@@ -215,12 +215,12 @@ def test_enabled_false_is_a_plain_password_backend(azure_postgres, use_databases
     assert azure_imds.request_count() == 0
 
 
-def test_sslmode_defaults_to_require_off_loopback(azure_imds, use_databases):
+def test_sslmode_defaults_to_verify_full_with_the_os_trust_store_off_loopback(azure_imds, use_databases):
     use_databases(
         default=dict(REMOTE)  # Django setdefault()s into settings dicts
     )
     params = connections["default"].get_connection_params()
-    assert params["sslmode"] == "require"
+    assert (params["sslmode"], params["sslrootcert"]) == ("verify-full", "system")
     assert "managed_identity" not in params
     assert params["password"] not in repr(params)
 
@@ -317,12 +317,12 @@ def test_dbshell_gets_the_token_through_the_environment(azure_postgres, use_data
     assert capfd.readouterr().out.strip() == ROLE
 
 
-def test_dbshell_defaults_sslmode_require_off_loopback(azure_imds, use_databases):
+def test_dbshell_defaults_sslmode_verify_full_off_loopback(azure_imds, use_databases):
     use_databases(
         default=dict(REMOTE)  # Django setdefault()s into settings dicts
     )
     args, env = DatabaseClient.settings_to_cmd_args_env(connections["default"].settings_dict, [])
-    assert env["PGSSLMODE"] == "require"
+    assert (env["PGSSLMODE"], env["PGSSLROOTCERT"]) == ("verify-full", "system")
     assert "managed_identity" not in " ".join(args)
 
 

@@ -312,3 +312,42 @@ def test_default_credential_reaches_managed_identity(settings, azure_imds, monke
     assert provider.identity == f"DefaultAzureCredential (client_id={CLIENT_ID})"
     assert claims(provider.get_token(STORAGE).token)["oid"] == azure_imds.object_id(CLIENT_ID)
     assert provider.source == "default-credential"
+
+
+@pytest.mark.azure_imds(ttl=120)
+def test_a_huge_retry_after_does_not_wedge_the_provider(settings, azure_imds):
+    """One 429 with Retry-After: 100000 must not keep the worker asleep inside azure-core's retry: the
+    attempt ends within the cap and the core's own schedule brings the token once IMDS answers again."""
+    settings.AZURE_MANAGED_IDENTITY = {"TIMEOUT": 2}
+    azure_imds.inject(Fault.error(429, retry_after=100000))
+    provider = get_token_provider(STORAGE)
+    started = time.monotonic()
+    deadline = started + 30
+    token = None
+    while token is None and time.monotonic() < deadline:
+        try:
+            token = provider.get_token(STORAGE)
+        except TokenUnavailableError:
+            time.sleep(0.2)
+    assert token is not None, provider.last_error
+    assert time.monotonic() - started < 15  # the cap (8 s) and the core's retry, not 100000 s
+    assert azure_imds.request_count() == 2
+
+
+def test_absurd_identity_answers_are_refused_with_a_clear_error(make_provider, azure_imds):
+    """A 5 MB "token" is a failure (not installed); an expires_on beyond the JWT's exp is not believed."""
+    from azure.core.credentials import AccessTokenInfo
+
+    class Liar:
+        def __init__(self, token: str, expires_on: int) -> None:
+            self.answer = AccessTokenInfo(token, expires_on)
+
+        def get_token_info(self, *scopes, options=None):
+            return self.answer
+
+    huge = make_provider(credential=Liar("x" * 5_000_000, int(time.time()) + 3600), timeout=1)
+    with pytest.raises(TokenUnavailableError, match=r"5000000 characters \(at most 65536\)"):
+        huge.get_token(STORAGE)
+    real = azure_imds.mint(STORAGE_RESOURCE, ttl=600)
+    optimist = make_provider(credential=Liar(real.token, int(time.time()) + 86400 * 30))
+    assert optimist.get_token(STORAGE).expires_on == claims(real.token)["exp"]

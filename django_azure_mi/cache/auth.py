@@ -69,7 +69,7 @@ def check_location(url: str, where: str = "CACHES[…]['LOCATION']") -> None:
         )
     require_tls(
         "E022",
-        parts.hostname,
+        [parts.hostname],
         parts.scheme != "redis",
         f"{where} uses redis:// (no TLS) to {parts.hostname}: the access token would travel in clear text.",
         f"Use rediss://{parts.hostname}:{parts.port or 6380}/… (Azure Cache for Redis: port 6380; Azure "

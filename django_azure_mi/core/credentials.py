@@ -25,6 +25,32 @@ SOURCES: Final = {"managed_identity": "imds", "workload_identity": "entra", "def
 CONNECTION_TIMEOUT: Final = 2.0
 # Retries inside one attempt (azure-core's policy: 404/410/429/5xx, Retry-After): tries at 0, 0, 1, 2 s.
 ATTEMPT_RETRY: Final[dict[str, Any]] = {"retry_total": 3, "retry_backoff_factor": 0.5, "retry_backoff_max": 8}
+# A Retry-After the identity endpoint sends is honoured up to this many seconds inside an attempt; past it the
+# attempt ends and the core's own schedule (backoff, never past the cached token's end) decides the next one.
+RETRY_AFTER_CAP: Final = 8.0
+_RETRY_AFTER_HEADERS: Final = (
+    ("retry-after-ms", 1000.0),
+    ("x-ms-retry-after-ms", 1000.0),
+    ("Retry-After", 1.0),
+)
+
+
+def cap_retry_after(response: Any) -> None:
+    """azure-core ``raw_response_hook``: shorten an identity endpoint's ``Retry-After`` to RETRY_AFTER_CAP.
+
+    azure-core's retry policy sleeps for whatever the server asks (a 429 with ``Retry-After: 100000`` would
+    wedge the renewal for a day); the hook runs on each try's response before the retry policy reads it."""
+    headers = response.http_response.headers
+    for name, unit in _RETRY_AFTER_HEADERS:
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) / unit
+        except ValueError:  # an HTTP date: treat as "long"
+            seconds = float("inf")
+        if seconds > RETRY_AFTER_CAP:
+            headers[name] = f"{RETRY_AFTER_CAP * unit:g}"
 
 
 @dataclass(frozen=True)
@@ -59,6 +85,7 @@ def build_credential(key: IdentityKey, timeout: float) -> TokenCredential:
     transport: dict[str, Any] = {
         "connection_timeout": min(CONNECTION_TIMEOUT, timeout),
         "read_timeout": timeout,
+        "raw_response_hook": cap_retry_after,
         **ATTEMPT_RETRY,
     }
     authority = key.authority_host

@@ -39,6 +39,8 @@ from .token import Token
 
 logger = logging.getLogger("django_azure_mi.tokens")
 
+MAX_TOKEN_LENGTH = 64 * 1024  # Entra tokens are a few kB; anything this large is not a token
+
 _WHY = {
     "closed": "the token provider was closed",
     "failed": "the identity endpoint did not return a token",
@@ -297,6 +299,15 @@ class Upstream:
                 info = AccessTokenInfo(access.token, access.expires_on)
         if not isinstance(info.token, str) or not info.token:
             raise ValueError("the credential returned an empty token")
+        if len(info.token) > MAX_TOKEN_LENGTH:
+            raise ValueError(
+                f"the credential returned {len(info.token)} characters (at most {MAX_TOKEN_LENGTH})"
+            )
+        exp = Token(info, started, self.source, self.refresh_margin).claims.get("exp")
+        if isinstance(exp, (int, float)) and exp < info.expires_on:  # believe the earlier of the two
+            info = AccessTokenInfo(
+                info.token, int(exp), token_type=info.token_type, refresh_on=info.refresh_on
+            )
         if info.expires_on <= time.time():
             raise ValueError("the credential returned an already expired token")
         if current is not None and (info.token == current.value or info.expires_on < current.expires_on):

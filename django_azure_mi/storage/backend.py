@@ -124,7 +124,7 @@ class AzureManagedIdentityStorage(AzureStorage):  # type: ignore[misc]
             parts = urlsplit(self.account_url.rstrip("/"))
             require_tls(
                 "E032",
-                parts.hostname,
+                [parts.hostname],
                 parts.scheme == "https",
                 f"{WHERE}['account_url'] = {self.account_url!r}: bearer tokens go only over https",
                 "(plain http is allowed to loopback hosts only).",

@@ -26,7 +26,7 @@ from ... import diagnostics
 from ...core.errors import TokenUnavailableError, redact
 from ...core.token import Token
 from .client import DatabaseClient
-from .options import OPTION, ManagedIdentity, default_sslmode, managed_identity
+from .options import OPTION, ManagedIdentity, managed_identity
 
 logger = logging.getLogger("django_azure_mi.postgres")
 
@@ -78,9 +78,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         identity = self.managed_identity
         if identity is None:
             return params
-        sslmode = default_sslmode(identity, params)
-        if sslmode:
-            params["sslmode"] = sslmode
+        params.update(identity.tls)  # verify-full with the OS trust store off loopback, unless set
         pooled = bool(self.settings_dict["OPTIONS"].get("pool")) and is_psycopg3
         try:  # the token this connection signs in with (pooled: each connection the pool opens takes one)
             return TokenConnectParams(params, identity, lazy=pooled)

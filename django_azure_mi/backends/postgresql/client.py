@@ -7,7 +7,7 @@ from typing import Any
 
 from django.db.backends.postgresql import client as postgresql
 
-from .options import OPTION, default_sslmode, managed_identity
+from .options import OPTION, managed_identity
 
 
 class DatabaseClient(postgresql.DatabaseClient):
@@ -27,7 +27,5 @@ class DatabaseClient(postgresql.DatabaseClient):
             return args, env
         env = dict(env or {})
         env["PGPASSWORD"] = identity.token()
-        sslmode = default_sslmode(identity, options)
-        if sslmode:
-            env["PGSSLMODE"] = sslmode
+        env.update({f"PG{name.upper()}": value for name, value in identity.tls.items()})  # PGSSLMODE, ...
         return args, env

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from ...diagnostics import SettingError
-from ...options import Bound, OptionSpec, ServiceBinding, bind, boolean, is_loopback, require_tls
+from ...options import Bound, OptionSpec, ServiceBinding, bind, boolean, is_remote, require_tls
 
 if TYPE_CHECKING:
     pass
@@ -17,9 +19,12 @@ SPEC: Final = OptionSpec(
     OPTION,
     "E010",
     "{'client_id': '<client id of a user-assigned identity>', 'enabled': True}",
-    extra={"enabled": (boolean, True)},
+    extra={"enabled": (boolean, True), "verify_tls": (boolean, True)},
 )
+SSLMODES: Final = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 INSECURE_SSLMODES: Final = ("disable", "allow", "prefer")
+UNVERIFIED_SSLMODES: Final = ("require", "verify-ca")
+MIN_SYSTEM_ROOTS_LIBPQ: Final = 160000
 MIN_POOL_VERSION: Final = (3, 3)
 
 
@@ -32,6 +37,7 @@ class ManagedIdentity(Bound):
     host: str
     port: str
     binding: ServiceBinding
+    tls: dict[str, str] = field(compare=False)  # sslmode/sslrootcert to add (verify-full off loopback)
 
     @property
     def where(self) -> str:
@@ -64,24 +70,92 @@ def managed_identity(settings_dict: dict[str, Any], alias: str) -> ManagedIdenti
             "With a managed identity, USER is the identity's Postgres role: the name it was created with by "
             "pgaadauth_create_principal (usually the managed identity's name; case-sensitive).",
         )
-    host = settings_dict.get("HOST") or ""
-    sslmode = options.get("sslmode")
-    require_tls(
-        "E013",
-        host,
-        sslmode not in INSECURE_SSLMODES,
-        f"{where}['OPTIONS']['sslmode'] = {sslmode!r} may send the access token unencrypted to {host}.",
-        "Remove it (this backend defaults to 'require' off loopback) or use 'verify-full' with "
-        "'sslrootcert'.",
-    )
+    if options.get("password"):
+        raise SettingError(
+            "E011",
+            f"{where}['OPTIONS']['password'] is set, but this database signs in with a managed identity "
+            "token.",
+            f"Remove it, or set {where}['OPTIONS']['{OPTION}'] = {{'enabled': False}} to use a password.",
+        )
+    tls = tls_params(settings_dict, where, binding.values["verify_tls"])
     if options.get("pool"):
         check_pool_version(alias)
-    return ManagedIdentity(alias, str(user), host, str(settings_dict.get("PORT") or ""), binding)
+    host = settings_dict.get("HOST") or options.get("host") or ""
+    return ManagedIdentity(alias, str(user), str(host), str(settings_dict.get("PORT") or ""), binding, tls)
 
 
-def default_sslmode(identity: ManagedIdentity, options: dict[str, Any]) -> str | None:
-    """The sslmode to add when the settings name none: TLS off loopback."""
-    return "require" if "sslmode" not in options and not is_loopback(identity.host) else None
+def targets(settings_dict: dict[str, Any], environ: Mapping[str, str]) -> list[str] | None:
+    """Where libpq will connect, as it resolves the final parameters and the environment: the ``hostaddr``
+    list, else the ``host`` list ("" = the default Unix socket). None when a service file decides (unknown
+    here: counts as remote)."""
+    options = settings_dict.get("OPTIONS") or {}
+    if any(options.get(key) for key in ("service", "dsn", "conninfo")) or environ.get("PGSERVICE"):
+        return None
+    hostaddr = options.get("hostaddr") or environ.get("PGHOSTADDR")
+    hosts = hostaddr or settings_dict.get("HOST") or options.get("host") or environ.get("PGHOST") or ""
+    return [part.strip() for part in str(hosts).split(",")]
+
+
+def tls_params(settings_dict: dict[str, Any], where: str, verify: bool) -> dict[str, str]:
+    """The one TLS rule for Postgres, on the effective targets: to loopback anything goes; elsewhere the
+    token goes only over verified TLS (``verify-full``; added with the OS trust store when no sslmode is
+    set), or over unverified TLS (``require``/``verify-ca``) with the documented opt-out ``verify_tls=False``.
+    Returns the parameters to add to the connection."""
+    options = settings_dict.get("OPTIONS") or {}
+    found = targets(settings_dict, os.environ)
+    shown = ", ".join(t or "the local socket" for t in found) if found is not None else "a service's hosts"
+    sslmode = options.get("sslmode") or os.environ.get("PGSSLMODE")
+    key = f"{where}['OPTIONS']['sslmode']"
+    if sslmode is not None and sslmode not in SSLMODES:
+        raise SettingError(
+            "E013", f"{key} = {sslmode!r} is not an sslmode;", f"use one of {', '.join(SSLMODES)}."
+        )
+    require_tls(
+        "E013",
+        found,
+        sslmode not in INSECURE_SSLMODES,
+        f"{key} = {sslmode!r} may send the access token unencrypted to {shown}.",
+        "Remove it (this backend defaults to 'verify-full' off loopback) or use 'verify-full'.",
+    )
+    opt_out = f"{where}['OPTIONS']['{OPTION}']['verify_tls'] = False"
+    require_tls(
+        "E013",
+        found,
+        sslmode not in UNVERIFIED_SSLMODES or not verify,
+        f"{key} = {sslmode!r} encrypts but does not verify the server: the access token could go to an "
+        f"impostor at {shown}.",
+        "Remove it (the default is 'verify-full' with the OS trust store, which holds Azure's roots), or "
+        f"set {opt_out} to accept the risk (manage.py check warns).",
+    )
+    if sslmode or not is_remote(found):
+        return {}
+    added = {"sslmode": "verify-full"}
+    if not options.get("sslrootcert") and not os.environ.get("PGSSLROOTCERT"):
+        check_libpq_for_system_roots(where)
+        added["sslrootcert"] = "system"
+    return added
+
+
+def check_libpq_for_system_roots(where: str) -> None:
+    """``sslrootcert=system`` (the OS trust store) needs libpq >= 16."""
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+    if is_psycopg3:
+        import psycopg
+
+        version = psycopg.pq.version()
+    else:
+        import psycopg2.extensions
+
+        version = psycopg2.extensions.libpq_version()
+    if version < MIN_SYSTEM_ROOTS_LIBPQ:
+        raise SettingError(
+            "E015",
+            f"{where}: verifying the server with the OS trust store (sslrootcert='system') needs libpq >= "
+            f"16; this driver uses libpq {version // 10000}.",
+            "pip install 'psycopg[binary]>=3.2' (it bundles a newer libpq), or set "
+            f"{where}['OPTIONS']['sslrootcert'] to a CA bundle file (e.g. certifi.where()).",
+        )
 
 
 def check_pool_version(alias: str) -> None:
