@@ -23,15 +23,19 @@ W011      ``managed_identity['verify_tls'] = False``: the server is not verified
 W010      a Postgres on ``*.postgres.database.azure.com`` without a password, but not our ENGINE
 E020      ``CACHES[…]['OPTIONS']['MANAGED_IDENTITY']`` malformed
 E021      credentials in ``LOCATION`` or ``OPTIONS`` (PASSWORD/USERNAME)
-E022      ``redis://`` (no TLS) to a non-loopback host
+E022      no TLS, or TLS that does not verify the server, to a non-loopback host (judged on the connection
+          class and SSL options redis-py will use: URL, pool kwargs / OPTIONS, query string)
 E023      a pool class that cannot re-AUTH
 E024      ``MANAGED_IDENTITY`` on django-redis without ``CONNECTION_FACTORY`` (ignored)
 E025      ``EntraConnectionFactory`` without django-redis installed
 W020      ``MANAGED_IDENTITY['USERNAME']`` is not an object id (GUID)
+W022      ``MANAGED_IDENTITY['VERIFY_TLS'] = False``: the server is not verified
 W021      an Azure Redis ``LOCATION`` without our factory/backend and without a password
 E030      account key / SAS token / connection string / token_credential set
 E031      ``STORAGES[…]['OPTIONS']['managed_identity']`` malformed
-E032      http (no TLS) to a non-loopback storage endpoint
+E032      http (no TLS), or ``connection_verify=False`` without the ``verify_tls=False`` opt-out, to a
+          non-loopback storage endpoint
+W032      ``managed_identity['verify_tls'] = False``: the storage endpoint is not verified
 E033      no storage account (``account_name`` / ``account_url``)
 E034      ``expiration_secs`` longer than a user delegation key lives
 E040      ``AZURE_KEY_VAULT_URL`` is not an https URL
@@ -174,6 +178,18 @@ def _check_cache(errors: list[checks.CheckMessage], alias: str, cache: dict[str,
     obj = f"CACHES[{alias!r}]"
     if uses_our_cache(cache):
         _run(errors, obj, _validate_cache, backend, cache)
+        if (options.get("MANAGED_IDENTITY") or {}).get("VERIFY_TLS") is False:
+            errors.append(
+                checks.Warning(
+                    f"{obj} signs in with the access token without verifying the server (MANAGED_IDENTITY "
+                    "VERIFY_TLS=False).",
+                    hint="Anyone who can impersonate the cache gets a token valid for this identity. Remove "
+                    "VERIFY_TLS=False and ssl_cert_reqs/ssl_check_hostname: Azure's certificates verify "
+                    "against the default trust store.",
+                    obj=obj,
+                    id="django_azure_mi.W022",
+                )
+            )
         username = (options.get("MANAGED_IDENTITY") or {}).get("USERNAME")
         if isinstance(username, str) and username and not conf.GUID.match(username):
             errors.append(
@@ -211,20 +227,34 @@ def _check_cache(errors: list[checks.CheckMessage], alias: str, cache: dict[str,
 
 
 def _validate_cache(backend: str, cache: dict[str, Any]) -> None:
-    from .cache import auth, factory
     from .cache import backend as builtin
+    from .cache import factory
 
     if backend == CACHE_BACKEND:
         builtin.validate(cache.get("LOCATION") or "", cache)  # options and LOCATION
         return
-    factory.validate(dict(cache.get("OPTIONS") or {}))
+    options = dict(cache.get("OPTIONS") or {})
+    settings = factory.validate(options)
     for url in split_locations(cache.get("LOCATION")):
-        auth.check_location(url)
+        factory.validate_url(url, options, settings)
 
 
 def _check_storage(errors: list[checks.CheckMessage], alias: str, storage: dict[str, Any]) -> None:
     if storage.get("BACKEND") == STORAGE_BACKEND:
-        _run(errors, f"STORAGES[{alias!r}]", _validate_storage, storage.get("OPTIONS") or {})
+        obj = f"STORAGES[{alias!r}]"
+        options = storage.get("OPTIONS") or {}
+        _run(errors, obj, _validate_storage, options)
+        if (options.get("managed_identity") or {}).get("verify_tls") is False:
+            errors.append(
+                checks.Warning(
+                    f"{obj} sends the access token without verifying the server (managed_identity "
+                    "verify_tls=False).",
+                    hint="Anyone who can impersonate the storage endpoint gets a token valid for this "
+                    "identity's storage. Remove verify_tls=False and client_options connection_verify=False.",
+                    obj=obj,
+                    id="django_azure_mi.W032",
+                )
+            )
 
 
 def _validate_storage(options: dict[str, Any]) -> None:

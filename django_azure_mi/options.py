@@ -67,7 +67,7 @@ class OptionSpec:
 
     @property
     def keys(self) -> tuple[str, ...]:
-        return (self.key("client_id"), self.key("scope"), *(self.key(k) for k in self.extra))
+        return (*(self.key(k) for k in self.extra), self.key("client_id"), self.key("scope"))
 
 
 @dataclass(frozen=True)

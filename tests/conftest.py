@@ -14,7 +14,7 @@ from django.db import connections
 
 from django_azure_mi.core import TokenProvider
 
-from .rogue import rogue_host, rogue_postgres  # noqa: F401 - fixtures for the transport tests
+from .rogue import rogue_host, rogue_postgres, rogue_sniffer  # noqa: F401 - fixtures for the transport tests
 
 STORAGE = "https://storage.azure.com/.default"
 STORAGE_RESOURCE = "https://storage.azure.com"

@@ -33,8 +33,20 @@ def record(data):
     with open(out, "ab") as fh:
         fh.write(data)
 
+def sniff(conn):
+    # any protocol: TLS (self-signed) when the client starts a handshake, else plain; record it all
+    if conn.recv(1, socket.MSG_PEEK) == b"\x16":
+        conn = context.wrap_socket(conn, server_side=True)
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            break
+        record(data)
+
 def serve(conn):
     conn.settimeout(5)
+    if mode == "sniff":
+        return sniff(conn)
     first = conn.recv(8)
     record(first)
     if len(first) == 8 and struct.unpack("!ii", first)[1] == 80877103:  # SSLRequest
@@ -118,6 +130,18 @@ def start_rogue(ns: str, mode: str, tmp_path: Path) -> tuple[Rogue, subprocess.P
     n = int(subprocess.run(["ip", "netns", "exec", ns, "ip", "-4", "-o", "addr"], capture_output=True,
                            text=True, check=True).stdout.split("10.213.")[1].split(".")[0])  # fmt: skip
     return Rogue(f"10.213.{n}.2", port, capture), process
+
+
+@pytest.fixture
+def rogue_sniffer(rogue_host: str, tmp_path: Path) -> Iterator[Rogue]:
+    """A rogue server for any protocol on the rogue host: TLS with a self-signed certificate when the client
+    starts a handshake, plain otherwise; it records every byte."""
+    rogue, process = start_rogue(rogue_host, "sniff", tmp_path)
+    try:
+        yield rogue
+    finally:
+        process.kill()
+        process.wait(5)
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ def test_a_binding_is_resolved_once_with_the_clouds_default_scope(settings):
     settings.AZURE_MANAGED_IDENTITY = {"CLOUD": "china"}
     binding = bind(REDIS, {"CLIENT_ID": CLIENT_ID, "USERNAME": "oid"}, "CACHES['x']['OPTIONS']")
     assert (binding.client_id, binding.scope) == (CLIENT_ID, "https://redis.azure.cn/.default")
-    assert binding.values == {"username": "oid"}
+    assert binding.values == {"username": "oid", "verify_tls": True}
     assert binding.where == "CACHES['x']['OPTIONS']['MANAGED_IDENTITY']"
     assert bind(POSTGRES, None, "D").values == {"enabled": True, "verify_tls": True}
 

@@ -131,3 +131,124 @@ def test_an_old_libpq_cannot_use_the_os_trust_store_and_says_what_to_do(database
     with pytest.raises(ImproperlyConfigured, match=r"needs libpq >= 16; this driver uses libpq 15") as info:
         connection.get_connection_params()
     assert info.value.check_id == "E015" and "sslrootcert" in info.value.problem.fix
+
+
+# ---------------------------------------------------------------------------------------------- Redis
+
+REDIS_ROUTES = {
+    "rediss (default: verified TLS)": ({}, ""),
+    "connection_class=redis.Connection on rediss": ({"connection_class": "redis.Connection"}, ""),
+    "ssl_cert_reqs=none": ({"ssl_cert_reqs": "none"}, ""),
+    "ssl_check_hostname=False": ({"ssl_check_hostname": False}, ""),
+    "?ssl_cert_reqs=none in the URL": ({}, "?ssl_cert_reqs=none"),
+}
+
+
+def redis_config(backend: str, rogue, pool_kwargs: dict, query: str, **identity) -> dict:
+    import redis
+
+    kwargs = {k: (redis.Connection if v == "redis.Connection" else v) for k, v in pool_kwargs.items()}
+    location = f"rediss://{rogue.address}:{rogue.port}/0{query}"
+    if backend == "django-redis":
+        options = {
+            "CONNECTION_FACTORY": "django_azure_mi.cache.EntraConnectionFactory",
+            "MANAGED_IDENTITY": identity,
+            "CONNECTION_POOL_KWARGS": {"socket_timeout": 3, "socket_connect_timeout": 3, **kwargs},
+        }
+        return {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": location, "OPTIONS": options}
+    options = {"MANAGED_IDENTITY": identity, "socket_timeout": 3, "socket_connect_timeout": 3, **kwargs}
+    return {"BACKEND": "django_azure_mi.cache.RedisCache", "LOCATION": location, "OPTIONS": options}
+
+
+@pytest.mark.parametrize("backend", ["django-redis", "builtin"])
+@pytest.mark.parametrize("route", list(REDIS_ROUTES))
+def test_redis_token_never_reaches_a_rogue(route, backend, rogue_sniffer, azure_imds):
+    from .test_cache import build_cache
+
+    pool_kwargs, query = REDIS_ROUTES[route]
+    token = get_token_provider("https://redis.azure.com/.default").get_token(
+        "https://redis.azure.com/.default"
+    )
+    with pytest.raises(Exception) as info:
+        build_cache(redis_config(backend, rogue_sniffer, pool_kwargs, query)).get("x")
+    received = rogue_sniffer.received()
+    assert token.token.encode() not in received and token.token.split(".")[2].encode() not in received
+    if isinstance(info.value, ImproperlyConfigured):
+        assert info.value.check_id == "E022" and "TLS" in str(info.value)
+    else:
+        assert "certificate" in str(info.value).lower() or "ssl" in str(info.value).lower(), info.value
+
+
+def test_redis_opt_out_is_explicit_and_reported(rogue_sniffer, azure_imds, settings):
+    from django_azure_mi.checks import check_settings
+
+    from .test_cache import build_cache
+
+    config = redis_config("builtin", rogue_sniffer, {"ssl_cert_reqs": "none"}, "", VERIFY_TLS=False)
+    settings.CACHES = {"default": config}
+    assert [m.id for m in check_settings() if m.id.endswith("W022")] == ["django_azure_mi.W022"]
+    with pytest.raises(Exception):
+        build_cache(config).get("x")
+    token = get_token_provider("https://redis.azure.com/.default").get_token(
+        "https://redis.azure.com/.default"
+    )
+    assert token.token.encode() in rogue_sniffer.received()  # exactly what the warning is about
+
+
+# ---------------------------------------------------------------------------------------------- Storage
+
+
+def storage_options(rogue, **options):
+    return {
+        "account_url": f"https://{rogue.address}:{rogue.port}/acct",
+        "azure_container": "media",
+        **options,
+    }
+
+
+def test_storage_token_never_reaches_a_rogue(rogue_sniffer, azure_imds):
+    """Default: the SDK verifies the certificate (the rogue's is self-signed); connection_verify=False is
+    refused without the opt-out."""
+    from django.core.files.base import ContentFile
+
+    from django_azure_mi.storage import AzureManagedIdentityStorage
+
+    storage = AzureManagedIdentityStorage(
+        **storage_options(rogue_sniffer, client_options={"retry_total": 0, "connection_timeout": 3})
+    )
+    with pytest.raises(Exception) as info:
+        storage.save("x.txt", ContentFile(b"x"))
+    assert "certificate" in str(info.value).lower() or "ssl" in str(info.value).lower(), info.value
+    with pytest.raises(ImproperlyConfigured, match="connection_verify'\\] = False") as refused:
+        AzureManagedIdentityStorage(
+            **storage_options(rogue_sniffer, client_options={"connection_verify": False})
+        )
+    assert refused.value.check_id == "E032" and "verify_tls" in refused.value.problem.fix
+    token = get_token_provider("https://storage.azure.com/.default").get_token(
+        "https://storage.azure.com/.default"
+    )
+    assert token.token.encode() not in rogue_sniffer.received()
+
+
+def test_storage_opt_out_is_explicit_and_reported(rogue_sniffer, azure_imds, settings):
+    from django.core.files.base import ContentFile
+
+    from django_azure_mi.checks import check_settings
+    from django_azure_mi.storage import AzureManagedIdentityStorage
+
+    options = storage_options(
+        rogue_sniffer,
+        client_options={"connection_verify": False, "retry_total": 0, "read_timeout": 3},
+        managed_identity={"verify_tls": False},
+    )
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {"BACKEND": "django_azure_mi.storage.AzureManagedIdentityStorage", "OPTIONS": options},
+    }
+    assert "django_azure_mi.W032" in [m.id for m in check_settings()]
+    with pytest.raises(Exception):
+        AzureManagedIdentityStorage(**options).save("x.txt", ContentFile(b"x"))
+    token = get_token_provider("https://storage.azure.com/.default").get_token(
+        "https://storage.azure.com/.default"
+    )
+    assert token.token.encode() in rogue_sniffer.received()  # exactly what the warning is about

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
+from django.utils.module_loading import import_string
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .. import diagnostics, runtime
@@ -24,7 +25,7 @@ from ..core.errors import TokenUnavailableError, describe_error
 from ..core.refresher import Refresher
 from ..core.token import Token
 from ..diagnostics import SettingError
-from ..options import Bound, OptionSpec, ServiceBinding, bind, require_tls, text
+from ..options import Bound, OptionSpec, ServiceBinding, bind, boolean, require_tls, text
 
 if TYPE_CHECKING:
     from ..core.provider import TokenProvider
@@ -40,7 +41,7 @@ SPEC: Final = OptionSpec(
     "E020",
     "{'USERNAME': '<object id of the identity>'}",
     upper=True,
-    extra={"username": (text("the identity's object id (a string)"), None)},
+    extra={"username": (text("the identity's object id (a string)"), None), "verify_tls": (boolean, True)},
 )
 
 
@@ -74,6 +75,60 @@ def check_location(url: str, where: str = "CACHES[…]['LOCATION']") -> None:
         f"{where} uses redis:// (no TLS) to {parts.hostname}: the access token would travel in clear text.",
         f"Use rediss://{parts.hostname}:{parts.port or 6380}/… (Azure Cache for Redis: port 6380; Azure "
         "Managed Redis: 10000).",
+    )
+
+
+def check_url_transport(url: str, kwargs: dict[str, Any], settings: EntraSettings, where: str) -> None:
+    """:func:`check_transport` on what ``ConnectionPool.from_url(url, **kwargs)`` will build (the system
+    checks and the backends' constructors, before any pool exists)."""
+    import redis
+    from redis.connection import parse_url
+
+    url_options = parse_url(url)  # type: ignore[no-untyped-call]
+    if "connection_class" in kwargs:
+        url_options["connection_class"] = kwargs["connection_class"]
+    merged = {**kwargs, **url_options}
+    check_transport(merged.get("connection_class", redis.Connection), merged, settings, where)
+
+
+def check_transport(
+    connection_class: Any, kwargs: dict[str, Any], settings: EntraSettings, where: str
+) -> None:
+    """The TLS rule on what redis-py will really use (the connection class and SSL options after the URL,
+    ``CONNECTION_POOL_KWARGS``/``OPTIONS`` and the query string are merged): a token goes to a non-loopback
+    host only over TLS that verifies the server (certificate and host name), unless ``VERIFY_TLS`` is
+    False."""
+    import redis
+
+    if isinstance(connection_class, str):
+        connection_class = import_string(connection_class)
+    if issubclass(connection_class, redis.UnixDomainSocketConnection):
+        return  # a local socket
+    host = kwargs.get("host") or "localhost"
+    tls = issubclass(connection_class, redis.SSLConnection)
+    require_tls(
+        "E022",
+        [host],
+        tls,
+        f"{where}: the connection to {host} would not use TLS ({connection_class.__name__}): the access "
+        "token would travel in clear text.",
+        f"Use rediss://{host}:{kwargs.get('port') or 6380}/… and no plain connection_class (Azure Cache "
+        "for Redis: port 6380; Azure Managed Redis: 10000).",
+    )
+    if not tls:
+        return
+    reqs = kwargs.get("ssl_cert_reqs", "required")
+    verified = str(reqs).lower() not in ("none", "0", "certreq.cert_none", "cert_none") and kwargs.get(
+        "ssl_check_hostname", True
+    ) not in (False, "false", "False", 0)
+    require_tls(
+        "E022",
+        [host],
+        verified or not settings.binding.values["verify_tls"],
+        f"{where}: TLS to {host} would not verify the server (ssl_cert_reqs={reqs!r}, ssl_check_hostname="
+        f"{kwargs.get('ssl_check_hostname', True)!r}): the access token could go to an impostor.",
+        "Remove those options (Azure's certificates verify against the default trust store), or set "
+        f"{where}['{OPTION}']['VERIFY_TLS'] = False to accept the risk (manage.py check warns).",
     )
 
 

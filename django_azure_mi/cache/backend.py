@@ -7,7 +7,7 @@ from typing import Any
 from django.core.cache.backends.redis import RedisCache as DjangoRedisCache
 
 from ..options import split_locations
-from .auth import OPTION, WHERE, EntraSettings, check_location, parse_options
+from .auth import OPTION, WHERE, EntraSettings, check_location, check_url_transport, parse_options
 from .connection import pool_class
 
 
@@ -19,6 +19,10 @@ def validate(location: Any, params: dict[str, Any]) -> tuple[EntraSettings, dict
     options["pool_class"] = pool_class(options.get("pool_class"), f"{WHERE}['pool_class']")
     for url in split_locations(location):
         check_location(url)
+        pool_kwargs = {
+            k: v for k, v in options.items() if k not in ("pool_class", "parser_class", "serializer")
+        }
+        check_url_transport(url, pool_kwargs, settings, WHERE)
     return settings, options
 
 

@@ -27,7 +27,7 @@ from redis.retry import Retry
 
 from .. import diagnostics
 from ..diagnostics import SettingError
-from .auth import EntraAuth, EntraSettings, get_auth
+from .auth import EntraAuth, EntraSettings, check_transport, get_auth
 
 logger = logging.getLogger("django_azure_mi.cache")
 
@@ -171,6 +171,7 @@ class EntraConnectionPool(redis.ConnectionPool):
             # A connection the server closed (token expiry, failover) is replaced transparently.
             kwargs["retry"] = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), 3)
             kwargs["retry_on_error"] = [RedisConnectionError, RedisTimeoutError]
+        check_transport(connection_class, kwargs, entra_settings, "CACHES[…]['OPTIONS']")
         connection_class = entra_connection_class(connection_class)
         super().__init__(connection_class=connection_class, entra_settings=entra_settings, **kwargs)
         self.entra_settings = entra_settings

@@ -6,7 +6,16 @@ from typing import Any
 
 from .. import runtime
 from ..diagnostics import SettingError
-from .auth import OPTION, WHERE, EntraAuth, EntraSettings, check_location, get_auth, parse_options
+from .auth import (
+    OPTION,
+    WHERE,
+    EntraAuth,
+    EntraSettings,
+    check_location,
+    check_url_transport,
+    get_auth,
+    parse_options,
+)
 from .connection import pool_class
 
 try:
@@ -45,6 +54,12 @@ def validate(options: dict[str, Any]) -> EntraSettings:
     return parse_options(options.get(OPTION))
 
 
+def validate_url(url: str, options: dict[str, Any], settings: EntraSettings) -> None:
+    """A LOCATION URL with the pool kwargs it will get (also run by the system checks)."""
+    check_location(url)
+    check_url_transport(url, dict(options.get("CONNECTION_POOL_KWARGS") or {}), settings, WHERE)
+
+
 class EntraConnectionFactory(_DjangoRedisFactory):  # type: ignore[misc]
     """django-redis ``CONNECTION_FACTORY``: pools of Entra-authenticated connections."""
 
@@ -60,7 +75,7 @@ class EntraConnectionFactory(_DjangoRedisFactory):  # type: ignore[misc]
         return get_auth(self.entra_settings)
 
     def make_connection_params(self, url: str) -> dict[str, Any]:
-        check_location(url)
+        validate_url(url, self.options, self.entra_settings)
         params: dict[str, Any] = super().make_connection_params(url)
         params["entra_settings"] = self.entra_settings
         return params

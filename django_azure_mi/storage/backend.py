@@ -35,7 +35,7 @@ from storages.backends.azure_storage import AzureStorage
 
 from .. import runtime
 from ..diagnostics import SettingError
-from ..options import BindingCredential, OptionSpec, ServiceBinding, bind, require_tls
+from ..options import BindingCredential, OptionSpec, ServiceBinding, bind, boolean, require_tls
 from .delegation import KEY_BACKDATE, KEY_LIFETIME, DelegationKeys, explained
 
 T = TypeVar("T")
@@ -46,6 +46,7 @@ SPEC: Final = OptionSpec(
     "managed_identity",
     "E031",
     "{'client_id': '<client id>', 'scope': 'https://storage.azure.com/.default'}",
+    extra={"verify_tls": (boolean, True)},
 )
 
 
@@ -93,6 +94,17 @@ class AzureManagedIdentityStorage(AzureStorage):  # type: ignore[misc]
         self.binding: ServiceBinding = bind(SPEC, self.managed_identity, WHERE)
         self.client_id, self.scope = self.binding.client_id, self.binding.scope
         self._resolve_account()
+        verify = (self.client_options or {}).get("connection_verify", True)
+        require_tls(
+            "E032",
+            [urlsplit(self.account_url).hostname],
+            verify is not False or not self.binding.values["verify_tls"],
+            f"{WHERE}['client_options']['connection_verify'] = False: the access token could go to an "
+            f"impostor of {self.account_url}.",
+            "Remove it (Azure's certificates verify against the default trust store; for a local emulator "
+            "pass the path of its CA file), or set "
+            f"{WHERE}['managed_identity']['verify_tls'] = False to accept the risk (manage.py check warns).",
+        )
         if self.expiration_secs and self.expiration_secs > (KEY_LIFETIME - KEY_BACKDATE).total_seconds():
             raise SettingError(
                 "E034",
