@@ -129,7 +129,10 @@ def _check_database(errors: list[checks.CheckMessage], alias: str, database: dic
     engine = database.get("ENGINE", "")
     obj = f"DATABASES[{alias!r}]"
     if engine == ENGINE:
-        _run(errors, obj, _validate_database, alias, database, errors)
+        _run(errors, obj, _validate_database, alias, database)
+        _warn_unverified(
+            errors, obj, (database.get("OPTIONS") or {}).get("managed_identity"), "verify_tls", "W011"
+        )
     elif engine.endswith("postgresql") and not database.get("PASSWORD"):
         host = str(database.get("HOST") or "")
         if host.endswith((".postgres.database.azure.com", ".postgres.database.usgovcloudapi.net")):
@@ -144,22 +147,29 @@ def _check_database(errors: list[checks.CheckMessage], alias: str, database: dic
             )
 
 
-def _validate_database(alias: str, database: dict[str, Any], errors: list[checks.CheckMessage]) -> None:
+def _validate_database(alias: str, database: dict[str, Any]) -> None:
     from .backends.postgresql.options import managed_identity
 
-    identity = managed_identity(database, alias)
-    if identity is not None and not identity.binding.values["verify_tls"]:
-        errors.append(
-            checks.Warning(
-                f"DATABASES[{alias!r}] signs in with the access token without verifying the server "
-                "(managed_identity verify_tls=False).",
-                hint="Anyone who can impersonate the server (DNS, a proxy, a rogue network) gets a token "
-                "valid for every database this identity may use. Remove verify_tls=False and the weak "
-                "sslmode: the default verify-full checks Azure's certificate against the OS trust store.",
-                obj=f"DATABASES[{alias!r}]",
-                id="django_azure_mi.W011",
-            )
+    managed_identity(database, alias)
+
+
+def _warn_unverified(
+    errors: list[checks.CheckMessage], obj: str, identity_options: Any, key: str, check_id: str
+) -> None:
+    """The TLS opt-out (``verify_tls`` / ``VERIFY_TLS`` = False) of one service, as a warning."""
+    if not isinstance(identity_options, dict) or identity_options.get(key) is not False:
+        return
+    errors.append(
+        checks.Warning(
+            f"{obj} sends the access token without verifying the server ({key}=False).",
+            hint="Anyone who can impersonate the server (DNS, a proxy, a hostile network) gets a token valid "
+            f"for everything this identity may reach. Remove {key}=False and the option that turns "
+            "verification off (sslmode require/verify-ca, ssl_cert_reqs/ssl_check_hostname, "
+            "connection_verify): Azure's certificates verify against the default trust store.",
+            obj=obj,
+            id=f"django_azure_mi.{check_id}",
         )
+    )
 
 
 def uses_our_cache(cache: dict[str, Any]) -> bool:
@@ -178,18 +188,7 @@ def _check_cache(errors: list[checks.CheckMessage], alias: str, cache: dict[str,
     obj = f"CACHES[{alias!r}]"
     if uses_our_cache(cache):
         _run(errors, obj, _validate_cache, backend, cache)
-        if (options.get("MANAGED_IDENTITY") or {}).get("VERIFY_TLS") is False:
-            errors.append(
-                checks.Warning(
-                    f"{obj} signs in with the access token without verifying the server (MANAGED_IDENTITY "
-                    "VERIFY_TLS=False).",
-                    hint="Anyone who can impersonate the cache gets a token valid for this identity. Remove "
-                    "VERIFY_TLS=False and ssl_cert_reqs/ssl_check_hostname: Azure's certificates verify "
-                    "against the default trust store.",
-                    obj=obj,
-                    id="django_azure_mi.W022",
-                )
-            )
+        _warn_unverified(errors, obj, options.get("MANAGED_IDENTITY"), "VERIFY_TLS", "W022")
         username = (options.get("MANAGED_IDENTITY") or {}).get("USERNAME")
         if isinstance(username, str) and username and not conf.GUID.match(username):
             errors.append(
@@ -244,17 +243,7 @@ def _check_storage(errors: list[checks.CheckMessage], alias: str, storage: dict[
         obj = f"STORAGES[{alias!r}]"
         options = storage.get("OPTIONS") or {}
         _run(errors, obj, _validate_storage, options)
-        if (options.get("managed_identity") or {}).get("verify_tls") is False:
-            errors.append(
-                checks.Warning(
-                    f"{obj} sends the access token without verifying the server (managed_identity "
-                    "verify_tls=False).",
-                    hint="Anyone who can impersonate the storage endpoint gets a token valid for this "
-                    "identity's storage. Remove verify_tls=False and client_options connection_verify=False.",
-                    obj=obj,
-                    id="django_azure_mi.W032",
-                )
-            )
+        _warn_unverified(errors, obj, options.get("managed_identity"), "verify_tls", "W032")
 
 
 def _validate_storage(options: dict[str, Any]) -> None:

@@ -132,25 +132,24 @@ def start_rogue(ns: str, mode: str, tmp_path: Path) -> tuple[Rogue, subprocess.P
     return Rogue(f"10.213.{n}.2", port, capture), process
 
 
-@pytest.fixture
-def rogue_sniffer(rogue_host: str, tmp_path: Path) -> Iterator[Rogue]:
-    """A rogue server for any protocol on the rogue host: TLS with a self-signed certificate when the client
-    starts a handshake, plain otherwise; it records every byte."""
-    rogue, process = start_rogue(rogue_host, "sniff", tmp_path)
+def _running(ns: str, mode: str, tmp_path: Path) -> Iterator[Rogue]:
+    rogue, process = start_rogue(ns, mode, tmp_path)
     try:
         yield rogue
     finally:
         process.kill()
         process.wait(5)
+
+
+@pytest.fixture
+def rogue_sniffer(rogue_host: str, tmp_path: Path) -> Iterator[Rogue]:
+    """A rogue server for any protocol on the rogue host: TLS with a self-signed certificate when the client
+    starts a handshake, plain otherwise; it records every byte."""
+    yield from _running(rogue_host, "sniff", tmp_path)
 
 
 @pytest.fixture
 def rogue_postgres(rogue_host: str, tmp_path: Path) -> Iterator[Rogue]:
     """A rogue Postgres on the rogue host: TLS with a self-signed certificate, and plain for clients that
     don't ask for TLS; it asks for a cleartext password either way."""
-    rogue, process = start_rogue(rogue_host, "postgres-tls", tmp_path)
-    try:
-        yield rogue
-    finally:
-        process.kill()
-        process.wait(5)
+    yield from _running(rogue_host, "postgres-tls", tmp_path)
