@@ -20,6 +20,7 @@ E013      an ``sslmode`` that may send the token in clear (disable/allow/prefer)
 E014      ``OPTIONS['pool']`` with psycopg-pool < 3.3
 E015      the default ``sslrootcert='system'`` with libpq < 16
 W011      ``managed_identity['verify_tls'] = False``: the server is not verified
+W005      a ``scope`` that is another service's default scope (its tokens will be refused)
 W010      a Postgres on ``*.postgres.database.azure.com`` without a password, but not our ENGINE
 E020      ``CACHES[…]['OPTIONS']['MANAGED_IDENTITY']`` malformed
 E021      credentials in ``LOCATION`` or ``OPTIONS`` (PASSWORD/USERNAME)
@@ -55,7 +56,7 @@ from . import conf
 from .core.credentials import KINDS, IdentityKey, check_workload_environment, import_factory
 from .core.errors import Problem
 from .diagnostics import setting_errors
-from .options import split_locations
+from .options import scope_owner, split_locations
 
 ENGINE = "django_azure_mi.backends.postgresql"
 CACHE_BACKEND = "django_azure_mi.cache.RedisCache"
@@ -70,7 +71,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     from django.conf import settings
 
     errors: list[checks.CheckMessage] = []
-    config = _run(errors, "AZURE_MANAGED_IDENTITY", conf.build_config, getattr(settings, conf.SETTING, None))
+    config = _run(errors, "AZURE_MANAGED_IDENTITY", lambda: conf.build_config(conf.read_setting(settings)))
     if config is None:
         return errors  # every adapter check would repeat the same error
     _run(errors, "AZURE_MANAGED_IDENTITY['CREDENTIAL']", _check_credential, config)
@@ -130,9 +131,9 @@ def _check_database(errors: list[checks.CheckMessage], alias: str, database: dic
     obj = f"DATABASES[{alias!r}]"
     if engine == ENGINE:
         _run(errors, obj, _validate_database, alias, database)
-        _warn_unverified(
-            errors, obj, (database.get("OPTIONS") or {}).get("managed_identity"), "verify_tls", "W011"
-        )
+        identity = (database.get("OPTIONS") or {}).get("managed_identity")
+        _warn_unverified(errors, obj, identity, "verify_tls", "W011")
+        _warn_foreign_scope(errors, obj, identity, "scope", "postgres")
     elif engine.endswith("postgresql") and not database.get("PASSWORD"):
         host = str(database.get("HOST") or "")
         if host.endswith((".postgres.database.azure.com", ".postgres.database.usgovcloudapi.net")):
@@ -151,6 +152,24 @@ def _validate_database(alias: str, database: dict[str, Any]) -> None:
     from .backends.postgresql.options import managed_identity
 
     managed_identity(database, alias)
+
+
+def _warn_foreign_scope(
+    errors: list[checks.CheckMessage], obj: str, identity_options: Any, key: str, service: str
+) -> None:
+    """A scope that is another service's default (a Storage scope on a database, ...): its tokens will be
+    refused. A warning, not an error: a custom audience may be meant (and the refusal is diagnosed)."""
+    scope = identity_options.get(key) if isinstance(identity_options, dict) else None
+    owner = scope_owner(scope)
+    if owner is not None and owner != service:
+        errors.append(
+            checks.Warning(
+                f"{obj}: the {key} {scope!r} is the scope of {owner}, not of {service}.",
+                hint=f"The service will refuse its tokens. Remove {key} (the cloud's default scope applies).",
+                obj=obj,
+                id="django_azure_mi.W005",
+            )
+        )
 
 
 def _warn_unverified(
@@ -189,7 +208,9 @@ def _check_cache(errors: list[checks.CheckMessage], alias: str, cache: dict[str,
     if uses_our_cache(cache):
         _run(errors, obj, _validate_cache, backend, cache)
         _warn_unverified(errors, obj, options.get("MANAGED_IDENTITY"), "VERIFY_TLS", "W022")
-        username = (options.get("MANAGED_IDENTITY") or {}).get("USERNAME")
+        _warn_foreign_scope(errors, obj, options.get("MANAGED_IDENTITY"), "SCOPE", "redis")
+        identity = options.get("MANAGED_IDENTITY")
+        username = identity.get("USERNAME") if isinstance(identity, dict) else None
         if isinstance(username, str) and username and not conf.GUID.match(username):
             errors.append(
                 checks.Warning(
@@ -244,6 +265,7 @@ def _check_storage(errors: list[checks.CheckMessage], alias: str, storage: dict[
         options = storage.get("OPTIONS") or {}
         _run(errors, obj, _validate_storage, options)
         _warn_unverified(errors, obj, options.get("managed_identity"), "verify_tls", "W032")
+        _warn_foreign_scope(errors, obj, options.get("managed_identity"), "scope", "storage")
 
 
 def _validate_storage(options: dict[str, Any]) -> None:

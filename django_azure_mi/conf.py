@@ -106,6 +106,22 @@ def validate_client_id(value: Any, where: str) -> str | None:
     return value.strip()
 
 
+def read_setting(settings: Any) -> Any:
+    """The raw ``AZURE_MANAGED_IDENTITY`` of configured Django settings: None when unset (defaults apply); an
+    explicit ``None`` is refused, since it looks like "off" and is not."""
+    raw = getattr(settings, SETTING, _UNSET)
+    if raw is None:
+        raise SettingError(
+            "E001",
+            f"{SETTING} is None.",
+            "Remove it (every key has a default) or set a dict such as {'CLIENT_ID': '<client id>'}.",
+        )
+    return None if raw is _UNSET else raw
+
+
+_UNSET: Final = object()
+
+
 def build_config(raw: Any, environ: os._Environ[str] | dict[str, str] | None = None) -> Config:
     """Validate a raw ``AZURE_MANAGED_IDENTITY`` value; raise ImproperlyConfigured naming key and fix."""
     env = os.environ if environ is None else environ

@@ -171,6 +171,18 @@ def bind(spec: OptionSpec, raw: Any, where: str) -> ServiceBinding:
     return ServiceBinding(spec.service, where, client_id, scope, values)
 
 
+_SCOPE_OWNERS: dict[str, str] = {  # every cloud's default scope -> its service
+    getattr(cloud, f"{service}_scope").rstrip("/"): service
+    for cloud in conf.CLOUDS.values()
+    for service in ("postgres", "redis", "storage", "keyvault")
+}
+
+
+def scope_owner(scope: Any) -> str | None:
+    """The service whose default scope (in any cloud) ``scope`` is, or None."""
+    return _SCOPE_OWNERS.get(scope.rstrip("/")) if isinstance(scope, str) else None
+
+
 def split_locations(location: Any) -> list[str]:
     """The server URLs of a cache LOCATION, split as Django's RedisCache splits them."""
     urls = re.split(r"[;,]", location) if isinstance(location, str) else list(location or [])

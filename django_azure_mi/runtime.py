@@ -69,7 +69,7 @@ class Runtime:
             with self._lock:
                 if self._config is None or (self._provisional and settings.configured):
                     configured = settings.configured
-                    raw = getattr(settings, conf.SETTING, None) if configured else None
+                    raw = conf.read_setting(settings) if configured else None
                     self._config = conf.build_config(raw)
                     self._provisional = not configured
                     self._requests.clear()

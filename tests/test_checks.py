@@ -119,3 +119,35 @@ def test_manage_py_check_reports_them():
     with override_settings(**db(OPTIONS={"sslmode": "disable"})), pytest.raises(SystemCheckError) as exc:
         call_command("check", stdout=io.StringIO(), stderr=io.StringIO())
     assert "django_azure_mi.E013" in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"AZURE_MANAGED_IDENTITY": None}, "E001"),
+        (db(OPTIONS={"managed_identity": {"scope": "https://storage.azure.com/.default"}}), "W005"),
+        (db(OPTIONS={"password": "x"}), "E011"),
+        (db(OPTIONS={"sslmode": "DISABLE"}), "E013"),
+        (db(OPTIONS={"sslmode": "require"}), "E013"),
+        (db(OPTIONS={"sslmode": "require", "managed_identity": {"verify_tls": False}}), "W011"),
+        (db(HOST="", OPTIONS={"host": "srv.postgres.database.azure.com", "sslmode": "prefer"}), "E013"),
+        (cache(options={"MANAGED_IDENTITY": True}), "E020"),
+        (
+            cache(
+                options={"MANAGED_IDENTITY": {"USERNAME": OID, "SCOPE": "https://vault.azure.net/.default"}}
+            ),
+            "W005",
+        ),
+        (cache(BUILTIN_REDIS, OPTIONS={"password": "key"}), "E021"),
+        (cache(options={"CONNECTION_POOL_KWARGS": {"ssl_cert_reqs": "none"}}), "E022"),
+        (cache(BUILTIN_REDIS, OPTIONS={"ssl_check_hostname": False}), "E022"),
+        (cache(LOCATION="rediss://cache.redis.cache.windows.net:6380/0?ssl_cert_reqs=none"), "E022"),
+        (storage(expiration_secs=-1), "E034"),
+        (storage(account_name="http://acct"), "E033"),
+        (storage(client_options={"connection_verify": False}), "E032"),
+        (storage(managed_identity={"scope": "https://ossrdbms-aad.database.windows.net/.default"}), "W005"),
+    ],
+)
+def test_what_was_silently_accepted_is_now_reported(settings, expected):
+    """Issue 11's list of settings that were accepted without a word (and one that crashed the check)."""
+    assert ids(**settings) == [expected]

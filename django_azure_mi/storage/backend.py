@@ -23,6 +23,7 @@ system checks construct it too.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any, Final, TypeVar
@@ -105,6 +106,16 @@ class AzureManagedIdentityStorage(AzureStorage):  # type: ignore[misc]
             "pass the path of its CA file), or set "
             f"{WHERE}['managed_identity']['verify_tls'] = False to accept the risk (manage.py check warns).",
         )
+        if self.expiration_secs is not None and (
+            isinstance(self.expiration_secs, bool)
+            or not isinstance(self.expiration_secs, (int, float))
+            or self.expiration_secs < 0
+        ):
+            raise SettingError(
+                "E034",
+                f"{WHERE}['expiration_secs'] = {self.expiration_secs!r} is not a number of seconds >= 0.",
+                "Use None or 0 for plain URLs, or the lifetime of signed URLs (e.g. 3600).",
+            )
         if self.expiration_secs and self.expiration_secs > (KEY_LIFETIME - KEY_BACKDATE).total_seconds():
             raise SettingError(
                 "E034",
@@ -157,6 +168,14 @@ class AzureManagedIdentityStorage(AzureStorage):  # type: ignore[misc]
                 "E033",
                 f"{WHERE} needs 'account_name' (the storage account) or 'account_url' (a custom endpoint "
                 "such as 'https://127.0.0.1:10000/devstoreaccount1').",
+            )
+        if not re.fullmatch(r"[a-z0-9]{3,24}", str(self.account_name)):
+            raise SettingError(
+                "E033",
+                f"{WHERE}['account_name'] = {self.account_name!r} is not a storage account name (3-24 "
+                "lower-case letters and digits).",
+                "Give the account's name, or a full endpoint as 'account_url' (e.g. a private endpoint or an "
+                "emulator URL).",
             )
         suffix = self.endpoint_suffix
         cloud = runtime.get().config.cloud
