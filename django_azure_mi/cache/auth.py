@@ -58,6 +58,18 @@ def parse_options(raw: Any, where: str = WHERE) -> EntraSettings:
     return EntraSettings(binding, binding.values["username"])
 
 
+def refuse_credentials(options: dict[str, Any], keys: tuple[str, str]) -> None:
+    """A password or user name in the cache's OPTIONS (django-redis: upper case; the built-in backend: lower
+    case) next to the managed identity."""
+    for key in keys:
+        if options.get(key):
+            raise SettingError(
+                "E021",
+                f"{WHERE}['{key}'] is set while the cache signs in with a managed identity.",
+                f"Remove it; put the identity's object id in {WHERE}['{OPTION}']['USERNAME'] if needed.",
+            )
+
+
 def check_location(url: str, where: str = "CACHES[…]['LOCATION']") -> None:
     """No credentials in the URL; TLS (``rediss://``) unless the host is loopback."""
     parts = urlsplit(url)

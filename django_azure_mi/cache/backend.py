@@ -6,9 +6,16 @@ from typing import Any
 
 from django.core.cache.backends.redis import RedisCache as DjangoRedisCache
 
-from ..diagnostics import SettingError
 from ..options import split_locations
-from .auth import OPTION, WHERE, EntraSettings, check_location, check_url_transport, parse_options
+from .auth import (
+    OPTION,
+    WHERE,
+    EntraSettings,
+    check_location,
+    check_url_transport,
+    parse_options,
+    refuse_credentials,
+)
 from .connection import pool_class
 
 
@@ -16,13 +23,7 @@ def validate(location: Any, params: dict[str, Any]) -> tuple[EntraSettings, dict
     """The backend's checks (also run by the system checks): no network, no credential. Returns the
     settings and the OPTIONS to hand to Django's backend (without ours)."""
     options = dict(params.get("OPTIONS") or {})
-    for key in ("password", "username"):
-        if options.get(key):
-            raise SettingError(
-                "E021",
-                f"{WHERE}['{key}'] is set while the cache signs in with a managed identity.",
-                f"Remove it; put the identity's object id in {WHERE}['{OPTION}']['USERNAME'] if needed.",
-            )
+    refuse_credentials(options, ("password", "username"))
     settings = parse_options(options.pop(OPTION, None))
     options["pool_class"] = pool_class(options.get("pool_class"), f"{WHERE}['pool_class']")
     for url in split_locations(location):

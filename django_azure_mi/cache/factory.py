@@ -15,6 +15,7 @@ from .auth import (
     check_url_transport,
     get_auth,
     parse_options,
+    refuse_credentials,
 )
 from .connection import pool_class
 
@@ -43,13 +44,7 @@ def validate(options: dict[str, Any]) -> EntraSettings:
         raise SettingError(
             "E025", "EntraConnectionFactory needs django-redis:", "pip install 'django-azure-mi[redis]'"
         )
-    for key in ("PASSWORD", "USERNAME"):
-        if options.get(key):
-            raise SettingError(
-                "E021",
-                f"{WHERE}['{key}'] is set while the cache signs in with a managed identity.",
-                f"Remove it; put the identity's object id in {WHERE}['{OPTION}']['USERNAME'] if needed.",
-            )
+    refuse_credentials(options, ("PASSWORD", "USERNAME"))
     pool_class(options.get("CONNECTION_POOL_CLASS"), f"{WHERE}['CONNECTION_POOL_CLASS']")
     return parse_options(options.get(OPTION))
 

@@ -303,11 +303,13 @@ class Upstream:
             raise ValueError(
                 f"the credential returned {len(info.token)} characters (at most {MAX_TOKEN_LENGTH})"
             )
-        exp = Token(info, started, self.source, self.refresh_margin).claims.get("exp")
+        token = Token(info, started, self.source, self.refresh_margin)
+        exp = token.claims.get("exp")
         if isinstance(exp, (int, float)) and exp < info.expires_on:  # believe the earlier of the two
             info = AccessTokenInfo(
                 info.token, int(exp), token_type=info.token_type, refresh_on=info.refresh_on
             )
+            token = Token(info, started, self.source, self.refresh_margin)
         if info.expires_on <= time.time():
             raise ValueError("the credential returned an already expired token")
         if current is not None and (info.token == current.value or info.expires_on < current.expires_on):
@@ -315,7 +317,7 @@ class Upstream:
             at = policy.upstream_cache_retry(now, current.expires_on, current.usable_until, retry_base)
             valid_for = current.usable_until - now
             raise Defer(at, f"the credential still serves its cached token (valid for {valid_for:.0f}s)")
-        return Token(info, started, self.source, self.refresh_margin)
+        return token
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()
