@@ -163,7 +163,7 @@ def test_identity_outage_during_load(use_cache, azure_redis, azure_imds):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.azure_imds(ttl=4)
+@pytest.mark.azure_imds(ttl=5)
 def test_idle_connections_are_reauthed_not_closed(use_cache, backend, azure_redis, azure_imds):
     cache = use_cache(backend)
     cache.set("warm", 1)
@@ -228,7 +228,7 @@ def test_checkout_retries_when_reconnecting_is_refused(use_cache, azure_redis):
     assert int(admin.info("stats")["rejected_connections"]) > rejected  # the refusal really happened
 
 
-@pytest.mark.azure_imds(ttl=4)
+@pytest.mark.azure_imds(ttl=5)
 def test_reset_leaves_no_sweeper_that_could_fetch_tokens(use_cache, azure_redis, azure_imds):
     """Between tests (or after settings change) a late sweep must not build a provider for the next
     settings: it could fetch a token before the next test's Redis accepts it (the one-off WRONGPASS seen
@@ -367,7 +367,7 @@ def test_no_token_in_logs(use_cache, backend, azure_redis, azure_imds, caplog):
 
 
 @pytest.mark.parametrize("protocol", [2, 3])
-@pytest.mark.azure_imds(ttl=4)
+@pytest.mark.azure_imds(ttl=5)
 def test_pubsub_on_an_entra_pool_survives_token_expiry(use_cache, azure_redis, protocol):
     """RESP3 subscribed connections re-AUTH like any other. On RESP2 Redis refuses AUTH while subscribed, so
     they are left alone: Azure closes them at expiry, redis-py reconnects and resubscribes. Either way

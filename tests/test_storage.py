@@ -276,3 +276,56 @@ def test_delegation_key_repr_hides_the_signing_key(make_storage):
     storage.url("file.txt")
     key = storage._keys.refresher.value
     assert key.key.value and key.key.value not in repr(key)
+
+
+class SilentServer:
+    """A real TCP listener on loopback that accepts connections and never answers: counts the tries."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(32)
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+def test_every_sdk_call_on_a_request_path_is_bounded_by_timeout(azure_imds, settings):
+    """Against a server that never answers, a storage call makes 3 tries of TIMEOUT each (the SDK's defaults
+    kept one call busy ~85 s), and a cold url() gives up after TIMEOUT with a message naming it."""
+    from django_azure_mi.storage import AzureManagedIdentityStorage
+
+    settings.AZURE_MANAGED_IDENTITY = {"TIMEOUT": 1}
+    server = SilentServer()
+    try:
+        options = {"account_url": f"https://127.0.0.1:{server.port}/acct", "azure_container": "media"}
+        storage = AzureManagedIdentityStorage(**options)
+        client = storage.service_client
+        assert client._config.retry_policy.total_retries == 2
+        with pytest.raises(Exception, match=r"(?i)timed? ?out"):
+            storage.exists("a.txt")
+        assert len(server.accepted) == 3
+        signer = AzureManagedIdentityStorage(**options, expiration_secs=60)
+        with pytest.raises(TimeoutError, match=r"within 1s \(AZURE_MANAGED_IDENTITY\['TIMEOUT'\]\)"):
+            signer.url("a.txt")
+        # the user's own client_options win
+        mine = AzureManagedIdentityStorage(**options, client_options={"retry_total": 0, "read_timeout": 7})
+        assert mine.service_client._config.retry_policy.total_retries == 0
+    finally:
+        server.close()

@@ -104,7 +104,7 @@ def test_background_refresh_never_makes_callers_wait(make_provider, azure_imds):
     assert provider.stats["waits"] == 1  # only the very first (cold) call waited
 
 
-@pytest.mark.azure_imds(ttl=4)
+@pytest.mark.azure_imds(ttl=5)
 def test_refresh_is_scheduled_before_expiry(make_provider, azure_imds):
     """With a 4 s token the worker refreshes on its own in the second half of the lifetime."""
     provider = make_provider(refresh_margin=300)
@@ -351,3 +351,29 @@ def test_absurd_identity_answers_are_refused_with_a_clear_error(make_provider, a
     real = azure_imds.mint(STORAGE_RESOURCE, ttl=600)
     optimist = make_provider(credential=Liar(real.token, int(time.time()) + 86400 * 30))
     assert optimist.get_token(STORAGE).expires_on == claims(real.token)["exp"]
+
+
+@pytest.mark.azure_imds(ttl=2)
+def test_a_too_short_token_is_refused_and_never_asked_for_in_a_hot_loop(make_provider, azure_imds):
+    """2 s tokens once made 1 IMDS request per second: now each is refused (it would expire before use) and
+    the retries back off exponentially, however often callers ask."""
+    provider = make_provider(retry_base=1.0, retry_cap=60.0, timeout=0.2)
+    errors = []
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline:
+        try:
+            provider.get_token(STORAGE)
+        except TokenUnavailableError as exc:
+            errors.append(str(exc))
+        time.sleep(0.05)
+    assert errors and "lives" in errors[-1] and "at least 3s" in errors[-1], errors[-1:]
+    assert azure_imds.request_count() <= 5  # 0, ~1, ~3, ~7 s: backoff, not 1/s (nor 20/s for 20 calls/s)
+
+
+def test_refreshes_have_a_floor_whatever_the_issuer_says():
+    from django_azure_mi.core import policy
+
+    now = 1_000_000.0
+    # the issuer's refresh_on 0.1 s after issue, a margin larger than the lifetime: still >= the floor
+    assert policy.refresh_due(now + 3, now, 300, now + 0.1) == now + policy.MIN_REFRESH_INTERVAL
+    assert policy.refresh_due(now + 3600, now, 300, None) == now + 3300

@@ -252,3 +252,25 @@ def test_storage_opt_out_is_explicit_and_reported(rogue_sniffer, azure_imds, set
         "https://storage.azure.com/.default"
     )
     assert token.token.encode() in rogue_sniffer.received()  # exactly what the warning is about
+
+
+# ---------------------------------------------------------------------------------------------- Key Vault
+
+
+def test_keyvault_token_never_reaches_a_rogue(rogue_sniffer, azure_imds):
+    """The SDK verifies the vault's certificate and there is no option to turn that off; an http vault URL
+    is refused before any request (E040)."""
+    from django_azure_mi.keyvault import SecretError, secret
+
+    url = f"https://{rogue_sniffer.address}:{rogue_sniffer.port}"
+    with pytest.raises(SecretError) as info:
+        secret("db-password", vault_url=url)
+    assert "certificate" in str(info.value).lower() or "ssl" in str(info.value).lower(), info.value
+    with pytest.raises(SecretError) as plain:
+        secret("db-password", vault_url=f"http://{rogue_sniffer.address}:{rogue_sniffer.port}")
+    assert plain.value.check_id == "E040"
+    token = get_token_provider("https://vault.azure.net/.default").get_token(
+        "https://vault.azure.net/.default"
+    )
+    assert token.token.encode() not in rogue_sniffer.received()
+    assert rogue_sniffer.received() == b""  # not even an unauthenticated request got through the handshake

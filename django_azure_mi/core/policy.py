@@ -21,6 +21,11 @@ REAUTH_MARGIN: Final = 180.0
 REAUTH_JITTER: Final = 60.0  # at most 10 % of the token's lifetime
 # User delegation keys: renew in the background once this fraction of the key's life remains.
 KEY_RENEW_FRACTION: Final = 0.25
+# A token that lives less than this is refused (a failure: retried with backoff, never in a hot loop).
+# Managed identity tokens live hours; only a broken or hostile endpoint issues shorter ones.
+MIN_LIFETIME: Final = 3.0
+# The floor between two scheduled refreshes of one token, whatever the margin or the issuer's refresh_on.
+MIN_REFRESH_INTERVAL: Final = 2.0
 
 
 def usable_until(expires_on: float, acquired_at: float) -> float:
@@ -31,12 +36,13 @@ def usable_until(expires_on: float, acquired_at: float) -> float:
 
 def refresh_due(expires_on: float, acquired_at: float, margin: float, refresh_on: float | None) -> float:
     """When to renew a token: ``margin`` before expiry, never in the first half of its life (short TTLs),
-    earlier if the issuer said so (``refresh_on``)."""
+    earlier if the issuer said so (``refresh_on``), and never sooner than MIN_REFRESH_INTERVAL after it was
+    acquired."""
     lifetime = max(1.0, expires_on - acquired_at)
     due = expires_on - min(margin, lifetime / 2)
     if refresh_on and acquired_at < refresh_on < due:
         due = float(refresh_on)
-    return due
+    return max(due, acquired_at + MIN_REFRESH_INTERVAL)
 
 
 def jitter(expires_on: float, acquired_at: float) -> float:

@@ -310,8 +310,15 @@ class Upstream:
                 info.token, int(exp), token_type=info.token_type, refresh_on=info.refresh_on
             )
             token = Token(info, started, self.source, self.refresh_margin)
-        if info.expires_on <= time.time():
+        lifetime = info.expires_on - time.time()
+        if lifetime <= 0:
             raise ValueError("the credential returned an already expired token")
+        if lifetime < policy.MIN_LIFETIME:
+            raise ValueError(
+                f"the credential returned a token that lives {lifetime:.1f}s (at least "
+                f"{policy.MIN_LIFETIME:g}s: it would expire before use, and renewing it would flood the "
+                "identity endpoint)"
+            )
         if current is not None and (info.token == current.value or info.expires_on < current.expires_on):
             now = time.time()
             at = policy.upstream_cache_retry(now, current.expires_on, current.usable_until, retry_base)

@@ -67,6 +67,25 @@ def _explain_errors(action: str) -> Callable[[Callable[..., T]], Callable[..., T
     return decorate
 
 
+RETRIES: Final = 2  # SDK retries per call (3 tries); the SDK's default policy waits 15 s, 18 s, 24 s...
+
+
+def bounded(options: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """The SDK client's options with every call bounded by ``AZURE_MANAGED_IDENTITY['TIMEOUT']`` (``T``):
+    connect within T/4 (5 s at most), read within T, 3 tries 1-4 s apart. The SDK's defaults (connect 20 s,
+    read 60 s, backoff from 15 s) kept one call to an unreachable endpoint busy for about 85 s. Options the
+    user set in ``client_options`` win."""
+    from azure.storage.blob import ExponentialRetry
+
+    options.setdefault("connection_timeout", min(5.0, timeout / 4))
+    options.setdefault("read_timeout", timeout)
+    if "retry_policy" not in options and not any(key.startswith("retry_") for key in options):
+        options["retry_policy"] = ExponentialRetry(
+            initial_backoff=1, increment_base=2, retry_total=RETRIES, random_jitter_range=1
+        )
+    return options
+
+
 @deconstructible
 class AzureManagedIdentityStorage(AzureStorage):  # type: ignore[misc]
     """django-storages' AzureStorage signing in with the managed identity (see the module docstring)."""
@@ -193,7 +212,7 @@ class AzureManagedIdentityStorage(AzureStorage):  # type: ignore[misc]
     def _get_service_client(self) -> Any:
         from azure.storage.blob import BlobServiceClient
 
-        options = dict(self.client_options)
+        options = bounded(dict(self.client_options), runtime.get().config.timeout)
         # The SDK asks the credential for {audience}/.default: make that our configured scope.
         options.setdefault("audience", self.scope.removesuffix("/.default"))
         return BlobServiceClient(self.account_url, credential=self.token_credential, **options)

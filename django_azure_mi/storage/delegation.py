@@ -64,7 +64,12 @@ class DelegationKeys:
         except NotReady as exc:
             if refresher.last_exception is not None:
                 raise refresher.last_exception from None
-            raise TimeoutError(f"no user delegation key for {self.label} ({exc.reason})") from None
+            if exc.reason != "timeout":
+                raise TimeoutError(f"no user delegation key for {self.label} ({exc.reason})") from None
+            raise TimeoutError(
+                f"no user delegation key for {self.label} within {self.timeout:g}s "
+                "(AZURE_MANAGED_IDENTITY['TIMEOUT']); the request goes on in the background."
+            ) from None
         if needed_until > key.expiry:
             raise ValueError(
                 f"a signed URL cannot outlive its user delegation key ({key.expiry.isoformat()})"
