@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from django.apps import AppConfig
 
+from .core.errors import install_log_redaction
+
 
 class DjangoAzureMIConfig(AppConfig):
     name = "django_azure_mi"
@@ -16,3 +18,6 @@ class DjangoAzureMIConfig(AppConfig):
 
         setting_changed.connect(runtime.on_setting_changed, dispatch_uid="django_azure_mi.runtime")
         checks.register(our_checks.check_settings, "django_azure_mi")
+        import azure.identity  # noqa: F401 - its loggers must exist to get the filter
+
+        install_log_redaction()  # tokens and SAS signatures out of the azure, msal and urllib3 log lines

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from django.core.exceptions import ImproperlyConfigured
 
 from . import conf, diagnostics, runtime
-from .core.errors import Problem
+from .core.errors import Problem, install_log_redaction
 from .options import is_loopback
 
 if TYPE_CHECKING:
@@ -316,6 +316,7 @@ def _client(url: str, config: conf.Config, timeout: float | None) -> SecretClien
         retry_total=0 if timeout else 3,
         retry_backoff_max=8,
     )
+    install_log_redaction()  # the Key Vault SDK's loggers exist now
     with state.lock:
         client = state.clients.setdefault(key, client)
     return client

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import re
 import time
 import uuid
 
@@ -54,7 +56,8 @@ def assert_no_tokens(output: str, imds) -> None:
     assert "not-shown-anywhere" not in output
 
 
-def test_healthy_site(site, azure_imds):
+def test_healthy_site(site, azure_imds, caplog):
+    caplog.set_level(logging.DEBUG)  # urllib3 logs every URL it fetches at DEBUG, signed ones included
     output, error = azure_check()
     assert error is None, output
     for service in ("database", "cache", "storage", "keyvault"):
@@ -66,6 +69,10 @@ def test_healthy_site(site, azure_imds):
     assert f"oid {azure_imds.object_id()}" in output and f"tid {azure_imds.tenant_id}" in output
     assert "4 of 4 healthy." in output
     assert_no_tokens(output, azure_imds)
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "sig=<redacted>" in logged  # the probe's signed-URL fetch, logged without its signature
+    assert not re.search(r"sig=(?!<redacted>)", logged)
+    assert_no_tokens(logged, azure_imds)
 
 
 def test_json_document(site, azure_imds):

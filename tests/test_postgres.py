@@ -222,7 +222,8 @@ def test_sslmode_defaults_to_verify_full_with_the_os_trust_store_off_loopback(az
     params = connections["default"].get_connection_params()
     assert (params["sslmode"], params["sslrootcert"]) == ("verify-full", "system")
     assert "managed_identity" not in params
-    assert params["password"] not in repr(params)
+    assert "password" not in params  # the token joins only the driver's call
+    assert params.token.value not in repr(params) and params.token.value in str(params.connect_kwargs())
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import re
 import threading
 import time
 
@@ -118,11 +120,21 @@ def test_refresh_is_scheduled_before_expiry(make_provider, azure_imds):
     assert provider.get_token(STORAGE).token != first.token
 
 
+# An identity endpoint that echoes a token in its error body: azure-identity logs the body at WARNING.
+TOKEN_IN_BODY = json.dumps(
+    {
+        "error": "invalid_request",
+        "error_description": "bad assertion eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.c2lnbmF0dXJl",
+    }
+)
+JWT_SHAPED = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.")
+
 FAULTS = {
     "404": lambda emu: emu.fail_always(Fault.error(404)),
     "410": lambda emu: emu.fail_always(Fault.error(410)),
     "429-retry-after": lambda emu: emu.fail_always(Fault.error(429, retry_after=0.2)),
     "500": lambda emu: emu.fail_always(Fault.error(500)),
+    "500-with-a-token-in-the-body": lambda emu: emu.fail_always(Fault.error(500, body=TOKEN_IN_BODY)),
     "malformed-json": lambda emu: emu.fail_always(Fault.malformed()),
     "hang": lambda emu: emu.fail_always(Fault.hang()),
     "connection-refused": lambda emu: emu.pause(),
@@ -170,6 +182,11 @@ def test_fault_survived_while_valid_then_clear_error_then_recovery(fault, make_p
     assert token.token != first.token
     assert first.token not in caplog.text
     assert token.token not in caplog.text
+    # no JWT-shaped string in any record of any logger (azure-identity's own lines included)
+    leaked = [r.name for r in caplog.records if JWT_SHAPED.search(r.getMessage() + (r.exc_text or ""))]
+    assert not [r.name for r in caplog.records if r.exc_info and JWT_SHAPED.search(str(r.exc_info[1]))]
+    assert not leaked, leaked
+    assert str(info.value).count("eyJ") == 0
 
 
 @pytest.mark.azure_imds(ttl=3600)

@@ -26,6 +26,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from .. import diagnostics
+from ..core.errors import scrubbed
+from ..core.token import Token
 from ..diagnostics import SettingError
 from .auth import EntraAuth, EntraSettings, check_transport, get_auth
 
@@ -33,16 +35,16 @@ logger = logging.getLogger("django_azure_mi.cache")
 
 
 class _Credentials(redis.CredentialProvider):
-    """One connection's (username, token); hides the token from reprs."""
+    """One connection's (username, token) for redis-py's sign-in; hides the token from reprs."""
 
-    def __init__(self, username: str, token: str) -> None:
-        self._credentials = (username, token)
+    def __init__(self, username: str, token: Token) -> None:
+        self.username, self.token = username, token
 
     def get_credentials(self) -> tuple[str, str]:
-        return self._credentials
+        return self.username, self.token.value
 
     def __repr__(self) -> str:
-        return f"<credentials user={self._credentials[0]} token=<{len(self._credentials[1])} chars>>"
+        return f"<credentials user={self.username} token={self.token!r}>"
 
 
 class EntraConnectionMixin:
@@ -75,15 +77,19 @@ class EntraConnectionMixin:
 
     def _entra_connect(self, connect: Any) -> None:
         token = self.entra.token()
-        credentials = _Credentials(self.entra.username(token), token.value)
-        self.credential_provider = credentials
+        self.credential_provider = _Credentials(self.entra.username(token), token)
+        error: BaseException | None = None
         try:
             connect()
-        except AuthenticationError as exc:
-            message, failure = self.entra.explain(exc, token)
-            raise diagnostics.attach(AuthenticationError(message), failure) from None
+        except Exception as exc:  # redis-py's frames hold the AUTH arguments: keep none of them
+            error = scrubbed(exc)
         finally:
             self.credential_provider = None
+        if isinstance(error, AuthenticationError):
+            message, failure = self.entra.explain(error, token)
+            error = diagnostics.attach(AuthenticationError(message), failure)
+        if error is not None:
+            raise error
         self._entra_exp = token.expires_on
         self._entra_due = self.entra.due(token)
         self.entra.ensure_sweeper()
@@ -117,22 +123,28 @@ class EntraConnectionMixin:
             # No newer token yet (refresh pending, identity outage): try again soon, until expiry.
             self._entra_due = min(now + self.entra.interval, self._entra_exp)
             return
-        username = self.entra.username(token)
+        error: BaseException | None = None
         self._entra_busy = True
         try:
-            auth = self.pack_command("AUTH", username, token.value)  # type: ignore[attr-defined]
-            super().send_packed_command(auth, False)  # type: ignore[misc]
-            self.read_response()  # type: ignore[attr-defined]
-        except AuthenticationError as exc:
-            self.entra.reauth_failures += 1
-            self._entra_due = min(now + self.entra.interval, self._entra_exp)
-            logger.warning("%s", self.entra.explain(exc, token)[0])
-            return
+            self._entra_send_auth(self.entra.username(token), token)
+        except Exception as exc:  # redis-py's frames hold the packed AUTH command: keep none of them
+            error = scrubbed(exc)
         finally:
             self._entra_busy = False
+        if isinstance(error, AuthenticationError):
+            self.entra.reauth_failures += 1
+            self._entra_due = min(now + self.entra.interval, self._entra_exp)
+            logger.warning("%s", self.entra.explain(error, token)[0])
+            return
+        if error is not None:
+            raise error
         self.entra.reauths += 1
         self._entra_exp = token.expires_on
         self._entra_due = self.entra.due(token)
+
+    def _entra_send_auth(self, username: str, token: Token) -> None:
+        super().send_packed_command(self.pack_command("AUTH", username, token.value), False)  # type: ignore[misc,attr-defined]
+        self.read_response()  # type: ignore[attr-defined]
 
 
 class EntraConnection(EntraConnectionMixin, redis.Connection):

@@ -2,17 +2,63 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 
 from azure.core.exceptions import ClientAuthenticationError
 
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+_SAS_SIGNATURE = re.compile(r"(?i)\b(sig=)[^&\s'\"]+")
+# The libraries under us whose log lines may carry a token or a signed URL (an IMDS error body, the URL
+# urllib3 logs at DEBUG); our own loggers only ever log lengths and expiries.
+REDACTED_LOGGERS: tuple[str, ...] = ("azure", "urllib3", "msal")
 
 
 def redact(text: str) -> str:
-    """Replace anything shaped like a JWT in ``text`` (error messages from upstream) with ``<redacted>``."""
-    return _JWT.sub("<redacted token>", text)
+    """Replace anything shaped like a JWT in ``text`` (error messages from upstream) with ``<redacted
+    token>``, and the signature of a signed URL (``sig=...``) with ``sig=<redacted>``."""
+    return _SAS_SIGNATURE.sub(r"\1<redacted>", _JWT.sub("<redacted token>", text))
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that redacts tokens and SAS signatures from a record (in place): its message, and
+    the traceback of ``exc_info`` (then kept as redacted text only: the exception's own message may carry
+    what an upstream error body said)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is the handler's problem, not ours
+            return True
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and record.exc_info[0] is not None:
+            text = record.exc_text or logging.Formatter().formatException(record.exc_info)
+            clean = redact(text)
+            if clean != text:
+                record.exc_info, record.exc_text = None, clean
+        return True
+
+
+_FILTER = RedactingFilter()
+
+
+def install_log_redaction(prefixes: tuple[str, ...] = REDACTED_LOGGERS) -> int:
+    """Add the redacting filter to every existing logger named ``prefix`` or ``prefix.*`` (idempotent;
+    returns how many loggers have it). A logger's filters apply to the records it creates, not to those
+    propagated from its children, so each logger gets it; call again after importing more of a library."""
+    count = 0
+    manager = logging.Logger.manager
+    for name in sorted({*prefixes, *list(manager.loggerDict)}):
+        if name == "" or not any(name == p or name.startswith(p + ".") for p in prefixes):
+            continue
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+        count += 1
+    return count
 
 
 def describe_error(exc: BaseException, limit: int = 500) -> str:
@@ -21,6 +67,23 @@ def describe_error(exc: BaseException, limit: int = 500) -> str:
     if len(message) > limit:
         message = message[: limit - 1] + "…"
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def scrubbed(exc: BaseException) -> BaseException:
+    """``exc`` without its traceback and chain, to keep or re-raise where an error reporter may look.
+
+    A client library's frames hold what it sent (psycopg's ``conninfo`` with the password, redis-py's
+    ``AUTH`` arguments); a reporter capturing locals walks an exception's traceback and its
+    ``__context__``/``__cause__``, suppressed or not. The message and type stay."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        following = current.__cause__ or current.__context__
+        current.__traceback__ = None
+        current.__cause__ = current.__context__ = None
+        current = following
+    return exc
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from typing import Any
 from azure.core.credentials import AccessToken, AccessTokenInfo, TokenCredential, TokenRequestOptions
 
 from . import policy
-from .errors import TokenUnavailableError, describe_error
+from .errors import TokenUnavailableError, describe_error, install_log_redaction
 from .filecache import FileCache
 from .refresher import Defer, NotReady, Refresher
 from .token import Token
@@ -278,6 +278,7 @@ class Upstream:
         self.credential, self.factory = credential, factory
         self.scope, self.source, self.refresh_margin = scope, source, refresh_margin
         self.requests = 0
+        install_log_redaction()  # the credential's loggers exist once it is built (lazy imports)
         self._lock = threading.Lock()
 
     def fetch(self, current: Token | None, claims: str | None = None, retry_base: float = 1.0) -> Token:
@@ -288,6 +289,7 @@ class Upstream:
             if credential is None:
                 assert self.factory is not None
                 credential = self.credential = self.factory()
+                install_log_redaction()
             self.requests += 1
             started = time.time()
             get_info = getattr(credential, "get_token_info", None)

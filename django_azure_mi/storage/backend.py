@@ -35,6 +35,7 @@ from django.utils.deconstruct import deconstructible
 from storages.backends.azure_storage import AzureStorage
 
 from .. import runtime
+from ..core.errors import install_log_redaction
 from ..diagnostics import SettingError
 from ..options import BindingCredential, OptionSpec, ServiceBinding, bind, boolean, require_tls
 from .delegation import KEY_BACKDATE, KEY_LIFETIME, DelegationKeys, explained
@@ -212,6 +213,7 @@ class AzureManagedIdentityStorage(AzureStorage):  # type: ignore[misc]
     def _get_service_client(self) -> Any:
         from azure.storage.blob import BlobServiceClient
 
+        install_log_redaction()  # the storage SDK's loggers exist now
         options = bounded(dict(self.client_options), runtime.get().config.timeout)
         # The SDK asks the credential for {audience}/.default: make that our configured scope.
         options.setdefault("audience", self.scope.removesuffix("/.default"))

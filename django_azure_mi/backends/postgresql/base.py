@@ -32,26 +32,34 @@ logger = logging.getLogger("django_azure_mi.postgres")
 
 
 class TokenConnectParams(dict[str, Any]):
-    """Connection parameters whose password is a token of the alias's identity.
+    """Connection parameters that sign in with a token of the alias's identity.
 
-    Calling it returns a copy with the current token: psycopg_pool (>= 3.3) calls its ``kwargs`` for every
-    connection it opens. ``lazy``: no token yet (the pool's own parameters: each connection takes one). The
-    repr hides the password (Django's debug page prints locals)."""
+    The dict holds everything but the password, so that nothing that walks it (an error reporter reading
+    the locals of Django's ``connect()``, the debug page) finds the token. :meth:`connect_kwargs` adds the
+    token for the one call that opens the connection. Calling it returns such kwargs with the current
+    token: psycopg_pool (>= 3.3) calls its ``kwargs`` for every connection it opens. ``lazy``: no token yet
+    (the pool's own parameters: each connection takes one)."""
 
     def __init__(self, params: dict[str, Any], identity: ManagedIdentity, lazy: bool = False) -> None:
         super().__init__(params)
         self.pop("password", None)
         self.identity = identity
         self.token: Token | None = None if lazy else identity.provider.current()
-        if self.token is not None:
-            self["password"] = self.token.value
 
-    def __call__(self) -> TokenConnectParams:
+    def connect_kwargs(self) -> dict[str, Any]:
+        """The driver's keyword arguments, the token as the password: hand them over, never keep them."""
+        assert self.token is not None
+        return {**self, "password": self.token.value}
+
+    def __call__(self) -> dict[str, Any]:
+        return TokenConnectParams(self, self.identity).connect_kwargs()
+
+    def renewed(self) -> TokenConnectParams:
         return TokenConnectParams(self, self.identity)
 
     def __repr__(self) -> str:
-        shown = {k: (f"<token {len(v)} chars>" if k == "password" else v) for k, v in self.items()}
-        return f"TokenConnectParams({shown!r})"
+        token = f"<token {len(self.token.value)} chars>" if self.token is not None else None
+        return f"TokenConnectParams({dict(self)!r}, password={token})"
 
     __str__ = __repr__
 
@@ -102,27 +110,35 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
     def _connect_with_token(self, params: TokenConnectParams) -> Any:
         if params.token is None:  # pooled: Django checks a connection out of the pool (its own parameters)
             return super().get_new_connection(params)
-        try:
-            return super().get_new_connection(params)
-        except self.Database.OperationalError as exc:
-            error = exc
+        connection, error = self._open(params)
+        if error is None:
+            return connection
         failure = diagnostics.diagnose_postgres(error, params.identity, params.token)
         if failure.kind in diagnostics.POSTGRES_AUTH_KINDS:
             try:
-                retry = params()
+                retry = params.renewed()
             except TokenUnavailableError:
                 retry = params
-            if retry["password"] != params["password"]:  # the token rotated meanwhile: one more try
+            assert retry.token is not None and params.token is not None
+            if retry.token.value != params.token.value:  # the token rotated meanwhile: one more try
                 logger.info("postgres sign-in retried with the newer token: alias=%s", self.alias)
-                try:
-                    return super().get_new_connection(retry)
-                except self.Database.OperationalError as exc:
-                    error, params = exc, retry
-                    failure = diagnostics.diagnose_postgres(error, params.identity, params.token)
+                connection, error = self._open(retry)
+                if error is None:
+                    return connection
+                params = retry
+                failure = diagnostics.diagnose_postgres(error, params.identity, params.token)
         if failure.kind in diagnostics.POSTGRES_AUTH_KINDS:
             message = diagnostics.postgres_message(failure, params.identity, error)
             logger.warning("%s", message)
         else:
             message = redact(str(error))
-        # A new exception without the original's traceback: psycopg's frames hold the password in locals.
         raise diagnostics.attach(self.Database.OperationalError(message), failure) from None
+
+    def _open(self, params: TokenConnectParams) -> tuple[Any, Exception | None]:
+        """One connect with the token as password. A failure comes back as its message only: psycopg's
+        frames (and Django's) hold the password in their locals, and psycopg's error keeps the failed
+        connection's parameters (``pgconn``), password included."""
+        try:
+            return super().get_new_connection(params.connect_kwargs()), None
+        except self.Database.OperationalError as exc:
+            return None, self.Database.OperationalError(str(exc))

@@ -1,0 +1,222 @@
+"""Secrets out of reach: what an error reporter captures when a service fails with a real token in play.
+
+A real sentry-sdk with ``include_local_variables=True`` and a capturing transport (no network) captures the
+failure of each service; the serialized events must not contain the token nor its signature. The test
+also walks the exception itself the way a reporter might: ``__context__``/``__cause__`` (suppressed or not)
+and every frame's locals, through containers.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any
+
+import pytest
+from django.core.cache import caches
+from django.core.files.base import ContentFile
+from django.db import connections
+
+from .test_cache import cache_settings
+
+JWT = re.compile(rb"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{20,}")
+
+
+class Reporter:
+    """sentry-sdk, configured the way a site that wants every detail would, sending to a list."""
+
+    def __init__(self) -> None:
+        import sentry_sdk
+        from sentry_sdk.integrations.logging import LoggingIntegration
+        from sentry_sdk.transport import Transport
+
+        self.sent: list[bytes] = []
+        sent = self.sent
+
+        class Capture(Transport):
+            def capture_envelope(self, envelope: Any) -> None:
+                sent.append(envelope.serialize())
+
+        sentry_sdk.init(
+            dsn="https://public@sentry.invalid/1",
+            transport=Capture,
+            include_local_variables=True,
+            max_value_length=100_000,  # no truncation that could hide half a token
+            default_integrations=False,
+            integrations=[LoggingIntegration(level=logging.DEBUG, event_level=logging.WARNING)],
+        )
+        self.sdk = sentry_sdk
+
+    def capture(self, exc: BaseException) -> bytes:
+        self.sdk.capture_exception(exc)
+        self.sdk.flush()
+        return b"\n".join(self.sent)
+
+    def close(self) -> None:
+        self.sdk.get_client().close()
+        self.sdk.init(dsn=None)
+
+
+@pytest.fixture
+def reporter() -> Iterator[Reporter]:
+    reporter = Reporter()
+    yield reporter
+    reporter.close()
+
+
+def reachable(exc: BaseException) -> Iterator[tuple[str, Any]]:
+    """Everything a reporter can reach from ``exc``, with its path: the chain (suppressed context
+    included), each frame's locals, and what those hold: containers walked, other objects by repr."""
+    seen: set[int] = set()
+    stack: list[tuple[str, Any, int]] = [("exc", exc, 0)]
+    while stack:
+        path, value, depth = stack.pop()
+        if id(value) in seen or depth > 6:
+            continue
+        seen.add(id(value))
+        yield path, value
+        if isinstance(value, BaseException):
+            for name in ("__context__", "__cause__", "__traceback__"):
+                if getattr(value, name) is not None:
+                    stack.append((f"{path}.{name}", getattr(value, name), depth))
+            stack.extend((f"{path}.{k}", v, depth + 1) for k, v in vars(value).items())
+        elif isinstance(value, TracebackType):
+            code = value.tb_frame.f_code
+            if code.co_filename != __file__:  # this test's own frame holds the emulator (and its tokens)
+                stack.append((f"{path}[{code.co_name}].f_locals", value.tb_frame.f_locals, depth))
+            if value.tb_next is not None:
+                stack.append((f"{path}.tb_next", value.tb_next, depth))
+        elif isinstance(value, dict):
+            stack.extend((f"{path}[{k!r}]", v, depth + 1) for k, v in value.items())
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            stack.extend((f"{path}[{i}]", v, depth + 1) for i, v in enumerate(value))
+        # other objects: a reporter shows their repr
+
+
+def assert_out_of_reach(exc: BaseException, reporter: Reporter, tokens: list[str]) -> None:
+    assert tokens, f"no token was issued: the test did not exercise a sign-in ({exc!r})"
+    events = reporter.capture(exc)
+    assert b'"exception"' in events, "sentry captured nothing"
+    for token in tokens:
+        signature = token.rsplit(".", 1)[1]
+        assert token.encode() not in events
+        assert signature[:40].encode() not in events, "the token's signature is in a sentry event"
+        for path, value in reachable(exc):
+            text = value if isinstance(value, (str, bytes)) else repr(value)
+            text = text if isinstance(text, str) else text.decode("latin-1")
+            assert signature[:40] not in text, f"the token is reachable from the exception: {path}"
+    assert not JWT.search(events)
+
+
+def issued(azure_imds: Any, resource: str) -> list[str]:
+    return [t.token for t in azure_imds.issued if t.resource == resource]
+
+
+# ---------------------------------------------------------------------------------------------- Postgres
+
+
+@pytest.mark.parametrize("pool", [False, True])
+def test_postgres_failures(pool, azure_postgres, azure_imds, use_databases, reporter):
+    from .test_postgres import needs_pool
+
+    if pool and needs_pool.args[0]:
+        pytest.skip(needs_pool.kwargs["reason"])
+    entry = azure_postgres.database_settings("App-Identity")  # no such role: the sign-in fails
+    if pool:
+        entry["OPTIONS"]["pool"] = {"min_size": 0, "max_size": 2, "timeout": 2}
+    use_databases(default=entry)
+    with pytest.raises(Exception) as info:
+        connections["default"].ensure_connection()
+    assert_out_of_reach(info.value, reporter, issued(azure_imds, "https://ossrdbms-aad.database.windows.net"))
+
+
+# ---------------------------------------------------------------------------------------------- Redis
+
+
+@pytest.mark.parametrize("backend", ["django-redis", "builtin"])
+def test_redis_failures(backend, azure_redis, azure_imds, settings, reporter):
+    from redis.exceptions import AuthenticationError
+
+    settings.CACHES = {
+        "default": cache_settings(azure_redis, backend, USERNAME="00000000-0000-0000-0000-000000000000")
+    }
+    with pytest.raises(AuthenticationError) as info:
+        caches["default"].get("x")
+    assert_out_of_reach(info.value, reporter, issued(azure_imds, "https://redis.azure.com"))
+
+
+class HangUp:
+    """A real TCP server on loopback that reads what a client sends first (the sign-in), then hangs up."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("backend", ["django-redis", "builtin"])
+def test_redis_connection_lost_during_sign_in(backend, azure_imds, settings, reporter):
+    """The server hangs up after AUTH: redis-py's frames hold the AUTH arguments when it raises."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    server = HangUp()
+    try:
+        entry = cache_settings(
+            type("Server", (), {"url": f"redis://127.0.0.1:{server.port}/0", "ca_file": None}), backend
+        )
+        entry["OPTIONS"].pop("ssl_ca_certs", None)
+        entry["OPTIONS"].get("CONNECTION_POOL_KWARGS", {}).pop("ssl_ca_certs", None)
+        settings.CACHES = {"default": entry}
+        with pytest.raises(RedisConnectionError) as info:
+            caches["default"].get("x")
+    finally:
+        server.close()
+    assert_out_of_reach(info.value, reporter, issued(azure_imds, "https://redis.azure.com"))
+
+
+# ---------------------------------------------------------------------------------------------- Storage
+
+
+def test_storage_failures(azure_storage, azure_imds, reporter):
+    from django_azure_mi.storage import AzureManagedIdentityStorage
+
+    storage = AzureManagedIdentityStorage(
+        **azure_storage.storage_options(
+            "media", managed_identity={"scope": "https://vault.azure.net/.default"}
+        )
+    )
+    with pytest.raises(Exception) as info:
+        storage.save("x.txt", ContentFile(b"x"))
+    assert_out_of_reach(info.value, reporter, issued(azure_imds, "https://vault.azure.net"))
+
+
+# ---------------------------------------------------------------------------------------------- Key Vault
+
+
+def test_keyvault_failures(azure_keyvault, azure_imds, reporter):
+    from django_azure_mi.keyvault import SecretError, secret
+
+    azure_keyvault.set_secret("db-password", "value")
+    azure_keyvault.revoke(azure_imds.object_id())
+    with pytest.raises(SecretError) as info:
+        secret("db-password")
+    assert_out_of_reach(info.value, reporter, issued(azure_imds, "https://vault.azure.net"))
