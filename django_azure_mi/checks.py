@@ -11,6 +11,7 @@ E003      ``CREDENTIAL`` dotted path cannot be imported / is not callable
 E004      ``CREDENTIAL="workload_identity"`` without the AKS workload-identity environment
 E005      a ``scope`` option is not a scope
 E006      the extra an adapter needs is not installed
+E007      ``TOKEN_CACHE_DIR`` is not a directory, or is open to other users
 E010      ``DATABASES[…]['OPTIONS']['managed_identity']`` malformed
 E011      ``DATABASES[…]['PASSWORD']`` set with a managed identity
 E012      ``DATABASES[…]['USER']`` empty
@@ -38,7 +39,9 @@ E032      http (no TLS), or ``connection_verify=False`` without the ``verify_tls
           non-loopback storage endpoint
 W032      ``managed_identity['verify_tls'] = False``: the storage endpoint is not verified
 E033      no storage account (``account_name`` / ``account_url``)
-E034      ``expiration_secs`` longer than a user delegation key lives
+E034      ``expiration_secs`` negative, not a number, or longer than a user delegation key lives
+E035      ``custom_domain`` is not a host name (a scheme - plain http would carry signed URLs - or a path)
+E036      no ``azure_container``
 E040      ``AZURE_KEY_VAULT_URL`` is not an https URL
 ========  =====================================================================================
 """
@@ -55,6 +58,7 @@ from django.core.exceptions import ImproperlyConfigured
 from . import conf
 from .core.credentials import KINDS, IdentityKey, check_workload_environment, import_factory
 from .core.errors import Problem
+from .core.filecache import check_cache_dir
 from .diagnostics import setting_errors
 from .options import scope_owner, split_locations
 
@@ -75,6 +79,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     if config is None:
         return errors  # every adapter check would repeat the same error
     _run(errors, "AZURE_MANAGED_IDENTITY['CREDENTIAL']", _check_credential, config)
+    if config.token_cache_dir:
+        _run(errors, "AZURE_MANAGED_IDENTITY['TOKEN_CACHE_DIR']", check_cache_dir, config.token_cache_dir)
     for alias, database in (getattr(settings, "DATABASES", None) or {}).items():
         _check_database(errors, alias, database)
     for alias, cache in (getattr(settings, "CACHES", None) or {}).items():
@@ -206,7 +212,7 @@ def _check_cache(errors: list[checks.CheckMessage], alias: str, cache: dict[str,
     options = cache.get("OPTIONS") or {}
     obj = f"CACHES[{alias!r}]"
     if uses_our_cache(cache):
-        _run(errors, obj, _validate_cache, backend, cache)
+        _run(errors, obj, _validate_cache, backend, cache, obj)
         _warn_unverified(errors, obj, options.get("MANAGED_IDENTITY"), "VERIFY_TLS", "W022")
         _warn_foreign_scope(errors, obj, options.get("MANAGED_IDENTITY"), "SCOPE", "redis")
         identity = options.get("MANAGED_IDENTITY")
@@ -246,7 +252,7 @@ def _check_cache(errors: list[checks.CheckMessage], alias: str, cache: dict[str,
             )
 
 
-def _validate_cache(backend: str, cache: dict[str, Any]) -> None:
+def _validate_cache(backend: str, cache: dict[str, Any], obj: str) -> None:
     from .cache import backend as builtin
     from .cache import factory
 
@@ -254,7 +260,7 @@ def _validate_cache(backend: str, cache: dict[str, Any]) -> None:
         builtin.validate(cache.get("LOCATION") or "", cache)  # options and LOCATION
         return
     options = dict(cache.get("OPTIONS") or {})
-    settings = factory.validate(options)
+    settings = factory.validate(options, f"{obj}['OPTIONS']")
     for url in split_locations(cache.get("LOCATION")):
         factory.validate_url(url, options, settings)
 

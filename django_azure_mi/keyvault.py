@@ -178,6 +178,11 @@ class KeyVaultState:
 
     def dotenv(self, env_file: str | os.PathLike[str] | None) -> _DotEnv:
         path = os.path.abspath(os.fspath(env_file) if env_file else ".env")
+        if env_file and os.path.isdir(path):
+            raise SecretError(
+                f"env_file={os.fspath(env_file)!r} is a directory, not a .env file: pass the file's path, "
+                "e.g. env_file=BASE_DIR / '.env'."
+            )
         with self.lock:
             cached = self.dotenv_files.get(path)
         if cached is not None:
@@ -218,8 +223,8 @@ def _identity_setting() -> conf.Config:
     frame = sys._getframe(1)
     while frame is not None and frame.f_globals.get("__name__") == __name__:
         frame = frame.f_back  # type: ignore[assignment]
-    raw = frame.f_globals.get(conf.SETTING) if frame is not None else None
-    return conf.build_config(raw)
+    namespace = type("SettingsSoFar", (), dict(frame.f_globals) if frame is not None else {})
+    return conf.build_config(conf.read_setting(namespace))  # an explicit None is refused here too
 
 
 def _from_vault(

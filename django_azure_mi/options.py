@@ -76,7 +76,7 @@ class ServiceBinding:
     option dict in messages; ``values`` holds the spec's extra keys (lower-case names)."""
 
     service: str
-    where: str
+    where: str = field(compare=False)  # the first alias's, when two aliases share an identity
     client_id: str | None
     scope: str
     values: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
@@ -167,7 +167,9 @@ def bind(spec: OptionSpec, raw: Any, where: str) -> ServiceBinding:
         try:
             values[name] = validate(raw[key]) if key in raw else fallback
         except ValueError as exc:
-            raise SettingError(spec.check_id, f"{where}['{key}'] {exc}") from None
+            raise SettingError(
+                spec.check_id, f"{where}['{key}'] {exc}", f"Remove it for the default ({fallback!r})."
+            ) from None
     return ServiceBinding(spec.service, where, client_id, scope, values)
 
 
@@ -181,6 +183,21 @@ _SCOPE_OWNERS: dict[str, str] = {  # every cloud's default scope -> its service
 def scope_owner(scope: Any) -> str | None:
     """The service whose default scope (in any cloud) ``scope`` is, or None."""
     return _SCOPE_OWNERS.get(scope.rstrip("/")) if isinstance(scope, str) else None
+
+
+def alias_of(setting: str, options: Any) -> str:
+    """``"CACHES['sessions']"``: the entry of ``settings.<setting>`` whose ``OPTIONS`` is ``options`` (the
+    same dict, as Django's cache handler passes it, else an equal one, as its storage handler does), for
+    messages that name the alias; ``"CACHES[…]"`` when it cannot be told (a backend built by hand)."""
+    from django.conf import settings
+
+    entries = getattr(settings, setting, None) if settings.configured else None
+    if isinstance(entries, dict):
+        for same in (lambda o: o is options, lambda o: o == options):
+            for alias, entry in entries.items():
+                if isinstance(entry, dict) and same(entry.get("OPTIONS")):
+                    return f"{setting}[{alias!r}]"
+    return f"{setting}[…]"
 
 
 def split_locations(location: Any) -> list[str]:

@@ -62,6 +62,38 @@ def make_provider(azure_imds: Any) -> Iterator[Callable[..., TokenProvider]]:
         provider.close()
 
 
+class LoopbackServer:
+    """A real TCP server on loopback that never answers: it keeps each connection open (``accepted``
+    counts the tries) or, with ``hang_up``, reads what the client sends first and closes it."""
+
+    def __init__(self, hang_up: bool = False) -> None:
+        import socket
+
+        self.hang_up = hang_up
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(32)
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list[Any] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+            if self.hang_up:
+                conn.recv(65536)
+                conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+
+
 def run_threads(n: int, target: Callable[[], Any], timeout: float = 30) -> list[Any]:
     """Run ``target`` in ``n`` threads started together; return results (exceptions as values)."""
     barrier = threading.Barrier(n)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -142,6 +143,31 @@ def test_bad_names_and_files(no_vault):
     with pytest.raises(SecretError, match="letters, digits and dashes"):
         secret("db_password")
     assert secret("x", env_file=no_vault / "missing.env", default="d") == "d"  # no .env on Azure
+    with pytest.raises(SecretError, match=r"is a directory, not a \.env file.*BASE_DIR / '\.env'"):
+        secret("x", env_file=no_vault, default="d")
+
+
+@pytest.mark.parametrize(
+    ("identity", "message"),
+    [
+        ("None", r"AZURE_MANAGED_IDENTITY is None\. Remove it"),
+        ("{'CLOUD': 'mars'}", r"AZURE_MANAGED_IDENTITY\['CLOUD'\] is 'mars'\. Use one of"),
+    ],
+)
+def test_a_bad_setting_above_secret_is_refused(identity, message, azure_keyvault, tmp_path):
+    """secret() reads the vault with the AZURE_MANAGED_IDENTITY defined above it: a bad one is an error
+    there, naming the setting and the fix (it used to be read as the defaults)."""
+    (tmp_path / "bad_settings.py").write_text(
+        f"from django_azure_mi.keyvault import secret\nAZURE_MANAGED_IDENTITY = {identity}\n"
+        "SECRET_KEY = secret('django-secret-key')\n"
+    )
+    code = "import bad_settings"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert out.returncode != 0
+    assert re.search(message, out.stderr), out.stderr[-1500:]
 
 
 def test_stand_in_rejects_foreign_and_wrong_audience_tokens(azure_keyvault, azure_imds):

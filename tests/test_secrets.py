@@ -19,6 +19,7 @@ from django.core.cache import caches
 from django.core.files.base import ContentFile
 from django.db import connections
 
+from .conftest import LoopbackServer
 from .test_cache import cache_settings
 
 JWT = re.compile(rb"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{20,}")
@@ -44,7 +45,9 @@ class Reporter:
             transport=Capture,
             include_local_variables=True,
             max_value_length=100_000,  # no truncation that could hide half a token
+            # no auto-enabled integrations: they patch Django and redis-py for the rest of the process
             default_integrations=False,
+            auto_enabling_integrations=False,
             integrations=[LoggingIntegration(level=logging.DEBUG, event_level=logging.WARNING)],
         )
         self.sdk = sentry_sdk
@@ -56,7 +59,7 @@ class Reporter:
 
     def close(self) -> None:
         self.sdk.get_client().close()
-        self.sdk.init(dsn=None)
+        self.sdk.init(dsn=None, default_integrations=False, auto_enabling_integrations=False)
 
 
 @pytest.fixture
@@ -147,38 +150,12 @@ def test_redis_failures(backend, azure_redis, azure_imds, settings, reporter):
     assert_out_of_reach(info.value, reporter, issued(azure_imds, "https://redis.azure.com"))
 
 
-class HangUp:
-    """A real TCP server on loopback that reads what a client sends first (the sign-in), then hangs up."""
-
-    def __init__(self) -> None:
-        import socket
-        import threading
-
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            conn.recv(65536)
-            conn.close()
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.mark.parametrize("backend", ["django-redis", "builtin"])
 def test_redis_connection_lost_during_sign_in(backend, azure_imds, settings, reporter):
     """The server hangs up after AUTH: redis-py's frames hold the AUTH arguments when it raises."""
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    server = HangUp()
+    server = LoopbackServer(hang_up=True)
     try:
         entry = cache_settings(
             type("Server", (), {"url": f"redis://127.0.0.1:{server.port}/0", "ca_file": None}), backend

@@ -18,7 +18,7 @@ from django.core.files.storage import default_storage
 from django_azure_mi import get_token_provider
 from django_azure_mi.storage import AzureManagedIdentityStorage
 
-from .conftest import in_child, run_threads
+from .conftest import LoopbackServer, in_child, run_threads
 from .testapp.models import Document
 
 STORAGE_SCOPE = "https://storage.azure.com/.default"
@@ -165,7 +165,7 @@ def test_no_token_in_logs(make_storage, caplog):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"account_url": None, "account_name": None}, "needs 'account_name'.*or 'account_url'"),
+        ({"account_url": None, "account_name": None}, "has no 'account_name'.*nor 'account_url'"),
         (
             {"connection_string": "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=a2V5"},
             "connection_string",
@@ -186,12 +186,16 @@ def test_misconfiguration_names_the_setting(azure_imds, options, message):
 
 
 def test_account_url_shapes(azure_imds, settings):
-    path_style = AzureManagedIdentityStorage(account_url="http://127.0.0.1:10000/devstoreaccount1/")
+    path_style = AzureManagedIdentityStorage(
+        account_url="http://127.0.0.1:10000/devstoreaccount1/", azure_container="media"
+    )
     assert path_style.account_name == "devstoreaccount1"
-    private = AzureManagedIdentityStorage(account_url="https://acct.privatelink.blob.core.windows.net")
+    private = AzureManagedIdentityStorage(
+        account_url="https://acct.privatelink.blob.core.windows.net", azure_container="media"
+    )
     assert private.account_name == "acct"
     settings.AZURE_MANAGED_IDENTITY = {"CLOUD": "usgovernment"}
-    gov = AzureManagedIdentityStorage(account_name="acct")
+    gov = AzureManagedIdentityStorage(account_name="acct", azure_container="media")
     assert gov.account_url == "https://acct.blob.core.usgovcloudapi.net"
 
 
@@ -278,41 +282,13 @@ def test_delegation_key_repr_hides_the_signing_key(make_storage):
     assert key.key.value and key.key.value not in repr(key)
 
 
-class SilentServer:
-    """A real TCP listener on loopback that accepts connections and never answers: counts the tries."""
-
-    def __init__(self) -> None:
-        import socket
-
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(32)
-        self.port = self.sock.getsockname()[1]
-        self.accepted: list = []
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted.append(conn)
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self.accepted:
-            conn.close()
-
-
 def test_every_sdk_call_on_a_request_path_is_bounded_by_timeout(azure_imds, settings):
     """Against a server that never answers, a storage call makes 3 tries of TIMEOUT each (the SDK's defaults
     kept one call busy ~85 s), and a cold url() gives up after TIMEOUT with a message naming it."""
     from django_azure_mi.storage import AzureManagedIdentityStorage
 
     settings.AZURE_MANAGED_IDENTITY = {"TIMEOUT": 1}
-    server = SilentServer()
+    server = LoopbackServer()
     try:
         options = {"account_url": f"https://127.0.0.1:{server.port}/acct", "azure_container": "media"}
         storage = AzureManagedIdentityStorage(**options)

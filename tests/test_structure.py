@@ -272,7 +272,13 @@ def test_postgres_takes_the_token_once_per_connection_and_validates_once(
     validations, takes = [], []
     validate, current = base.managed_identity, TokenProvider.current
     monkeypatch.setattr(base, "managed_identity", lambda *a: validations.append(a) or validate(*a))
-    monkeypatch.setattr(TokenProvider, "current", lambda self: takes.append(self.scope) or current(self))
+
+    def take(self):  # Postgres only: a storage test's in-flight background fetch may still be running
+        if "ossrdbms" in self.scope:
+            takes.append(self.scope)
+        return current(self)
+
+    monkeypatch.setattr(TokenProvider, "current", take)
     options = {"pool": {"min_size": 0, "max_size": 2}} if pooled else {}
     use_databases(default=azure_postgres.database_settings("app-identity", OPTIONS=options))
     connection = connections["default"]

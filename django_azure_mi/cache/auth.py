@@ -52,21 +52,26 @@ class EntraSettings(Bound):
     binding: ServiceBinding
     username: str | None  # the identity's object id; None: the token's oid claim
 
+    @property
+    def where(self) -> str:
+        """The cache's OPTIONS in messages, e.g. ``CACHES['sessions']['OPTIONS']``."""
+        return self.binding.where.rsplit("[", 1)[0]
+
 
 def parse_options(raw: Any, where: str = WHERE) -> EntraSettings:
     binding = bind(SPEC, raw, where)
     return EntraSettings(binding, binding.values["username"])
 
 
-def refuse_credentials(options: dict[str, Any], keys: tuple[str, str]) -> None:
+def refuse_credentials(options: dict[str, Any], keys: tuple[str, str], where: str = WHERE) -> None:
     """A password or user name in the cache's OPTIONS (django-redis: upper case; the built-in backend: lower
     case) next to the managed identity."""
     for key in keys:
         if options.get(key):
             raise SettingError(
                 "E021",
-                f"{WHERE}['{key}'] is set while the cache signs in with a managed identity.",
-                f"Remove it; put the identity's object id in {WHERE}['{OPTION}']['USERNAME'] if needed.",
+                f"{where}['{key}'] is set while the cache signs in with a managed identity.",
+                f"Remove it; put the identity's object id in {where}['{OPTION}']['USERNAME'] if needed.",
             )
 
 
@@ -206,7 +211,8 @@ class EntraAuth:
         """The message (and failure) for a refused AUTH - never the token."""
         oid = token.claims.get("oid")
         username = self.username(token)
-        failure = diagnostics.diagnose_redis(exc, "CACHES[…]", self.settings.username, oid)
+        cache = self.settings.where.removesuffix("['OPTIONS']")
+        failure = diagnostics.diagnose_redis(exc, cache, self.settings.username, oid)
         message = (
             f"Redis refused AUTH as {username!r} with a token for {self.settings.scope} "
             f"({self.provider.identity}, oid {oid}): {describe_error(exc)}. {failure.diagnosis} {failure.fix}"

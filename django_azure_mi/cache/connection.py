@@ -183,7 +183,7 @@ class EntraConnectionPool(redis.ConnectionPool):
             # A connection the server closed (token expiry, failover) is replaced transparently.
             kwargs["retry"] = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), 3)
             kwargs["retry_on_error"] = [RedisConnectionError, RedisTimeoutError]
-        check_transport(connection_class, kwargs, entra_settings, "CACHES[…]['OPTIONS']")
+        check_transport(connection_class, kwargs, entra_settings, entra_settings.where)
         connection_class = entra_connection_class(connection_class)
         super().__init__(connection_class=connection_class, entra_settings=entra_settings, **kwargs)
         self.entra_settings = entra_settings

@@ -6,6 +6,7 @@ from typing import Any
 
 from .. import runtime
 from ..diagnostics import SettingError
+from ..options import alias_of
 from .auth import (
     OPTION,
     WHERE,
@@ -38,30 +39,32 @@ class Pools:
             pool.disconnect()
 
 
-def validate(options: dict[str, Any]) -> EntraSettings:
+def validate(options: dict[str, Any], where: str = WHERE) -> EntraSettings:
     """The factory's OPTIONS checks (also run by the system checks): no network, no credential."""
     if _DjangoRedisFactory is object:
         raise SettingError(
             "E025", "EntraConnectionFactory needs django-redis:", "pip install 'django-azure-mi[redis]'"
         )
-    refuse_credentials(options, ("PASSWORD", "USERNAME"))
-    pool_class(options.get("CONNECTION_POOL_CLASS"), f"{WHERE}['CONNECTION_POOL_CLASS']")
-    return parse_options(options.get(OPTION))
+    refuse_credentials(options, ("PASSWORD", "USERNAME"), where)
+    pool_class(options.get("CONNECTION_POOL_CLASS"), f"{where}['CONNECTION_POOL_CLASS']")
+    return parse_options(options.get(OPTION), where)
 
 
 def validate_url(url: str, options: dict[str, Any], settings: EntraSettings) -> None:
     """A LOCATION URL with the pool kwargs it will get (also run by the system checks)."""
-    check_location(url)
-    check_url_transport(url, dict(options.get("CONNECTION_POOL_KWARGS") or {}), settings, WHERE)
+    where = settings.where
+    check_location(url, where.replace("['OPTIONS']", "['LOCATION']"))
+    check_url_transport(url, dict(options.get("CONNECTION_POOL_KWARGS") or {}), settings, where)
 
 
 class EntraConnectionFactory(_DjangoRedisFactory):  # type: ignore[misc]
     """django-redis ``CONNECTION_FACTORY``: pools of Entra-authenticated connections."""
 
     def __init__(self, options: dict[str, Any]) -> None:
-        settings = validate(options)
+        where = f"{alias_of('CACHES', options)}['OPTIONS']"
+        settings = validate(options, where)
         super().__init__(options)
-        self.pool_cls = pool_class(options.get("CONNECTION_POOL_CLASS"), f"{WHERE}['CONNECTION_POOL_CLASS']")
+        self.pool_cls = pool_class(options.get("CONNECTION_POOL_CLASS"), f"{where}['CONNECTION_POOL_CLASS']")
         self.entra_settings = settings
 
     @property

@@ -32,19 +32,12 @@ class FileCache:
         self.check_directory()
 
     def check_directory(self) -> None:
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        st = os.stat(self.directory)
-        if st.st_uid != os.getuid() or st.st_mode & 0o077:
-            raise TokenCacheError(
-                Problem(
-                    "E001",
-                    f"AZURE_MANAGED_IDENTITY['TOKEN_CACHE_DIR'] = {self.directory!r} must be owned by this "
-                    f"user and closed to others (mode 0700); it has owner uid {st.st_uid} and mode "
-                    f"{oct(st.st_mode & 0o777)}.",
-                    f"Run `chmod 700 {self.directory}` or point the setting at a new directory (it is "
-                    "created with 0700).",
-                )
-            )
+        check_cache_dir(self.directory)
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise TokenCacheError(_problem(self.directory, f"cannot be created ({exc.strerror})")) from None
+        check_cache_dir(self.directory)
 
     @contextlib.contextmanager
     def locked(self, timeout: float) -> Iterator[None]:
@@ -128,3 +121,33 @@ class FileCache:
             except OSError as exc:
                 logger.warning("could not write token cache %s: %s", self.path, type(exc).__name__)
             return token
+
+
+def _problem(directory: str, what: str) -> Problem:
+    return Problem(
+        "E007",
+        f"AZURE_MANAGED_IDENTITY['TOKEN_CACHE_DIR'] = {directory!r} {what}.",
+        f"Point the setting at a directory only this user can open (mode 0700; a new one is created so), or "
+        f"run `chmod 700 {directory}`; or remove the setting (no sharing between processes).",
+    )
+
+
+def check_cache_dir(directory: str) -> None:
+    """Is ``directory`` usable as the token cache? It may not exist yet (it is created 0700); if it does,
+    it must be a directory owned by this user and closed to others. No side effects (the system checks)."""
+    try:
+        st = os.stat(directory)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise TokenCacheError(_problem(directory, f"cannot be read ({exc.strerror})")) from None
+    if not os.path.isdir(directory):
+        raise TokenCacheError(_problem(directory, "is not a directory"))
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise TokenCacheError(
+            _problem(
+                directory,
+                f"must be owned by this user and closed to others (mode 0700); it has owner uid "
+                f"{st.st_uid} and mode {oct(st.st_mode & 0o777)}",
+            )
+        )

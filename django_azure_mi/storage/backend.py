@@ -37,12 +37,11 @@ from storages.backends.azure_storage import AzureStorage
 from .. import runtime
 from ..core.errors import install_log_redaction
 from ..diagnostics import SettingError
-from ..options import BindingCredential, OptionSpec, ServiceBinding, bind, boolean, require_tls
+from ..options import BindingCredential, OptionSpec, ServiceBinding, alias_of, bind, boolean, require_tls
 from .delegation import KEY_BACKDATE, KEY_LIFETIME, DelegationKeys, explained
 
 T = TypeVar("T")
 
-WHERE: Final = "STORAGES[…]['OPTIONS']"
 SPEC: Final = OptionSpec(
     "storage",
     "managed_identity",
@@ -61,11 +60,30 @@ def _explain_errors(action: str) -> Callable[[Callable[..., T]], Callable[..., T
             try:
                 return method(self, name, *args, **kwargs)
             except HttpResponseError as exc:
-                raise explained(exc, f"{action} {name!r}", "STORAGES[…]") from None
+                raise explained(exc, f"{action} {name!r}", self.where.removesuffix("['OPTIONS']")) from None
 
         return wrapper
 
     return decorate
+
+
+def check_names(where: str, container: Any, domain: Any) -> None:
+    """The container and custom domain options (E036, E035)."""
+    if not isinstance(container, str) or not container:
+        raise SettingError(
+            "E036",
+            f"{where}['azure_container'] (or AZURE_CONTAINER) is not set.",
+            "Name the blob container the files go to, e.g. 'media' (3-63 lower-case letters, digits and "
+            "dashes).",
+        )
+    if domain and (not isinstance(domain, str) or not re.fullmatch(r"[A-Za-z0-9.-]+(:\d+)?", domain)):
+        plain = isinstance(domain, str) and domain.lower().startswith("http://")
+        raise SettingError(
+            "E035",
+            f"{where}['custom_domain'] = {domain!r} is not a host name"
+            + (": signed URLs (their SAS is a credential) would travel over plain http." if plain else "."),
+            "Give the host only, e.g. 'cdn.example.com' (URLs keep https); put a path prefix in 'location'.",
+        )
 
 
 RETRIES: Final = 2  # SDK retries per call (3 tries); the SDK's default policy waits 15 s, 18 s, 24 s...
@@ -102,17 +120,18 @@ class AzureManagedIdentityStorage(AzureStorage):  # type: ignore[misc]
         return defaults
 
     def __init__(self, **settings: Any) -> None:
+        self.where = f"{alias_of('STORAGES', settings)}['OPTIONS']"  # names the alias in messages
         super().__init__(**settings)
         for name in ("connection_string", "account_key", "sas_token", "token_credential"):
             if getattr(self, name):
                 raise SettingError(
                     "E030",
-                    f"{WHERE}['{name}'] (or its AZURE_* setting) is set, but AzureManagedIdentityStorage "
-                    "signs every request with the managed identity.",
+                    f"{self.where}['{name}'] (or its AZURE_* setting) is set, but "
+                    "AzureManagedIdentityStorage signs every request with the managed identity.",
                     f"Remove {name}, or use storages.backends.azure_storage.AzureStorage for "
                     "key/SAS/connection-string access.",
                 )
-        self.binding: ServiceBinding = bind(SPEC, self.managed_identity, WHERE)
+        self.binding: ServiceBinding = bind(SPEC, self.managed_identity, self.where)
         self.client_id, self.scope = self.binding.client_id, self.binding.scope
         self._resolve_account()
         verify = (self.client_options or {}).get("connection_verify", True)
@@ -120,11 +139,12 @@ class AzureManagedIdentityStorage(AzureStorage):  # type: ignore[misc]
             "E032",
             [urlsplit(self.account_url).hostname],
             verify is not False or not self.binding.values["verify_tls"],
-            f"{WHERE}['client_options']['connection_verify'] = False: the access token could go to an "
+            f"{self.where}['client_options']['connection_verify'] = False: the access token could go to an "
             f"impostor of {self.account_url}.",
             "Remove it (Azure's certificates verify against the default trust store; for a local emulator "
             "pass the path of its CA file), or set "
-            f"{WHERE}['managed_identity']['verify_tls'] = False to accept the risk (manage.py check warns).",
+            f"{self.where}['managed_identity']['verify_tls'] = False to accept the risk (manage.py check "
+            "warns).",
         )
         if self.expiration_secs is not None and (
             isinstance(self.expiration_secs, bool)
@@ -133,16 +153,18 @@ class AzureManagedIdentityStorage(AzureStorage):  # type: ignore[misc]
         ):
             raise SettingError(
                 "E034",
-                f"{WHERE}['expiration_secs'] = {self.expiration_secs!r} is not a number of seconds >= 0.",
+                f"{self.where}['expiration_secs'] = {self.expiration_secs!r} is not a number of seconds "
+                ">= 0.",
                 "Use None or 0 for plain URLs, or the lifetime of signed URLs (e.g. 3600).",
             )
         if self.expiration_secs and self.expiration_secs > (KEY_LIFETIME - KEY_BACKDATE).total_seconds():
             raise SettingError(
                 "E034",
-                f"{WHERE}['expiration_secs'] = {self.expiration_secs}: a signed URL cannot outlive its user "
-                f"delegation key ({KEY_LIFETIME.days} days here, 7 at most on Azure).",
+                f"{self.where}['expiration_secs'] = {self.expiration_secs}: a signed URL cannot outlive its "
+                f"user delegation key ({KEY_LIFETIME.days} days here, 7 at most on Azure).",
                 "Use a smaller value.",
             )
+        check_names(self.where, self.azure_container, self.custom_domain)
         self.token_credential: BindingCredential = self.binding.credential
         self._container_url: str | None = None
 
@@ -157,7 +179,7 @@ class AzureManagedIdentityStorage(AzureStorage):  # type: ignore[misc]
             label = f"account={self.account_url} identity={self.token_credential.identity}"
             keys = rt.component(
                 ("delegation-keys", self.account_url, self.binding),
-                lambda: DelegationKeys(label, rt.config.timeout),
+                lambda: DelegationKeys(label, rt.config.timeout, self.where.removesuffix("['OPTIONS']")),
             )
             cached = self._keys_of = (rt, keys)
         return cached[1]
@@ -169,7 +191,7 @@ class AzureManagedIdentityStorage(AzureStorage):  # type: ignore[misc]
                 "E032",
                 [parts.hostname],
                 parts.scheme == "https",
-                f"{WHERE}['account_url'] = {self.account_url!r}: bearer tokens go only over https",
+                f"{self.where}['account_url'] = {self.account_url!r}: bearer tokens go only over https",
                 "(plain http is allowed to loopback hosts only).",
             )
             path_account = parts.path.strip("/").split("/")[0] if parts.path.strip("/") else ""
@@ -179,20 +201,21 @@ class AzureManagedIdentityStorage(AzureStorage):  # type: ignore[misc]
             if not self.account_name:
                 raise SettingError(
                     "E033",
-                    f"{WHERE}['account_name'] is needed with account_url {self.account_url!r}",
+                    f"{self.where}['account_name'] is needed with account_url {self.account_url!r}",
                     "(it names the account in signed URLs).",
                 )
             return
         if not self.account_name:
             raise SettingError(
                 "E033",
-                f"{WHERE} needs 'account_name' (the storage account) or 'account_url' (a custom endpoint "
-                "such as 'https://127.0.0.1:10000/devstoreaccount1').",
+                f"{self.where} has no 'account_name' (the storage account) nor 'account_url'.",
+                "Set 'account_name', or 'account_url' for a custom endpoint (such as "
+                "'https://127.0.0.1:10000/devstoreaccount1').",
             )
         if not re.fullmatch(r"[a-z0-9]{3,24}", str(self.account_name)):
             raise SettingError(
                 "E033",
-                f"{WHERE}['account_name'] = {self.account_name!r} is not a storage account name (3-24 "
+                f"{self.where}['account_name'] = {self.account_name!r} is not a storage account name (3-24 "
                 "lower-case letters and digits).",
                 "Give the account's name, or a full endpoint as 'account_url' (e.g. a private endpoint or an "
                 "emulator URL).",
@@ -206,7 +229,9 @@ class AzureManagedIdentityStorage(AzureStorage):  # type: ignore[misc]
             "E032",
             host,
             bool(self.azure_ssl),
-            f"{WHERE}['azure_ssl'] is False: bearer tokens go only over https.",
+            f"{self.where}['azure_ssl'] is False: bearer tokens go only over https.",
+            "Remove azure_ssl (https is the default); for a local emulator over http give its loopback "
+            "URL as 'account_url'.",
         )
         self.account_url = f"https://{host}"
 

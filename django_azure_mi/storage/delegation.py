@@ -33,9 +33,8 @@ class DelegationKey:
 class DelegationKeys:
     """The user delegation key of one (account, identity). A runtime component."""
 
-    def __init__(self, label: str, timeout: float) -> None:
-        self.label = label
-        self.timeout = timeout
+    def __init__(self, label: str, timeout: float, where: str = "STORAGES[…]") -> None:
+        self.label, self.timeout, self.where = label, timeout, where
         self.requests = 0  # how many keys were requested (tests, benchmarks)
         self._service_client: Any = None
         self.refresher: Refresher[DelegationKey] = Refresher(
@@ -83,7 +82,7 @@ class DelegationKeys:
         try:
             value = self._service_client.get_user_delegation_key(key_start_time=start, key_expiry_time=expiry)
         except HttpResponseError as exc:
-            raise explained(exc, "get a user delegation key (signed URLs)", "STORAGES[…]") from None
+            raise explained(exc, "get a user delegation key (signed URLs)", self.where) from None
         renew_at = datetime.fromtimestamp(
             policy.key_renew_at(now.timestamp(), expiry.timestamp()), timezone.utc
         )
