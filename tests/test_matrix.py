@@ -13,6 +13,8 @@ import os
 from typing import Any
 
 import pytest
+from asgiref.local import Local
+from django.core.cache import caches
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.test import override_settings
@@ -321,6 +323,11 @@ def test_manage_py_check_never_dies_with_a_traceback(monkeypatch, tmp_path):
                 assert expected.startswith("E") and expected in str(exc), label
             else:
                 assert expected.startswith("W"), label
+            finally:
+                # Django's cache checks built every cache; the settings teardown closes them, and a
+                # django-redis (6) cache builds its client to close it: drop them unclosed (no connection
+                # was opened).
+                caches._connections = Local(caches.thread_critical)
 
 
 def test_matrix_counts(monkeypatch, tmp_path, capsys):
