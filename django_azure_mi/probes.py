@@ -199,15 +199,11 @@ def _probe_database(result: Result, deep: bool) -> None:
         with connection.cursor() as cursor:
             cursor.execute("select current_user, version()")
             user, version = cursor.fetchone()
-            cursor.execute("select ssl, version from pg_stat_ssl where pid = pg_backend_pid()")
-            row = cursor.fetchone()
+            tls, tls_version = _client_tls(connection.connection)
     finally:
         connection.close()
     result.details.update(
-        current_user=user,
-        server=" ".join(str(version).split()[:2]),
-        tls=bool(row and row[0]),
-        tls_version=row[1] if row and row[0] else None,
+        current_user=user, server=" ".join(str(version).split()[:2]), tls=tls, tls_version=tls_version
     )
     if (
         identity is not None
@@ -217,6 +213,17 @@ def _probe_database(result: Result, deep: bool) -> None:
         raise diagnostics.attach(
             RuntimeError("connected without TLS"), diagnostics.postgres_tls(identity.alias)
         )
+
+
+def _client_tls(raw: Any) -> tuple[bool, str | None]:
+    """Does this driver connection use TLS, and which version? Asked of the client (libpq), which sees the
+    link it signed in over; the server's pg_stat_ssl would describe a pooler's or gateway's link instead."""
+    pgconn = getattr(raw, "pgconn", None)  # psycopg 3 (its PGconn has no ssl_attribute: no version)
+    if pgconn is not None:
+        return bool(pgconn.ssl_in_use), None
+    info = raw.info  # psycopg2
+    used = bool(info.ssl_in_use)
+    return used, info.ssl_attribute("protocol") if used else None
 
 
 def _probe_cache(result: Result, deep: bool) -> None:

@@ -18,6 +18,7 @@ from django.views.debug import technical_500_response
 
 from django_azure_mi import get_token_provider
 from django_azure_mi.backends.postgresql.client import DatabaseClient
+from django_azure_mi.testing.pggateway import fingerprint
 
 from .conftest import CLIENT_ID, claims, run_threads
 
@@ -67,9 +68,8 @@ def test_orm_migrate_and_crud_over_tls(azure_postgres, use_databases):
     assert User.objects.get(username="alice").first_name == "Alice"
     assert User.objects.filter(username="alice").delete()[0] == 1
     assert current_user() == ROLE
-    with connections["default"].cursor() as cursor:
-        cursor.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-        assert cursor.fetchone()[0] is True
+    raw = connections["default"].connection  # TLS to the stand-in's gateway, as to Azure
+    assert (raw.pgconn.ssl_in_use if is_psycopg3 else raw.info.ssl_in_use) is True
     # The token never went into settings.
     assert not connections["default"].settings_dict.get("PASSWORD")
 
@@ -84,9 +84,8 @@ def test_rotation_new_connections_use_new_token_and_old_sessions_live(
     old_token = provider.get_token(PG_SCOPE).token
     old_session = connect_raw(azure_postgres, old_token)
 
-    assert provider.refresh(wait=True)  # rotation: the server now accepts only the new token
-    with pytest.raises(driver.OperationalError, match="password authentication failed"):
-        connect_raw(azure_postgres, old_token)
+    assert provider.refresh(wait=True)  # rotation: like Azure, the server accepts every unexpired token
+    connect_raw(azure_postgres, old_token).close()
     cursor = old_session.cursor()
     cursor.execute("SELECT 1")
     assert cursor.fetchone() == (1,)  # sessions outlive their token
@@ -94,6 +93,30 @@ def test_rotation_new_connections_use_new_token_and_old_sessions_live(
 
     connections["default"].close()
     assert current_user() == ROLE  # a new physical connection, with the new token
+    assert azure_postgres.accepted_fingerprints()[-1] == fingerprint(provider.get_token(PG_SCOPE).token)
+
+
+def test_the_stand_in_checks_tokens_as_azure_does(azure_postgres, azure_imds):
+    """Every unexpired token of the role's identity signs in, several at once; an expired one, one for
+    another resource, another identity's and a forged one are refused, each with its own FATAL message."""
+    azure_imds.add_identity(CLIENT_ID)
+    tokens = [azure_imds.mint(PG_RESOURCE, ttl=600).token for _ in range(5)]
+    sessions = [connect_raw(azure_postgres, token) for token in tokens]  # all at once
+    assert all(s.cursor().execute("SELECT 1") or True for s in sessions)
+    for session in sessions:
+        session.close()
+    refused = {
+        "The access token has expired": azure_imds.mint(PG_RESOURCE, ttl=-30).token,
+        "for another resource": azure_imds.mint("https://storage.azure.com", ttl=600).token,
+        "belongs to another identity": azure_imds.mint(PG_RESOURCE, CLIENT_ID, ttl=600).token,
+        'password authentication failed for user "app-identity"': tokens[0][:-8] + "AAAAAAAA",  # forged
+    }
+    for message, token in refused.items():
+        with pytest.raises(driver.OperationalError, match=message):
+            connect_raw(azure_postgres, token)
+    with pytest.raises(driver.OperationalError, match="SSL connection is required"):
+        driver.connect(host=azure_postgres.host, port=azure_postgres.port, dbname="app", user=ROLE,
+                       password=tokens[0], sslmode="disable", connect_timeout=5)  # fmt: skip
 
 
 @pytest.mark.azure_imds(ttl=120)
@@ -126,9 +149,6 @@ def test_pool_opens_connections_with_the_current_token(azure_postgres, use_datab
     opened = pool.get_stats()["connections_num"]
 
     for _ in range(3):  # rotate; let max_lifetime recycle; then kill everything, as a failover would
-        # The stand-in accepts only the newest token, so a connection the pool opens in the background in
-        # the few ms between issue and install would fail (Azure accepts every unexpired token): settle.
-        settle(pool)
         assert provider.refresh(wait=True)
         time.sleep(1.2)
         for _ in range(4):
@@ -138,20 +158,11 @@ def test_pool_opens_connections_with_the_current_token(azure_postgres, use_datab
         for _ in range(4):
             assert current_user() == ROLE
             connections["default"].close()
+        # the connections opened since the rotation signed in with the then-current token
+        assert azure_postgres.accepted_fingerprints()[-1] == fingerprint(provider.get_token(PG_SCOPE).token)
     stats = pool.get_stats()
     assert stats["connections_num"] > opened + 3  # new physical connections were made after rotations
     assert stats.get("connections_errors", 0) == 0  # and each signed in with the then-current token
-
-
-def settle(pool, timeout: float = 10.0) -> None:
-    """Wait until the pool prepares no connection in the background."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        stats = pool.get_stats()
-        if stats.get("pool_available", 0) == stats.get("pool_size", 0) >= pool.min_size:
-            return
-        time.sleep(0.05)
-    pytest.fail(f"pool did not settle: {pool.get_stats()}")
 
 
 @needs_pool
@@ -204,9 +215,9 @@ def test_cold_process_50_threads_one_imds_request(azure_postgres, azure_imds, us
 
 def test_enabled_false_is_a_plain_password_backend(azure_postgres, use_databases, azure_imds):
     azure_postgres.execute(
-        "DO $$ BEGIN CREATE ROLE local_dev LOGIN PASSWORD 'dev-password'; "
-        "EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+        "DO $$ BEGIN CREATE ROLE local_dev LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$"
     )
+    azure_postgres.set_password("local_dev", "dev-password")  # built-in PostgreSQL authentication
     settings_dict = azure_postgres.database_settings(
         "local_dev", PASSWORD="dev-password", OPTIONS={"managed_identity": {"enabled": False}}
     )
@@ -332,47 +343,3 @@ def test_psycopg2_pool_keeps_djangos_message(azure_postgres, use_databases):
     use_databases(default=azure_postgres.database_settings(ROLE, OPTIONS={"pool": True}))
     with pytest.raises(ImproperlyConfigured, match="Database pooling requires psycopg >= 3"):
         connections["default"].get_connection_params()
-
-
-@pytest.mark.azure_imds(ttl=120)
-def test_sign_in_retries_once_when_the_token_rotated_meanwhile(
-    azure_postgres, azure_imds, use_databases, monkeypatch
-):
-    """Server already wants token 2 while the core still hands out token 1 (the response is held): the
-    first sign-in fails, the worker installs token 2, the backend retries once and gets in."""
-    import threading
-
-    from django.db.backends.postgresql import base as django_postgresql
-
-    use_databases(default=azure_postgres.database_settings(ROLE))
-    provider = get_token_provider(PG_SCOPE)
-    token1 = provider.get_token(PG_SCOPE).token
-    issued, go = threading.Event(), threading.Event()
-
-    def hold_response(token):  # runs after the stand-in made token 2 the password
-        if token.resource == PG_RESOURCE:
-            issued.set()
-            go.wait(10)
-
-    azure_imds.on_token(hold_response)
-    provider.refresh()
-    assert issued.wait(10)
-
-    tried = []
-    original = django_postgresql.DatabaseWrapper.get_new_connection
-
-    def sequenced(self, params):
-        tried.append(params["password"])
-        try:
-            return original(self, params)
-        except Exception:
-            if len(tried) == 1:  # first attempt refused: now let the rotation complete
-                go.set()
-                deadline = time.monotonic() + 10
-                while provider.get_token(PG_SCOPE).token == token1 and time.monotonic() < deadline:
-                    time.sleep(0.01)
-            raise
-
-    monkeypatch.setattr(django_postgresql.DatabaseWrapper, "get_new_connection", sequenced)
-    assert current_user() == ROLE
-    assert tried[0] == token1 and tried[1] != token1 and len(tried) == 2

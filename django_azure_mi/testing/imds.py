@@ -65,6 +65,11 @@ def _private_key() -> Any:
         return _signing_key
 
 
+def signing_public_key() -> Any:
+    """The public key the emulator's tokens verify against (what a resource checks them with)."""
+    return _private_key().public_key()
+
+
 @dataclass(frozen=True)
 class Identity:
     """A managed identity known to the emulator."""

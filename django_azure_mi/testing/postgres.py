@@ -1,12 +1,15 @@
 """A token-checking Postgres, like Azure Database for PostgreSQL Flexible Server with Entra auth.
 
-A throwaway cluster (``initdb`` into a temp dir, a free port on 127.0.0.1) that accepts TCP connections only
-over TLS (``hostssl`` + ``scram-sha-256``), with a generated self-signed certificate, so ``sslmode=require``
-is exercised and a plain-text connection is refused. Identity roles are wired to an
-:class:`~django_azure_mi.testing.imds.IMDSEmulator`: when the emulator issues a token for the Postgres scope
-to the role's identity, the role's password becomes that token, valid until the token's ``exp``. So only the
-newest unexpired token of that identity logs in; an expired or superseded one gets "password authentication
-failed" (Azure says "The access token has expired"; live sessions outlive their token on both).
+A throwaway cluster (``initdb`` into a temp dir) that listens on a private Unix socket only, behind the
+sign-in gateway of :mod:`.pggateway` on a free TCP port of 127.0.0.1. As on Azure:
+
+* TCP connections must use TLS (a generated self-signed certificate; ``ca_file`` to verify it);
+* the password is a token, sent in clear inside TLS, and *every* unexpired token that the attached
+  :class:`~django_azure_mi.testing.imds.IMDSEmulator` issued to the role's identity signs in, any number
+  at once (many processes hold different tokens); it is checked as Azure checks it: signature, ``aud``,
+  ``exp``/``nbf``, and ``oid`` = the role's identity. Expired, wrong-audience and another identity's tokens
+  get FATAL messages that tell them apart (``The access token has expired...``);
+* live sessions outlive their token (it is checked only at sign-in).
 
     with PostgresStandIn() as pg:
         pg.add_role("app-identity")            # system-assigned identity; client_id=... for user-assigned
@@ -21,10 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hmac
 import os
 import pwd
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -33,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from .certs import TLSFiles, make_tls_files
-from .imds import IMDSEmulator, IssuedToken
+from .imds import IMDSEmulator, signing_public_key
+from .pggateway import Gateway, Verdict, check_token
 
 POSTGRES_RESOURCE = "https://ossrdbms-aad.database.windows.net"
 ENGINE = "django_azure_mi.backends.postgresql"
@@ -77,14 +83,22 @@ def free_port() -> int:
 class PostgresStandIn:
     """See the module docstring. Context manager; thread-safe."""
 
-    def __init__(self, *, dbname: str = "app", port: int = 0, resource: str = POSTGRES_RESOURCE) -> None:
+    def __init__(
+        self, *, dbname: str = "app", port: int = 0, resource: str = POSTGRES_RESOURCE, direct: bool = False
+    ) -> None:
+        """``direct``: the real server also listens on TCP (``direct_port``) with its own TLS and password
+        authentication, bypassing the gateway (to measure what the gateway adds)."""
         self.dbname = dbname
+        self.direct = direct
         self.port = port
         self.resource = resource
         self.host = "127.0.0.1"
         self.admin_user = "azure_admin"
-        self.password_changes = 0  # how many tokens became passwords
         self._roles: dict[str, str | None] = {}  # role -> client id (None: system-assigned)
+        self._passwords: dict[str, str] = {}  # roles that sign in with a password, not a token
+        self._imds: IMDSEmulator | None = None
+        self._gateway: Gateway | None = None
+        self._server_port = 0
         self._lock = threading.Lock()
         self._admin: Any = None
         self._tmp: str | None = None
@@ -131,34 +145,47 @@ class PostgresStandIn:
             ]
         )
         (data / "pg_hba.conf").write_text(
-            "# local admin socket for the harness; TCP only over TLS with scram (as on Azure)\n"
-            "local all all trust\n"
-            "hostssl all all 127.0.0.1/32 scram-sha-256\n"
-            "hostssl all all ::1/128 scram-sha-256\n"
+            "# only the private socket: clients sign in through the gateway (TLS + token) on the TCP port\n"
+            "local all all trust\n" + ("hostssl all all 127.0.0.1/32 password\n" if self.direct else "")
         )
+        self._server_port = free_port()  # names the socket file (and the TCP port when direct)
+        listen = "127.0.0.1" if self.direct else ""
+        tls = f"ssl = on\nssl_cert_file = '{self.tls.cert_file}'\nssl_key_file = '{self.tls.key_file}'\n"
         with open(data / "postgresql.conf", "a") as conf:
             conf.write(
-                f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = '{sock}'\n"
-                f"ssl = on\nssl_cert_file = '{self.tls.cert_file}'\nssl_key_file = '{self.tls.key_file}'\n"
-                "password_encryption = 'scram-sha-256'\nfsync = off\nsynchronous_commit = off\n"
+                f"\nlisten_addresses = '{listen}'\nport = {self._server_port}\n"
+                f"unix_socket_directories = '{sock}'\n" + (tls if self.direct else "") + "fsync = off\n"
+                "synchronous_commit = off\n"
                 "full_page_writes = off\nmax_connections = 200\nshared_buffers = 32MB\n"
             )
         self._run([f"{bindir}/pg_ctl", "-D", str(data), "-l", self.log_file, "-w", "-t", "60", "start"])
         self._bindir = bindir
         self._admin = self._connect_admin("postgres")
         self.execute(f'CREATE DATABASE "{self.dbname}"')
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.tls.cert_file, self.tls.key_file)
+        self._gateway = Gateway(self.host, self.port, context, self._check, self._backend)
         return self
+
+    def _backend(self) -> socket.socket:
+        assert self._tmp
+        server = socket.socket(socket.AF_UNIX)
+        server.connect(os.path.join(self._tmp, "sock", f".s.PGSQL.{self._server_port}"))
+        return server
 
     def _connect_admin(self, dbname: str) -> Any:
         assert self._tmp
         driver, _ = _driver()
         conn = driver.connect(
-            host=os.path.join(self._tmp, "sock"), port=self.port, user=self.admin_user, dbname=dbname
+            host=os.path.join(self._tmp, "sock"), port=self._server_port, user=self.admin_user, dbname=dbname
         )
         conn.autocommit = True
         return conn
 
     def stop(self) -> None:
+        if self._gateway is not None:
+            self._gateway.close()
+            self._gateway = None
         if self._admin is not None:
             with contextlib.suppress(Exception):
                 self._admin.close()
@@ -211,7 +238,7 @@ class PostgresStandIn:
 
     def add_role(self, name: str, client_id: str | None = None, *, createdb: bool = True) -> None:
         """Create the Postgres role of an identity (like ``pgaadauth_create_principal``) with rights on the
-        database. Its password follows the identity's tokens once :meth:`attach` ed. Idempotent."""
+        database; once :meth:`attach` ed, every unexpired token of that identity signs in. Idempotent."""
         _, sql = _driver()
         role = sql.Identifier(name)
         with self._lock:
@@ -222,41 +249,70 @@ class PostgresStandIn:
             self.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(role), dbname=self.dbname)
 
     def attach(self, imds: IMDSEmulator) -> Callable[[], None]:
-        """Follow ``imds``: each token it issues for the Postgres scope becomes its identity's role password.
-        Returns a function that detaches."""
-        return imds.on_token(self._on_token)
-
-    def _on_token(self, issued: IssuedToken) -> None:
-        if issued.resource.rstrip("/") != self.resource.rstrip("/"):
-            return
+        """Check tokens against ``imds`` (its signing key and identities). Returns a function that
+        detaches."""
         with self._lock:
-            roles = [role for role, cid in self._roles.items() if cid == issued.identity.client_id]
-        for role in roles:
-            self.set_password(role, issued.token, issued.expires_on)
+            self._imds = imds
 
-    def set_password(self, role: str, password: str | None, valid_until: int | None = None) -> None:
-        """Set (or with None, remove) a role's password, optionally expiring at ``valid_until`` (epoch)."""
-        _, sql = _driver()
-        if password is None:
-            self.execute(sql.SQL("ALTER ROLE {} PASSWORD NULL").format(sql.Identifier(role)))
-            return
-        until = (
-            sql.SQL(" VALID UNTIL {}").format(sql.Literal(_timestamp(valid_until)))
-            if valid_until
-            else sql.SQL("")
-        )
-        self.execute(
-            sql.SQL("ALTER ROLE {} PASSWORD {}{}").format(sql.Identifier(role), sql.Literal(password), until)
-        )
+        def detach() -> None:
+            with self._lock:
+                if self._imds is imds:
+                    self._imds = None
+
+        return detach
+
+    def set_password(self, role: str, password: str | None) -> None:
+        """Make ``role`` sign in with ``password`` instead of a token (Azure's built-in PostgreSQL
+        authentication); None: back to tokens."""
         with self._lock:
-            self.password_changes += 1
+            if password is None:
+                self._passwords.pop(role, None)
+            else:
+                self._passwords[role] = password
 
     def reset_passwords(self) -> None:
-        """Forget every token (between tests)."""
+        """Back to token sign-in for every role (between tests)."""
         with self._lock:
-            roles = list(self._roles)
-        for role in roles:
-            self.set_password(role, None)
+            self._passwords.clear()
+
+    @property
+    def sign_ins(self) -> int:
+        """How many sign-ins the gateway accepted."""
+        return self._gateway.sign_ins if self._gateway else 0
+
+    @property
+    def direct_port(self) -> int:
+        """The real server's own TCP port (``direct=True`` only)."""
+        assert self.direct, "start the stand-in with direct=True"
+        return self._server_port
+
+    def accepted_fingerprints(self) -> list[str]:
+        """What signed in, oldest first, as :func:`~.pggateway.fingerprint` s (never the tokens)."""
+        return list(self._gateway.accepted) if self._gateway else []
+
+    @property
+    def refusals(self) -> list[str]:
+        """The FATAL messages of refused sign-ins, oldest first."""
+        return list(self._gateway.refusals) if self._gateway else []
+
+    def _check(self, user: str, password: str) -> Verdict:
+        with self._lock:
+            static = self._passwords.get(user)
+            known = user in self._roles
+            client_id = self._roles.get(user)
+            imds = self._imds
+        refused = f'password authentication failed for user "{user}"'
+        if static is not None:
+            return Verdict(None if hmac.compare_digest(static, password) else refused)
+        if not known:
+            return Verdict(refused)
+        if imds is None:
+            return Verdict(f"{refused} (no identity endpoint attached to the stand-in)")
+        try:
+            oid: str | None = imds.object_id(client_id)
+        except KeyError:
+            oid = None
+        return check_token(password, key=signing_public_key(), resource=self.resource, oid=oid, user=user)
 
     def terminate_sessions(self, role: str | None = None) -> None:
         """Kill the sessions of ``role`` (all client sessions if None), like a server restart would."""
@@ -287,9 +343,3 @@ class PostgresStandIn:
             "OPTIONS": options,
             **extra,
         }
-
-
-def _timestamp(epoch: int) -> str:
-    import datetime
-
-    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).isoformat()

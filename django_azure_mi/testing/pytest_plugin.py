@@ -69,9 +69,10 @@ def azure_postgres_server() -> Iterator[PostgresStandIn]:
 def azure_postgres(
     azure_postgres_server: PostgresStandIn, azure_imds: IMDSEmulator
 ) -> Iterator[PostgresStandIn]:
-    """The session's token-checking Postgres, following this test's ``azure_imds``: the role
-    ``app-identity`` (system-assigned identity) logs in with the newest unexpired token issued for the
-    Postgres scope. ``azure_postgres.add_role(name, client_id=...)`` adds user-assigned identities."""
+    """The session's token-checking Postgres, checking tokens against this test's ``azure_imds``: the role
+    ``app-identity`` (system-assigned identity) signs in with any unexpired token issued to that identity for
+    the Postgres scope, as on Azure. ``azure_postgres.add_role(name, client_id=...)`` adds user-assigned
+    identities."""
     server = azure_postgres_server
     server.reset_passwords()
     detach = server.attach(azure_imds)

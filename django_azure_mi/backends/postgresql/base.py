@@ -54,9 +54,6 @@ class TokenConnectParams(dict[str, Any]):
     def __call__(self) -> dict[str, Any]:
         return TokenConnectParams(self, self.identity).connect_kwargs()
 
-    def renewed(self) -> TokenConnectParams:
-        return TokenConnectParams(self, self.identity)
-
     def __repr__(self) -> str:
         token = f"<token {len(self.token.value)} chars>" if self.token is not None else None
         return f"TokenConnectParams({dict(self)!r}, password={token})"
@@ -114,19 +111,6 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         if error is None:
             return connection
         failure = diagnostics.diagnose_postgres(error, params.identity, params.token)
-        if failure.kind in diagnostics.POSTGRES_AUTH_KINDS:
-            try:
-                retry = params.renewed()
-            except TokenUnavailableError:
-                retry = params
-            assert retry.token is not None and params.token is not None
-            if retry.token.value != params.token.value:  # the token rotated meanwhile: one more try
-                logger.info("postgres sign-in retried with the newer token: alias=%s", self.alias)
-                connection, error = self._open(retry)
-                if error is None:
-                    return connection
-                params = retry
-                failure = diagnostics.diagnose_postgres(error, params.identity, params.token)
         if failure.kind in diagnostics.POSTGRES_AUTH_KINDS:
             message = diagnostics.postgres_message(failure, params.identity, error)
             logger.warning("%s", message)

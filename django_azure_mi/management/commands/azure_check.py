@@ -121,7 +121,7 @@ def _summary(r: probes.Result) -> str:
     if not r.ok:
         return r.diagnosis or "failed"
     if r.service == "database":
-        tls = f"TLS {d.get('tls_version')}" if d.get("tls") else "no TLS (loopback)"
+        tls = " ".join(filter(None, ["TLS", d.get("tls_version")])) if d.get("tls") else "no TLS (loopback)"
         return f"user {d.get('current_user')}, {tls}, {d.get('server')}"
     if r.service == "cache":
         steps = "PING, SET/GET/DEL" if d.get("set_get_del") else "PING"
