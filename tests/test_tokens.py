@@ -394,3 +394,26 @@ def test_refreshes_have_a_floor_whatever_the_issuer_says():
     # the issuer's refresh_on 0.1 s after issue, a margin larger than the lifetime: still >= the floor
     assert policy.refresh_due(now + 3, now, 300, now + 0.1) == now + policy.MIN_REFRESH_INTERVAL
     assert policy.refresh_due(now + 3600, now, 300, None) == now + 3300
+
+
+@pytest.mark.azure_imds(limits=True)
+def test_the_emulator_can_enforce_azures_identity_limits(azure_imds):
+    """20 requests a second and 5 at once per VM; past that 429 with Retry-After (DESIGN §3)."""
+    import requests
+
+    url = f"{azure_imds.endpoint}?api-version=2018-02-01&resource={STORAGE_RESOURCE}"
+
+    def ask() -> requests.Response:
+        return requests.get(url, headers={"Metadata": "true"}, timeout=10)
+
+    burst = [ask() for _ in range(25)]  # well within one second
+    assert [r.status_code for r in burst].count(200) == 20
+    refused = [r for r in burst if r.status_code == 429]
+    assert len(refused) == 5 and all(r.headers["Retry-After"] == "1" for r in refused)
+    time.sleep(1.1)
+    azure_imds.latency = 0.5  # keep requests in flight
+    concurrent = run_threads(8, ask)
+    assert sorted(r.status_code for r in concurrent) == [200] * 5 + [429] * 3
+    assert azure_imds.throttled == 8
+    azure_imds.limits = False
+    assert all(r.status_code == 200 for r in run_threads(8, ask))

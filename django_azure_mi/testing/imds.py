@@ -165,7 +165,11 @@ class IMDSEmulator:
         known_client_ids: list[str] | None = None,
         system_assigned: bool = True,
         port: int = 0,
+        limits: bool = False,
     ) -> None:
+        """``limits``: Azure's identity-endpoint limits (``max_concurrent`` = 5 requests at once and
+        ``max_per_second`` = 20 a second per VM); past them the answer is 429 with ``Retry-After``
+        (``throttled`` counts them). Faults come on top."""
         if mode not in ("imds", "app_service"):
             raise ValueError("mode must be 'imds' or 'app_service'")
         self.ttl = ttl
@@ -174,6 +178,11 @@ class IMDSEmulator:
         self.identity_header = uuid.uuid4().hex
         self.system_assigned = system_assigned
         self.latency = 0.0  # added to every response
+        self.limits = limits
+        self.max_concurrent, self.max_per_second = 5, 20
+        self.throttled = 0
+        self._in_flight = 0
+        self._recent: collections.deque[float] = collections.deque()
         self._strict = known_client_ids is not None
         self._lock = threading.Lock()
         self._identities: dict[str | None, Identity] = {None: Identity(str(uuid.uuid4()), None, "app-system")}
@@ -213,7 +222,7 @@ class IMDSEmulator:
         return self
 
     def _serve(self) -> None:
-        server = ThreadingHTTPServer(("127.0.0.1", self._port), _Handler)
+        server = _Server(("127.0.0.1", self._port), _Handler)
         server.daemon_threads = True
         server.block_on_close = False
         server.emulator = self  # type: ignore[attr-defined]
@@ -453,7 +462,34 @@ class IMDSEmulator:
             )
         with self._lock:
             self.requests[resource] += 1
+            if self._over_limits():
+                self.throttled += 1
+                over = True
+            else:
+                self._in_flight += 1
+                over = False
+        if over:
+            body = {"error": "too_many_requests", "error_description": "Too many requests: retry later"}
+            return handler.reply(429, body, {"Retry-After": "1"})
+        try:
+            return self._answer(handler, params, resource)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
 
+    def _over_limits(self) -> bool:
+        """Called with the lock held: is this request past Azure's limits (and if not, count it)?"""
+        if not self.limits:
+            return False
+        now = time.monotonic()
+        while self._recent and self._recent[0] <= now - 1.0:
+            self._recent.popleft()
+        if self._in_flight >= self.max_concurrent or len(self._recent) >= self.max_per_second:
+            return True
+        self._recent.append(now)
+        return False
+
+    def _answer(self, handler: _Handler, params: dict[str, str], resource: str) -> None:
         fault = self._next_fault()
         delay = self.latency + (fault.seconds if fault is not None and fault.kind == "latency" else 0.0)
         if delay:
@@ -499,6 +535,10 @@ class IMDSEmulator:
         if self.mode == "imds":
             answer.update(expires_in=str(ttl), ext_expires_in=str(ttl), not_before=str(issued.issued_at))
         return handler.reply(200, answer)
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # the default backlog (5) drops a burst's connects, which then retry after 1 s
 
 
 class _Handler(BaseHTTPRequestHandler):
