@@ -290,11 +290,37 @@ def _probe_storage(result: Result, deep: bool) -> None:
             verify = (storage.client_options or {}).get("connection_verify", True)
             response = requests.get(storage.url(saved), timeout=10, verify=verify)
             if response.status_code != 200 or response.content != payload:
-                raise RuntimeError(f"the signed URL answered {response.status_code}")
+                raise diagnostics.attach(
+                    RuntimeError(f"the signed URL answered {response.status_code}"),
+                    signed_url_refused(response.status_code, response.text, result.alias),
+                )
             result.details["signed_url"] = True
     finally:
         storage.delete(saved)
     result.details["delete"] = True
+
+
+def signed_url_refused(status: int, body: str, alias: str) -> diagnostics.ServiceFailure:
+    """The signed URL was refused although the identity just wrote, read and deleted the probe blob (so
+    its token and data role are fine) and got a user delegation key: the SAS itself was rejected."""
+    import re
+
+    code = re.search(r"<Code>([^<]+)</Code>", body)
+    detail = re.search(r"<AuthenticationErrorDetail>([^<]+)</AuthenticationErrorDetail>", body)
+    facts = {"status": status, "code": code.group(1) if code else None}
+    if detail:
+        facts["detail"] = detail.group(1)[:200]
+    return diagnostics.ServiceFailure(
+        "signed-url-refused",
+        f"Blob Storage refused the signed URL ({status} {facts['code'] or ''}) although the identity wrote, "
+        "read and deleted the probe blob with its token: the user delegation SAS was rejected, not the "
+        "identity's data role.",
+        f"Compare the server's and this machine's clocks (keys start 15 minutes in the past), and check "
+        f"STORAGES[{alias!r}]['OPTIONS'] (account_name must be the account the key belongs to). Against "
+        "Azurite: an Azurite older than the storage SDK's service version refuses its SAS with 403; install "
+        "the pinned one (npm install azurite@3.37.0).",
+        facts,
+    )
 
 
 def _probe_keyvault(result: Result, deep: bool, names: list[str] | None = None) -> None:

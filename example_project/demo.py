@@ -15,9 +15,7 @@ import contextlib
 import os
 import re
 import secrets
-import shutil
 import sys
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,6 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-ROLE = "app-system"  # the Postgres role of the emulator's system-assigned identity (its name)
 
 
 def say(text: str) -> None:
@@ -65,54 +62,15 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def start_stand_ins(stack: contextlib.ExitStack) -> dict[str, str]:
-    from django_azure_mi.testing.azurite import AzuriteStandIn
-    from django_azure_mi.testing.imds import IMDSEmulator
-    from django_azure_mi.testing.keyvault import KeyVaultStandIn
-    from django_azure_mi.testing.postgres import PostgresStandIn
-    from django_azure_mi.testing.redis import RedisStandIn
+    """The stand-ins, wired together, as ``python -m django_azure_mi.testing`` starts them."""
+    from django_azure_mi.testing.local import LocalAzure
 
-    imds = stack.enter_context(IMDSEmulator(ttl=3600))
-    say(f"    identity endpoint (IMDS)  {imds.url}   object id {imds.object_id()}")
-    postgres = stack.enter_context(PostgresStandIn())
-    postgres.add_role(ROLE)
-    stack.callback(postgres.attach(imds))
-    say(f"    PostgreSQL (TLS, scram)   {postgres.host}:{postgres.port}/{postgres.dbname}  role {ROLE!r}")
-    redis = stack.enter_context(RedisStandIn())
-    redis.add_identity(imds.object_id())
-    stack.callback(redis.attach(imds))
-    say(f"    Redis (TLS, ACL users)    {redis.url}")
-    azurite = stack.enter_context(AzuriteStandIn())
-    say(f"    Blob Storage (Azurite)    {azurite.account_url}")
-    vault = stack.enter_context(KeyVaultStandIn())
-    stack.callback(vault.attach(imds))
-    vault.grant(imds.object_id())
-    vault.set_secret("django-secret-key", secrets.token_urlsafe(50))
-    say(f"    Key Vault                 {vault.url}   secret 'django-secret-key'")
-
-    workdir = tempfile.mkdtemp(prefix="django-azure-mi-demo-")
-    stack.callback(shutil.rmtree, workdir, ignore_errors=True)
-    bundle = Path(workdir) / "ca-bundle.pem"
-    bundle.write_text("".join(Path(f).read_text() for f in (vault.ca_file, azurite.ca_file)))
-    env: dict[str, str] = {k: v for k, v in imds.environ().items() if v is not None}
-    for name, value in imds.environ().items():
-        if value is None:
-            os.environ.pop(name, None)
-    env.update(
-        DJANGO_SETTINGS_MODULE="demo_site.settings",
-        AZURE_POSTGRES_HOST=postgres.host,
-        AZURE_POSTGRES_PORT=str(postgres.port),
-        AZURE_POSTGRES_NAME=postgres.dbname,
-        AZURE_POSTGRES_USER=ROLE,
-        AZURE_POSTGRES_SSLROOTCERT=postgres.ca_file,
-        AZURE_REDIS_URL=redis.url,
-        AZURE_REDIS_CA_CERTS=redis.ca_file,
-        AZURE_STORAGE_ACCOUNT_URL=azurite.account_url,
-        AZURE_STORAGE_CONTAINER="media",
-        AZURE_STORAGE_CA_BUNDLE=azurite.ca_file,
-        AZURE_KEY_VAULT_URL=vault.url,
-        REQUESTS_CA_BUNDLE=str(bundle),
-    )
-    os.environ.pop("DJANGO_SECRET_KEY", None)
+    local = stack.enter_context(LocalAzure())
+    for line in local.lines:
+        say(f"    {line}")
+    local.apply()
+    os.environ.pop("DJANGO_SECRET_KEY", None)  # the demo's SECRET_KEY comes from the Key Vault stand-in
+    env = {**local.env, "DJANGO_SETTINGS_MODULE": "demo_site.settings"}
     os.environ.update(env)
     return env
 

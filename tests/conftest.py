@@ -8,11 +8,10 @@ from typing import Any
 
 import jwt
 import pytest
-from asgiref.local import Local
 from azure.identity import ManagedIdentityCredential
-from django.db import connections
 
 from django_azure_mi.core import TokenProvider
+from django_azure_mi.testing.pytest_plugin import reset_connections  # noqa: F401 - used by test modules
 
 from .rogue import rogue_host, rogue_postgres, rogue_sniffer  # noqa: F401 - fixtures for the transport tests
 
@@ -135,29 +134,7 @@ def in_child(fn) -> dict:
     return json.loads(data)
 
 
-def reset_connections() -> None:
-    for alias in list(connections.settings):
-        conn = connections[alias]
-        if hasattr(conn, "close_pool") and conn.alias in getattr(conn, "_connection_pools", {}):
-            conn.close_pool()
-        conn.close()
-    connections.__dict__.pop("settings", None)
-    connections._settings = None
-    connections._connections = Local(connections.thread_critical)
-
-
 @pytest.fixture
-def use_databases(azure_postgres, settings, django_db_blocker):
-    """use_databases(alias=settings_dict, ...) points Django's connections at the stand-in."""
-
-    def configure(**aliases):
-        reset_connections()
-        settings.DATABASES = aliases
-        reset_connections()
-        return connections
-
-    with django_db_blocker.unblock():
-        try:
-            yield configure
-        finally:
-            reset_connections()
+def use_databases(azure_databases):
+    """Our tests' name for the shipped ``azure_databases`` fixture."""
+    return azure_databases

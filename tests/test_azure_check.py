@@ -180,6 +180,28 @@ def test_redis_without_tls(site, azure_redis):
     assert "TLS problem between Django and Redis" in output and "rediss://" in output
 
 
+def test_a_refused_signed_url_is_not_called_a_missing_role(site, azure_storage):
+    """Write/read/delete worked with the token, the user delegation key came back, the SAS was refused
+    (here: signed for another account name): the diagnosis says so, not "no data role"."""
+    options = {**site.STORAGES["media"]["OPTIONS"], "account_name": "otheraccount"}
+    site.STORAGES = {**site.STORAGES, "media": {"BACKEND": STORAGE_BACKEND, "OPTIONS": options}}
+    output, error = azure_check("--storage", "media")
+    assert error is not None
+    assert "refused the signed URL (403" in output and "not the identity's data role" in output
+    assert "azurite@3.37.0" in output and "Storage Blob Data" not in output
+
+
+def test_an_old_azurite_is_refused_with_the_version_to_install(tmp_path, monkeypatch):
+    from django_azure_mi.testing.azurite import AzuriteStandIn
+
+    old = tmp_path / "azurite-blob"
+    old.write_text("#!/bin/sh\necho 3.35.0\n")  # what `npm install azurite` gave a wheel user once
+    old.chmod(0o755)
+    monkeypatch.setenv("AZURITE_BIN", str(old))
+    with pytest.raises(RuntimeError, match=r"Azurite 3\.35\.0 .* too old.*npm install azurite@3\.37\.0"):
+        AzuriteStandIn().start()
+
+
 def test_storage_refuses_the_token(site, azure_storage):
     options = {
         **site.STORAGES["media"]["OPTIONS"],

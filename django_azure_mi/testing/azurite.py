@@ -26,6 +26,9 @@ from .certs import TLSFiles, make_tls_files
 from .postgres import free_port
 
 ACCOUNT = "devstoreaccount1"
+# The Azurite whose service API version matches the storage SDK we test with: older ones answer the SDK's
+# signed URLs with 403 (their sv= is newer than they know).
+AZURITE_VERSION = "3.37.0"
 
 
 def find_azurite() -> str:
@@ -45,9 +48,27 @@ def find_azurite() -> str:
         if candidate and os.path.exists(candidate):
             return candidate
     raise RuntimeError(
-        "azurite-blob not found: run `npm ci` in tools/azurite (make does it), `npm install -g azurite`, "
-        "or set AZURITE_BIN."
+        f"azurite-blob not found: run `npm ci` in tools/azurite (make does it), `npm install "
+        f"azurite@{AZURITE_VERSION}` (then AZURITE_BIN=node_modules/.bin/azurite-blob), or set AZURITE_BIN."
     )
+
+
+def check_version(binary: str) -> str:
+    """The Azurite version at ``binary``; an older one than AZURITE_VERSION is refused, naming the fix."""
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RuntimeError(f"{binary} --version failed: {exc}") from None
+    found = re.search(r"(\d+)\.(\d+)\.(\d+)", out)
+    wanted = tuple(int(part) for part in AZURITE_VERSION.split("."))
+    if found is None or tuple(int(part) for part in found.groups()) < wanted:
+        version = found.group(0) if found else repr(out.strip()[:40])
+        raise RuntimeError(
+            f"Azurite {version} at {binary} is too old for this storage SDK: its signed URLs carry a newer "
+            f"service version, which Azurite answers with 403. Install the pinned one: `npm install "
+            f"azurite@{AZURITE_VERSION}` and set AZURITE_BIN=node_modules/.bin/azurite-blob."
+        )
+    return found.group(0)
 
 
 class AzuriteStandIn:
@@ -60,6 +81,7 @@ class AzuriteStandIn:
         self.tls: TLSFiles | None = None
         self._tmp: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self.version: str | None = None
 
     @property
     def account_url(self) -> str:
@@ -78,6 +100,7 @@ class AzuriteStandIn:
 
     def start(self) -> AzuriteStandIn:
         binary = find_azurite()
+        self.version = check_version(binary)
         self._tmp = tempfile.mkdtemp(prefix="django-azure-mi-azurite-")
         self.tls = make_tls_files(os.path.join(self._tmp, "tls"))
         self.port = free_port()
@@ -158,6 +181,14 @@ class AzuriteStandIn:
                 break
             time.sleep(0.05)
         return self.operation_count(operation)
+
+    def storage_settings(self, container: str = "media", **extra: Any) -> dict[str, Any]:
+        """A ``STORAGES`` entry for our backend against this Azurite (create the container first:
+        ``storages[alias].client.create_container()``)."""
+        return {
+            "BACKEND": "django_azure_mi.storage.AzureManagedIdentityStorage",
+            "OPTIONS": self.storage_options(container, **extra),
+        }
 
     def storage_options(self, container: str = "media", **extra: Any) -> dict[str, Any]:
         """``STORAGES[...]["OPTIONS"]`` for our backend against this Azurite."""

@@ -4,7 +4,10 @@
 
 ``azure_redis``: redis-server with ACLs behind an enforcer that closes connections whose token expired.
 
-``azure_postgres``: a token-checking Postgres (TLS + scram) whose identity roles follow ``azure_imds``.
+``azure_postgres``: a token-checking Postgres (TLS, Azure's token checks) against ``azure_imds``'s tokens.
+
+``azure_databases``: points Django's ``DATABASES`` (and its open connections) at ``azure_postgres`` for the
+test, with database access allowed: ``connections = azure_databases()``.
 
 ``azure_imds``: an :class:`~django_azure_mi.testing.imds.IMDSEmulator` started for the test, with the
 environment pointing the real azure-identity at it and django-azure-mi's process state reset before and
@@ -16,8 +19,9 @@ after. Configure it with a marker::
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -82,6 +86,75 @@ def azure_postgres(
         detach()
         server.reset_passwords()
         server.terminate_sessions()
+
+
+def reset_connections() -> None:
+    """Close Django's connections (and pools) and forget them, so that the next use reads DATABASES again
+    (pytest-django's ``settings`` fixture changes the setting, not the connections already made)."""
+    from asgiref.local import Local
+    from django.db import connections
+
+    for alias in list(connections.settings):
+        conn = connections[alias]
+        if hasattr(conn, "close_pool") and conn.alias in getattr(conn, "_connection_pools", {}):
+            conn.close_pool()
+        conn.close()
+    connections.__dict__.pop("settings", None)
+    connections._settings = None  # type: ignore[attr-defined]  # BaseConnectionHandler's own state
+    connections._connections = Local(connections.thread_critical)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def azure_databases(
+    azure_postgres: PostgresStandIn, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Any]]:
+    """``azure_databases(**aliases)`` points ``settings.DATABASES`` at the stand-in Postgres for this test and
+    returns Django's ``connections``: each alias maps to a role name or a full settings dict; no argument:
+    ``default`` as ``app-identity``. Database access is allowed for the test (no ``django_db`` mark needed;
+    with one, pytest-django's own test database would be used instead). The stand-in's database is not
+    rolled back between tests: create what a test needs, or migrate once per session."""
+    import warnings
+
+    from django.db import connections
+    from django.test import override_settings
+
+    blocker = request.getfixturevalue("django_db_blocker") if _has_pytest_django() else None
+    unblocked = blocker.unblock() if blocker is not None else contextlib.nullcontext()
+    overrides: list[override_settings] = []
+
+    def configure(**aliases: Any) -> Any:
+        aliases = aliases or {"default": "app-identity"}
+        databases = {
+            alias: azure_postgres.database_settings(entry) if isinstance(entry, str) else entry
+            for alias, entry in aliases.items()
+        }
+        reset_connections()
+        override = override_settings(DATABASES=databases)
+        with warnings.catch_warnings():  # "Overriding setting DATABASES": the connections are reset here
+            warnings.simplefilter("ignore", UserWarning)
+            override.enable()
+        overrides.append(override)
+        reset_connections()
+        return connections
+
+    with unblocked:
+        try:
+            yield configure
+        finally:
+            reset_connections()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                for override in reversed(overrides):
+                    override.disable()
+            reset_connections()
+
+
+def _has_pytest_django() -> bool:
+    try:
+        import pytest_django  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 @pytest.fixture(scope="session")

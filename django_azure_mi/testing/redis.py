@@ -75,6 +75,26 @@ class RedisStandIn:
         assert self.tls is not None
         return self.tls.ca_file
 
+    def cache_settings(self, backend: str = "django-redis", **identity: Any) -> dict[str, Any]:
+        """A ``CACHES`` entry that signs in to this stand-in: ``backend`` "django-redis" (django-redis with
+        our connection factory) or "builtin" (our subclass of Django's RedisCache); ``identity``: the
+        ``MANAGED_IDENTITY`` option (``USERNAME``, ``CLIENT_ID``...)."""
+        tls = {"ssl_ca_certs": self.ca_file} if self.tls_enabled else {}
+        if backend == "django-redis":
+            options = {
+                "CONNECTION_FACTORY": "django_azure_mi.cache.EntraConnectionFactory",
+                "MANAGED_IDENTITY": identity,
+                "CONNECTION_POOL_KWARGS": tls,
+            }
+            return {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": self.url, "OPTIONS": options}
+        if backend != "builtin":
+            raise ValueError("backend is 'django-redis' or 'builtin'")
+        return {
+            "BACKEND": "django_azure_mi.cache.RedisCache",
+            "LOCATION": self.url,
+            "OPTIONS": {"MANAGED_IDENTITY": identity, **tls},
+        }
+
     def start(self) -> RedisStandIn:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         if not os.path.exists(binary):

@@ -1,0 +1,136 @@
+"""Local Azure outside pytest: the stand-ins started and wired together, and the environment that points a
+settings.py at them.
+
+    python -m django_azure_mi.testing [--services postgres,redis,storage,keyvault] [--env-file .env.azure]
+
+prints ``export NAME='value'`` lines (and writes them to ``--env-file``), then serves until SIGINT or
+SIGTERM, when every stand-in stops (Postgres, redis-server, Azurite, the in-process servers) and its
+temporary directory goes. The variables:
+
+* the identity endpoint: ``AZURE_POD_IDENTITY_AUTHORITY_HOST`` (the real azure-identity's
+  ``ManagedIdentityCredential`` asks the emulator), ``AZURE_CLIENT_ID`` unset (the system-assigned identity);
+* ``AZURE_POSTGRES_HOST``/``_PORT``/``_NAME``/``_USER``/``_SSLROOTCERT``;
+* ``AZURE_REDIS_URL``, ``AZURE_REDIS_CA_CERTS``, ``AZURE_REDIS_USERNAME`` (the identity's object id);
+* ``AZURE_STORAGE_ACCOUNT_URL``, ``AZURE_STORAGE_CONTAINER``, ``AZURE_STORAGE_CA_BUNDLE``;
+* ``AZURE_KEY_VAULT_URL`` (read by :func:`django_azure_mi.keyvault.secret`) with a ``django-secret-key``;
+* ``REQUESTS_CA_BUNDLE``: the stand-ins' CAs, for the SDKs.
+
+The example project's settings read exactly these (``example_project/demo_site/settings.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shlex
+import shutil
+import tempfile
+from pathlib import Path
+
+SERVICES = ("postgres", "redis", "storage", "keyvault")
+ROLE = "app-system"  # the Postgres role of the emulator's system-assigned identity (its name)
+
+
+class LocalAzure:
+    """The chosen stand-ins, wired to one IMDS emulator. Context manager: ``env`` once entered."""
+
+    def __init__(self, services: tuple[str, ...] = SERVICES, *, ttl: float = 3600) -> None:
+        unknown = set(services) - set(SERVICES)
+        if unknown:
+            raise ValueError(f"unknown services {sorted(unknown)}; choose from {', '.join(SERVICES)}")
+        self.services, self.ttl = services, ttl
+        self.env: dict[str, str] = {}
+        self.unset: list[str] = []
+        self.lines: list[str] = []  # what is running where, for people
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> LocalAzure:
+        try:
+            self._start()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def _start(self) -> None:
+        from .imds import IMDSEmulator
+
+        stack = self._stack
+        imds = stack.enter_context(IMDSEmulator(ttl=self.ttl))
+        self.imds = imds
+        for name, value in imds.environ().items():
+            if value is None:
+                self.unset.append(name)
+            else:
+                self.env[name] = value
+        self.lines.append(f"identity endpoint (IMDS)  {imds.url}   object id {imds.object_id()}")
+        cas: list[str] = []
+        if "postgres" in self.services:
+            from .postgres import PostgresStandIn
+
+            pg = stack.enter_context(PostgresStandIn())
+            pg.add_role(ROLE)
+            stack.callback(pg.attach(imds))
+            self.env.update(
+                AZURE_POSTGRES_HOST=pg.host,
+                AZURE_POSTGRES_PORT=str(pg.port),
+                AZURE_POSTGRES_NAME=pg.dbname,
+                AZURE_POSTGRES_USER=ROLE,
+                AZURE_POSTGRES_SSLROOTCERT=pg.ca_file,
+            )
+            self.lines.append(f"PostgreSQL (TLS, tokens)  {pg.host}:{pg.port}/{pg.dbname}  role {ROLE!r}")
+        if "redis" in self.services:
+            from .redis import RedisStandIn
+
+            redis = stack.enter_context(RedisStandIn())
+            redis.add_identity(imds.object_id())
+            stack.callback(redis.attach(imds))
+            self.env.update(
+                AZURE_REDIS_URL=redis.url,
+                AZURE_REDIS_CA_CERTS=redis.ca_file,
+                AZURE_REDIS_USERNAME=imds.object_id(),
+            )
+            self.lines.append(f"Redis (TLS, ACL users)    {redis.url}")
+        if "storage" in self.services:
+            from .azurite import AzuriteStandIn
+
+            azurite = stack.enter_context(AzuriteStandIn())
+            cas.append(azurite.ca_file)
+            self.env.update(
+                AZURE_STORAGE_ACCOUNT_URL=azurite.account_url,
+                AZURE_STORAGE_CONTAINER="media",
+                AZURE_STORAGE_CA_BUNDLE=azurite.ca_file,
+            )
+            self.lines.append(f"Blob Storage (Azurite)    {azurite.account_url}")
+        if "keyvault" in self.services:
+            from .keyvault import KeyVaultStandIn
+
+            vault = stack.enter_context(KeyVaultStandIn())
+            stack.callback(vault.attach(imds))
+            vault.grant(imds.object_id())
+            vault.set_secret("django-secret-key", secrets.token_urlsafe(50))
+            cas.append(vault.ca_file)
+            self.env["AZURE_KEY_VAULT_URL"] = vault.url
+            self.lines.append(f"Key Vault                 {vault.url}   secret 'django-secret-key'")
+        if cas:
+            workdir = tempfile.mkdtemp(prefix="django-azure-mi-local-")
+            stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+            bundle = Path(workdir) / "ca-bundle.pem"
+            bundle.write_text("".join(Path(ca).read_text() for ca in cas))
+            self.env["REQUESTS_CA_BUNDLE"] = str(bundle)
+
+    def exports(self) -> str:
+        """``export``/``unset`` lines for a POSIX shell (``eval`` them, or ``set -a; . FILE``)."""
+        lines = [f"unset {name}" for name in self.unset]
+        lines += [f"export {name}={shlex.quote(value)}" for name, value in self.env.items()]
+        return "\n".join(lines) + "\n"
+
+    def apply(self) -> None:
+        """Set the variables in this process's environment."""
+        for name in self.unset:
+            os.environ.pop(name, None)
+        os.environ.update(self.env)
