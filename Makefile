@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# two pytest workers (pytest-xdist), each with its own stand-ins: the suite mostly waits on servers and timers
+PYTEST_ARGS ?= -n 2
 AZURITE := tools/azurite/node_modules/.bin/azurite-blob
 
 .PHONY: test demo venv lint type pytest tox bench clean

@@ -28,9 +28,8 @@ def test_cache(azure_redis, settings):
     assert caches["default"].get("greeting") == "hello"
 
 
-def test_storage(azure_storage, settings):
-    settings.STORAGES = {**settings.STORAGES, "default": azure_storage.storage_settings("media")}
-    storage = storages["default"]
+def test_storage(azure_storage):
+    storage = storages.create_storage(azure_storage.storage_settings("media"))  # a STORAGES entry
     if not storage.client.exists():
         storage.client.create_container()
     name = storage.save("hello.txt", ContentFile(b"hello"))
