@@ -15,6 +15,8 @@ from django_azure_mi.testing.pytest_plugin import reset_connections  # noqa: F40
 
 from .rogue import rogue_host, rogue_postgres, rogue_sniffer  # noqa: F401 - fixtures for the transport tests
 
+collect_ignore = ["sample_project"]  # a user's project: run by test_sample_project.py
+
 STORAGE = "https://storage.azure.com/.default"
 STORAGE_RESOURCE = "https://storage.azure.com"
 VAULT = "https://vault.azure.net/.default"
