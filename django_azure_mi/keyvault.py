@@ -21,6 +21,7 @@ import os
 import re
 import sys
 import threading
+import types
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
@@ -223,8 +224,8 @@ def _identity_setting() -> conf.Config:
     frame = sys._getframe(1)
     while frame is not None and frame.f_globals.get("__name__") == __name__:
         frame = frame.f_back  # type: ignore[assignment]
-    namespace = type("SettingsSoFar", (), dict(frame.f_globals) if frame is not None else {})
-    return conf.build_config(conf.read_setting(namespace))  # an explicit None is refused here too
+    so_far = types.SimpleNamespace(**(frame.f_globals if frame is not None else {}))
+    return conf.build_config(conf.read_setting(so_far))  # an explicit None is refused here too
 
 
 def _from_vault(

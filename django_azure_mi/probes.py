@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 import threading
 import time
 import uuid
@@ -303,8 +304,6 @@ def _probe_storage(result: Result, deep: bool) -> None:
 def signed_url_refused(status: int, body: str, alias: str) -> diagnostics.ServiceFailure:
     """The signed URL was refused although the identity just wrote, read and deleted the probe blob (so
     its token and data role are fine) and got a user delegation key: the SAS itself was rejected."""
-    import re
-
     code = re.search(r"<Code>([^<]+)</Code>", body)
     detail = re.search(r"<AuthenticationErrorDetail>([^<]+)</AuthenticationErrorDetail>", body)
     facts = {"status": status, "code": code.group(1) if code else None}

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -114,6 +116,14 @@ def run_threads(n: int, target: Callable[[], Any], timeout: float = 30) -> list[
         t.join(timeout)
     assert not any(t.is_alive() for t in threads), "threads did not finish"
     return results
+
+
+def run_fresh(args: list[str], cwd: Any, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python *args`` in a fresh process, without our tests' settings module (it has its own)."""
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def in_child(fn) -> dict:

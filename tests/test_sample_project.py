@@ -3,26 +3,17 @@ in one process and with pytest-xdist's two workers (each worker starts its own s
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from .conftest import run_fresh
 
 SAMPLE = Path(__file__).parent / "sample_project"
 
 
 @pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one process", "xdist -n 2"])
 def test_sample_project_passes(workers):
-    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", *workers],
-        cwd=SAMPLE,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_fresh(["-m", "pytest", "-q", *workers], cwd=SAMPLE, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "4 passed" in done.stdout, done.stdout[-2000:]

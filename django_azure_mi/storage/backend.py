@@ -60,7 +60,7 @@ def _explain_errors(action: str) -> Callable[[Callable[..., T]], Callable[..., T
             try:
                 return method(self, name, *args, **kwargs)
             except HttpResponseError as exc:
-                raise explained(exc, f"{action} {name!r}", self.where.removesuffix("['OPTIONS']")) from None
+                raise explained(exc, f"{action} {name!r}", self.alias) from None
 
         return wrapper
 
@@ -120,7 +120,8 @@ class AzureManagedIdentityStorage(AzureStorage):  # type: ignore[misc]
         return defaults
 
     def __init__(self, **settings: Any) -> None:
-        self.where = f"{alias_of('STORAGES', settings)}['OPTIONS']"  # names the alias in messages
+        self.alias = alias_of("STORAGES", settings)  # names the alias in messages: STORAGES['media']
+        self.where = f"{self.alias}['OPTIONS']"
         super().__init__(**settings)
         for name in ("connection_string", "account_key", "sas_token", "token_credential"):
             if getattr(self, name):
@@ -179,7 +180,7 @@ class AzureManagedIdentityStorage(AzureStorage):  # type: ignore[misc]
             label = f"account={self.account_url} identity={self.token_credential.identity}"
             keys = rt.component(
                 ("delegation-keys", self.account_url, self.binding),
-                lambda: DelegationKeys(label, rt.config.timeout, self.where.removesuffix("['OPTIONS']")),
+                lambda: DelegationKeys(label, rt.config.timeout, self.alias),
             )
             cached = self._keys_of = (rt, keys)
         return cached[1]
