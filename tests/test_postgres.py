@@ -18,6 +18,7 @@ from django.views.debug import technical_500_response
 
 from django_azure_mi import get_token_provider
 from django_azure_mi.backends.postgresql.client import DatabaseClient
+from django_azure_mi.testing.imds import IMDSEmulator
 from django_azure_mi.testing.pggateway import fingerprint
 
 from .conftest import CLIENT_ID, claims, run_threads
@@ -72,6 +73,22 @@ def test_orm_migrate_and_crud_over_tls(azure_postgres, use_databases):
     assert (raw.pgconn.ssl_in_use if is_psycopg3 else raw.info.ssl_in_use) is True
     # The token never went into settings.
     assert not connections["default"].settings_dict.get("PASSWORD")
+
+
+def test_attachments_stack_and_an_adopting_emulator_speaks_for_the_same_identity(azure_postgres, azure_imds):
+    """A test's emulator attached over the session's decides while attached; detaching it brings the
+    session's back. An emulator that adopted another's identities issues tokens the role accepts."""
+    with IMDSEmulator() as stranger, IMDSEmulator() as successor:
+        detach = azure_postgres.attach(stranger)
+        with pytest.raises(driver.OperationalError, match="belongs to another identity"):
+            connect_raw(azure_postgres, azure_imds.mint(PG_RESOURCE, ttl=600).token)
+        connect_raw(azure_postgres, stranger.mint(PG_RESOURCE, ttl=600).token).close()
+        detach()
+        connect_raw(azure_postgres, azure_imds.mint(PG_RESOURCE, ttl=600).token).close()
+        successor.adopt(azure_imds)
+        token = successor.mint(PG_RESOURCE, ttl=600)
+        assert claims(token.token)["tid"] == azure_imds.tenant_id
+        connect_raw(azure_postgres, token.token).close()
 
 
 @pytest.mark.azure_imds(ttl=120)

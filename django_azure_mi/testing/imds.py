@@ -293,6 +293,16 @@ class IMDSEmulator:
             self._identities[client_id] = identity
             return identity
 
+    def adopt(self, other: IMDSEmulator) -> None:
+        """Take over ``other``'s tenant and identities (object ids): this endpoint then speaks for the same
+        VM, as if its identity endpoint had restarted, so its tokens carry the same ``oid`` and ``tid``.
+        The pytest plugin does this when a session-wide emulator is running (``azure_session_imds``)."""
+        with other._lock:
+            identities = dict(other._identities)
+        with self._lock:
+            self.tenant_id = other.tenant_id
+            self._identities.update(identities)
+
     def identity(self, client_id: str | None = None) -> Identity:
         """The identity for ``client_id`` (None: system-assigned), created on first use."""
         with self._lock:

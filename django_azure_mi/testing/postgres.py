@@ -96,7 +96,7 @@ class PostgresStandIn:
         self.admin_user = "azure_admin"
         self._roles: dict[str, str | None] = {}  # role -> client id (None: system-assigned)
         self._passwords: dict[str, str] = {}  # roles that sign in with a password, not a token
-        self._imds: IMDSEmulator | None = None
+        self._attached: list[IMDSEmulator] = []  # attach() stack: the last one checks tokens
         self._gateway: Gateway | None = None
         self._server_port = 0
         self._lock = threading.Lock()
@@ -249,15 +249,18 @@ class PostgresStandIn:
             self.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(role), dbname=self.dbname)
 
     def attach(self, imds: IMDSEmulator) -> Callable[[], None]:
-        """Check tokens against ``imds`` (its signing key and identities). Returns a function that
-        detaches."""
+        """Check tokens against ``imds`` (its signing key and identities) until the returned function is
+        called. Attachments stack: the latest one decides, and detaching it brings back the one before (a
+        test's emulator over the session's)."""
         with self._lock:
-            self._imds = imds
+            self._attached.append(imds)
 
         def detach() -> None:
             with self._lock:
-                if self._imds is imds:
-                    self._imds = None
+                if imds in self._attached:
+                    self._attached.reverse()
+                    self._attached.remove(imds)  # the latest attachment of it
+                    self._attached.reverse()
 
         return detach
 
@@ -300,7 +303,7 @@ class PostgresStandIn:
             static = self._passwords.get(user)
             known = user in self._roles
             client_id = self._roles.get(user)
-            imds = self._imds
+            imds = self._attached[-1] if self._attached else None
         refused = f'password authentication failed for user "{user}"'
         if static is not None:
             return Verdict(None if hmac.compare_digest(static, password) else refused)
@@ -314,12 +317,14 @@ class PostgresStandIn:
             oid = None
         return check_token(password, key=signing_public_key(), resource=self.resource, oid=oid, user=user)
 
-    def terminate_sessions(self, role: str | None = None) -> None:
-        """Kill the sessions of ``role`` (all client sessions if None), like a server restart would."""
+    def terminate_sessions(self, role: str | None = None, *, dbname: str | None = None) -> None:
+        """Kill the sessions of ``role`` (all client sessions if None) on ``dbname`` (every database if
+        None), like a server restart would."""
         self.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' "
-            "AND pid <> pg_backend_pid() AND (%s::text IS NULL OR usename = %s)",
-            [role, role],
+            "AND pid <> pg_backend_pid() AND (%s::text IS NULL OR usename = %s) "
+            "AND (%s::text IS NULL OR datname = %s)",
+            [role, role, dbname, dbname],
         )
 
     def sessions(self, role: str) -> int:

@@ -9,6 +9,9 @@
 ``azure_databases``: points Django's ``DATABASES`` (and its open connections) at ``azure_postgres`` for the
 test, with database access allowed: ``connections = azure_databases()``.
 
+``azure_test_databases`` (session, opt-in through ``django_db_modify_db_settings``): pytest-django's test
+databases on ``azure_postgres``'s server, so that ``django_db`` tests run there.
+
 ``azure_imds``: an :class:`~django_azure_mi.testing.imds.IMDSEmulator` started for the test, with the
 environment pointing the real azure-identity at it and django-azure-mi's process state reset before and
 after. Configure it with a marker::
@@ -39,6 +42,9 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+_SESSION_IMDS = pytest.StashKey["IMDSEmulator"]()
+
+
 @pytest.fixture
 def azure_imds(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[IMDSEmulator]:
     from . import reset_state
@@ -48,6 +54,9 @@ def azure_imds(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     options = dict(marker.kwargs) if marker else {}
     reset_state()
     with IMDSEmulator(**options) as emulator:
+        session = request.config.stash.get(_SESSION_IMDS, None)
+        if session is not None and "tenant_id" not in options:  # the same VM: the same identities
+            emulator.adopt(session)
         for name, value in emulator.environ().items():
             if value is None:
                 monkeypatch.delenv(name, raising=False)
@@ -56,6 +65,29 @@ def azure_imds(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
         try:
             yield emulator
         finally:
+            reset_state()
+
+
+@pytest.fixture(scope="session")
+def azure_session_imds(request: pytest.FixtureRequest) -> Iterator[IMDSEmulator]:
+    """An IMDS emulator for the whole session (or xdist worker), with the environment pointing the real
+    azure-identity at it, for session-wide fixtures such as ``azure_test_databases``. A test's ``azure_imds``
+    takes over for that test, speaking for the same identities (same object ids and tenant)."""
+    from . import reset_state
+    from .imds import IMDSEmulator
+
+    with IMDSEmulator() as emulator, pytest.MonkeyPatch.context() as patch:
+        for name, value in emulator.environ().items():
+            if value is None:
+                patch.delenv(name, raising=False)
+            else:
+                patch.setenv(name, value)
+        reset_state()
+        request.config.stash[_SESSION_IMDS] = emulator
+        try:
+            yield emulator
+        finally:
+            del request.config.stash[_SESSION_IMDS]
             reset_state()
 
 
@@ -85,7 +117,7 @@ def azure_postgres(
     finally:
         detach()
         server.reset_passwords()
-        server.terminate_sessions()
+        server.terminate_sessions(dbname=server.dbname)  # not the session's test databases
 
 
 def reset_connections() -> None:
@@ -118,6 +150,12 @@ def azure_databases(
     from django.db import connections
     from django.test import override_settings
 
+    if request.node.get_closest_marker("django_db") is not None:
+        raise pytest.UsageError(
+            "azure_databases allows database access itself and points DATABASES at the stand-in's own "
+            "database: drop @pytest.mark.django_db from this test, or, for django_db tests on the stand-in, "
+            "opt in to azure_test_databases (see django-azure-mi's README, 'Testing your app')"
+        )
     blocker = request.getfixturevalue("django_db_blocker") if _has_pytest_django() else None
     unblocked = blocker.unblock() if blocker is not None else contextlib.nullcontext()
     overrides: list[override_settings] = []
@@ -147,6 +185,48 @@ def azure_databases(
                 for override in reversed(overrides):
                     override.disable()
             reset_connections()
+
+
+@pytest.fixture(scope="session")
+def azure_test_databases(
+    request: pytest.FixtureRequest, azure_postgres_server: PostgresStandIn, azure_session_imds: IMDSEmulator
+) -> Iterator[PostgresStandIn]:
+    """Opt in from your conftest.py so that pytest-django creates its test databases on the token-checking
+    Postgres and every ``django_db`` test runs there::
+
+        @pytest.fixture(scope="session")
+        def django_db_modify_db_settings(azure_test_databases):
+            pass
+
+    Every alias of ``DATABASES`` is pointed at the stand-in for the session, signing in as the role
+    ``app-identity`` with tokens from ``azure_session_imds``; pytest-django's own options (``--reuse-db``,
+    ``--create-db``, ``--no-migrations``, the xdist suffix) still apply. Returns the stand-in."""
+    import warnings
+
+    from django.conf import settings
+    from django.test import override_settings
+
+    server = azure_postgres_server
+    detach = server.attach(azure_session_imds)
+    entry = server.database_settings("app-identity")
+    reset_connections()
+    aliases = list(settings.DATABASES) or ["default"]
+    override = override_settings(DATABASES={alias: dict(entry) for alias in aliases})
+    with warnings.catch_warnings():  # "Overriding setting DATABASES": the connections are reset here
+        warnings.simplefilter("ignore", UserWarning)
+        override.enable()
+    reset_connections()
+    try:
+        if _has_pytest_django():  # the suffix for xdist workers and tox, after our settings are in
+            request.getfixturevalue("django_db_modify_db_settings_parallel_suffix")
+        yield server
+    finally:
+        reset_connections()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            override.disable()
+        reset_connections()
+        detach()
 
 
 def _has_pytest_django() -> bool:
