@@ -183,6 +183,27 @@ def test_pool_opens_connections_with_the_current_token(azure_postgres, use_datab
 
 
 @needs_pool
+def test_copies_without_the_pool_and_the_nodb_cursor_sign_in_themselves(azure_postgres, use_databases):
+    """Django's ``no_pool_connection()`` (a ``copy()`` with ``OPTIONS["pool"] = False``, as test database
+    clones) and ``_nodb_cursor()`` (test database creation) share the alias of a live pool: each must sign
+    in with its own token, not take the pool's parameters."""
+    use_databases(default=azure_postgres.database_settings(ROLE, OPTIONS={"pool": {"min_size": 1}}))
+    assert current_user() == ROLE  # the alias's pool is live
+    copy = connections["default"].copy()
+    copy.settings_dict["OPTIONS"]["pool"] = False
+    try:
+        assert copy.pool is None
+        with copy.cursor() as cursor:
+            cursor.execute("SELECT current_user")
+            assert cursor.fetchone() == (ROLE,)
+    finally:
+        copy.close()
+    with connections["default"]._nodb_cursor() as cursor:
+        cursor.execute("SELECT current_database(), current_user")
+        assert cursor.fetchone() == ("postgres", ROLE)
+
+
+@needs_pool
 def test_pool_with_psycopg_pool_too_old_is_refused(azure_postgres, use_databases, monkeypatch):
     import psycopg_pool
 

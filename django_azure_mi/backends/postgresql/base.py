@@ -17,6 +17,7 @@ import logging
 from functools import cached_property
 from typing import Any
 
+from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.postgresql import base as postgresql
 from django.db.backends.postgresql.psycopg_any import is_psycopg3
 from django.utils.asyncio import async_unsafe
@@ -71,8 +72,19 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         """This alias's validated managed-identity settings (None: a password alias); validated once."""
         return managed_identity(self.settings_dict, self.alias)
 
+    @property
+    def _pooled(self) -> bool:
+        """Whether this wrapper's connections come from Django's pool, decided from its own settings as
+        Django's ``pool`` property does: a ``copy()`` with ``OPTIONS["pool"] = False`` (Django's
+        ``no_pool_connection()``, test database clones) and ``_nodb_cursor()`` share the alias, or the
+        pool's settings, but not the pool."""
+        return (
+            bool(self.settings_dict["OPTIONS"].get("pool")) and is_psycopg3 and self.alias != NO_DB_ALIAS
+        )
+
     def get_connection_params(self) -> dict[str, Any]:
-        pool = getattr(self, "_connection_pools", {}).get(self.alias)  # Django >= 5.1
+        pooled = self._pooled
+        pool = getattr(self, "_connection_pools", {}).get(self.alias) if pooled else None  # Django >= 5.1
         if pool is not None:
             # Django rebuilds the parameters on every checkout and the pool ignores them (it has its own,
             # callable ones): build them once per pool.
@@ -84,7 +96,6 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         if identity is None:
             return params
         params.update(identity.tls)  # verify-full with the OS trust store off loopback, unless set
-        pooled = bool(self.settings_dict["OPTIONS"].get("pool")) and is_psycopg3
         try:  # the token this connection signs in with (pooled: each connection the pool opens takes one)
             return TokenConnectParams(params, identity, lazy=pooled)
         except TokenUnavailableError as exc:  # Django handles connect failures as OperationalError
