@@ -14,7 +14,10 @@ Every django-storages option keeps working. What differs from the stock backend 
 * ``account_url`` for path-style emulator URLs, private endpoints and sovereign clouds;
 * the user delegation key is cached process-wide per (account, identity) (:mod:`.delegation`); a warm
   ``url()`` makes no network call and builds no SDK client; no SAS outlives its key;
-* bearer tokens only over HTTPS except to loopback, and errors that name the setting or the RBAC role.
+* bearer tokens only over HTTPS except to loopback, and errors that name the setting or the RBAC role;
+* the Storage contract as FileSystemStorage keeps it, where django-storages does not (:mod:`.files`:
+  ``listdir()``, ``exists()`` of folders, ``FileNotFoundError``, ``get_created_time()``); uploads and
+  downloads move in 4 MiB pieces (bounded memory).
 
 Constructing the backend validates its options and does nothing else (no credential, no request), so the
 system checks construct it too.
@@ -22,25 +25,20 @@ system checks construct it too.
 
 from __future__ import annotations
 
-import functools
 import re
-from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from azure.core.exceptions import HttpResponseError
 from azure.storage.blob import BlobSasPermissions, UserDelegationKey, generate_blob_sas
 from django.utils.deconstruct import deconstructible
-from storages.backends.azure_storage import AzureStorage
 
 from .. import runtime
 from ..core.errors import install_log_redaction
 from ..diagnostics import SettingError
 from ..options import BindingCredential, OptionSpec, ServiceBinding, alias_of, bind, boolean, require_tls
-from .delegation import KEY_BACKDATE, KEY_LIFETIME, DelegationKeys, explained
-
-T = TypeVar("T")
+from .delegation import KEY_BACKDATE, KEY_LIFETIME, DelegationKeys
+from .files import BlobFiles
 
 SPEC: Final = OptionSpec(
     "storage",
@@ -49,22 +47,6 @@ SPEC: Final = OptionSpec(
     "{'client_id': '<client id>', 'scope': 'https://storage.azure.com/.default'}",
     extra={"verify_tls": (boolean, True)},
 )
-
-
-def _explain_errors(action: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
-    """Re-raise 401/403 from a storage operation with what to do about it."""
-
-    def decorate(method: Callable[..., T]) -> Callable[..., T]:
-        @functools.wraps(method)
-        def wrapper(self: Any, name: str = "", *args: Any, **kwargs: Any) -> T:
-            try:
-                return method(self, name, *args, **kwargs)
-            except HttpResponseError as exc:
-                raise explained(exc, f"{action} {name!r}", self.alias) from None
-
-        return wrapper
-
-    return decorate
 
 
 def check_names(where: str, container: Any, domain: Any) -> None:
@@ -89,15 +71,21 @@ def check_names(where: str, container: Any, domain: Any) -> None:
 RETRIES: Final = 2  # SDK retries per call (3 tries); the SDK's default policy waits 15 s, 18 s, 24 s...
 
 
+PIECE: Final = 4 * 1024 * 1024  # largest single upload/download request (the SDK's: 64 and 32 MiB)
+
+
 def bounded(options: dict[str, Any], timeout: float) -> dict[str, Any]:
     """The SDK client's options with every call bounded by ``AZURE_MANAGED_IDENTITY['TIMEOUT']`` (``T``):
     connect within T/4 (5 s at most), read within T, 3 tries 1-4 s apart. The SDK's defaults (connect 20 s,
-    read 60 s, backoff from 15 s) kept one call to an unreachable endpoint busy for about 85 s. Options the
-    user set in ``client_options`` win."""
+    read 60 s, backoff from 15 s) kept one call to an unreachable endpoint busy for about 85 s. Files move
+    in pieces of 4 MiB: the SDK's defaults read a whole file of up to 64 MiB into memory to upload it in
+    one request. Options the user set in ``client_options`` win."""
     from azure.storage.blob import ExponentialRetry
 
     options.setdefault("connection_timeout", min(5.0, timeout / 4))
     options.setdefault("read_timeout", timeout)
+    options.setdefault("max_single_put_size", PIECE)
+    options.setdefault("max_single_get_size", PIECE)
     if "retry_policy" not in options and not any(key.startswith("retry_") for key in options):
         options["retry_policy"] = ExponentialRetry(
             initial_backoff=1, increment_base=2, retry_total=RETRIES, random_jitter_range=1
@@ -106,7 +94,7 @@ def bounded(options: dict[str, Any], timeout: float) -> dict[str, Any]:
 
 
 @deconstructible
-class AzureManagedIdentityStorage(AzureStorage):  # type: ignore[misc]
+class AzureManagedIdentityStorage(BlobFiles):
     """django-storages' AzureStorage signing in with the managed identity (see the module docstring)."""
 
     account_url: str
@@ -244,34 +232,6 @@ class AzureManagedIdentityStorage(AzureStorage):  # type: ignore[misc]
         # The SDK asks the credential for {audience}/.default: make that our configured scope.
         options.setdefault("audience", self.scope.removesuffix("/.default"))
         return BlobServiceClient(self.account_url, credential=self.token_credential, **options)
-
-    @_explain_errors("upload")
-    def _save(self, name: str, content: Any) -> str:
-        return str(super()._save(name, content))
-
-    @_explain_errors("open")
-    def _open(self, name: str, mode: str = "rb") -> Any:
-        return super()._open(name, mode)
-
-    @_explain_errors("check")
-    def exists(self, name: str) -> bool:
-        return bool(super().exists(name))
-
-    @_explain_errors("delete")
-    def delete(self, name: str) -> None:
-        super().delete(name)
-
-    @_explain_errors("read the size of")
-    def size(self, name: str) -> int:
-        return int(super().size(name))
-
-    @_explain_errors("list")
-    def listdir(self, path: str = "") -> tuple[list[str], list[str]]:
-        return super().listdir(path)  # type: ignore[no-any-return]
-
-    @_explain_errors("read the modification time of")
-    def get_modified_time(self, name: str) -> datetime:
-        return super().get_modified_time(name)  # type: ignore[no-any-return]
 
     def get_user_delegation_key(self, expiry: datetime) -> UserDelegationKey:
         if expiry.tzinfo is None:
