@@ -1,5 +1,6 @@
-# `make test` - everything CI runs: lint, types, the test suite on Django 5.2, on Django 4.2, and the
-# Postgres tests on psycopg2.
+# `make test` - everything CI runs: lint, types, the test suite on Django 5.2 / Python 3.11 (this venv), on
+# Django 6.1 / Python 3.13 and a smoke subset on Django 6.0 / Python 3.12 (tox), the Postgres tests on
+# psycopg2, and Django's own test suites against our backends (tests/django_suites).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -7,6 +8,12 @@ STAMP := $(VENV)/.installed
 # two pytest workers (pytest-xdist), each with its own stand-ins: the suite mostly waits on servers and timers
 PYTEST_ARGS ?= -n 2
 AZURITE := tools/azurite/node_modules/.bin/azurite-blob
+# Python 3.12 and 3.13 for tox's envs come from pyenv (`pyenv versions`): put them on PATH
+empty :=
+space := $(empty) $(empty)
+PYENV_ROOT ?= $(shell pyenv root 2>/dev/null)
+PYENV_BINS := $(wildcard $(PYENV_ROOT)/versions/3.12*/bin $(PYENV_ROOT)/versions/3.13*/bin)
+tox: export PATH := $(subst $(space),:,$(strip $(PYENV_BINS) $(PATH)))
 
 .PHONY: test demo venv lint type pytest tox bench clean
 
@@ -40,7 +47,7 @@ pytest: $(STAMP) $(AZURITE)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 tox: $(STAMP) $(AZURITE)
-	$(BIN)/tox run -e django42,psycopg2 -- $(PYTEST_ARGS)
+	$(BIN)/tox run -e py313-django61,py312-django60,psycopg2 -- $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/tokens.py

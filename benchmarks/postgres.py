@@ -107,19 +107,17 @@ def main() -> None:
             10,
             "(for information: what the gateway adds)",
         )
-        has_pool = django.VERSION >= (5, 1)
-        if has_pool:
-            compare(
-                "pool checkout + return",
-                connect("pooled"),
-                connect("pooled_password"),
-                args.rounds,
-                200,
-                "<= 1.02",
-            )
+        compare(
+            "pool checkout + return",
+            connect("pooled"),
+            connect("pooled_password"),
+            args.rounds,
+            200,
+            "<= 1.02",
+        )
         print(f"IMDS requests during the run: {imds.request_count()}")
         for alias in connections:
-            if has_pool and connections[alias].pool:
+            if connections[alias].pool:
                 connections[alias].close_pool()
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 __all__ = ["TokenUnavailableError", "__version__", "get_token_provider"]
 
 if TYPE_CHECKING:

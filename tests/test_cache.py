@@ -324,8 +324,7 @@ def test_misconfiguration_names_the_setting(azure_imds, backend, location, optio
 
 
 def build_cache(config: dict):
-    """A cache backend built directly: broken configs never reach Django's global cache handler (whose
-    teardown builds every configured cache again on Django 4.2)."""
+    """A cache backend built directly: broken configs never reach Django's global cache handler."""
     from django.utils.module_loading import import_string
 
     params = {k: v for k, v in config.items() if k not in ("BACKEND", "LOCATION")}

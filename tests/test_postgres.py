@@ -6,7 +6,6 @@ import logging
 import sys
 import time
 
-import django
 import pytest
 from django.contrib.auth.models import User
 from django.core.exceptions import ImproperlyConfigured
@@ -33,9 +32,7 @@ REMOTE = {
     "NAME": "app",
     "USER": ROLE,
 }
-needs_pool = pytest.mark.skipif(
-    django.VERSION < (5, 1) or not is_psycopg3, reason="Django's pool: Django >= 5.1 with psycopg 3"
-)
+needs_pool = pytest.mark.skipif(not is_psycopg3, reason="Django's pool needs psycopg 3")
 if is_psycopg3:
     import psycopg as driver
 else:

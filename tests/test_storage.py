@@ -7,7 +7,6 @@ import threading
 import time
 import uuid
 
-import django
 import pytest
 import requests
 from azure.core.exceptions import HttpResponseError
@@ -42,12 +41,7 @@ def make_storage(azure_storage, container):
 
 @pytest.fixture
 def use_default_storage(azure_storage, container, settings, make_storage, monkeypatch):
-    storage = make_storage(expiration_secs=600)  # creates the container
-    if django.VERSION < (5, 0):
-        # Django 4.2's override of STORAGES also marks DEFAULT_FILE_STORAGE overridden and rebuilds
-        # "default" from its BACKEND alone, dropping OPTIONS: install the instance directly.
-        monkeypatch.setattr(default_storage, "_wrapped", storage)
-        return default_storage
+    make_storage(expiration_secs=600)  # creates the container
     settings.STORAGES = {
         "default": {
             "BACKEND": "django_azure_mi.storage.AzureManagedIdentityStorage",

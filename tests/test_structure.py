@@ -10,7 +10,6 @@ import threading
 import time
 from pathlib import Path
 
-import django
 import pytest
 from django.test import override_settings
 
@@ -267,8 +266,8 @@ def test_postgres_takes_the_token_once_per_connection_and_validates_once(
     from django_azure_mi.backends.postgresql import base
     from django_azure_mi.core.provider import TokenProvider
 
-    if pooled and (django.VERSION < (5, 1) or not is_psycopg3):
-        pytest.skip("Django's pool: Django >= 5.1 with psycopg 3")
+    if pooled and not is_psycopg3:
+        pytest.skip("Django's pool needs psycopg 3")
     validations, takes = [], []
     validate, current = base.managed_identity, TokenProvider.current
     monkeypatch.setattr(base, "managed_identity", lambda *a: validations.append(a) or validate(*a))

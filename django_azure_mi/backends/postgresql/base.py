@@ -78,13 +78,12 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         Django's ``pool`` property does: a ``copy()`` with ``OPTIONS["pool"] = False`` (Django's
         ``no_pool_connection()``, test database clones) and ``_nodb_cursor()`` share the alias, or the
         pool's settings, but not the pool."""
-        return (
-            bool(self.settings_dict["OPTIONS"].get("pool")) and is_psycopg3 and self.alias != NO_DB_ALIAS
-        )
+        return bool(self.settings_dict["OPTIONS"].get("pool")) and is_psycopg3 and self.alias != NO_DB_ALIAS
 
     def get_connection_params(self) -> dict[str, Any]:
         pooled = self._pooled
-        pool = getattr(self, "_connection_pools", {}).get(self.alias) if pooled else None  # Django >= 5.1
+        pools = self._connection_pools  # type: ignore[attr-defined]  # not in django-stubs yet
+        pool = pools.get(self.alias) if pooled else None
         if pool is not None:
             # Django rebuilds the parameters on every checkout and the pool ignores them (it has its own,
             # callable ones): build them once per pool.
