@@ -378,3 +378,40 @@ def test_psycopg2_pool_keeps_djangos_message(azure_postgres, use_databases):
     use_databases(default=azure_postgres.database_settings(ROLE, OPTIONS={"pool": True}))
     with pytest.raises(ImproperlyConfigured, match="Database pooling requires psycopg >= 3"):
         connections["default"].get_connection_params()
+
+
+def test_database_url_with_dj_database_url_and_django_environ(azure_postgres, azure_imds, use_databases):
+    """Twelve-factor settings: ``azurepostgres://`` (registered with dj-database-url) and a plain
+    ``postgres://`` URL with the engine given (django-environ, dj-database-url) reach the stand-in as the
+    URL's role; ``client_id`` in the query picks a user-assigned identity; no password anywhere."""
+    import dj_database_url
+    import environ
+
+    from django_azure_mi.backends.postgresql.url import ENGINE, register_scheme
+
+    register_scheme()
+    azure_imds.add_identity(CLIENT_ID)
+    azure_postgres.add_role("reader", client_id=CLIENT_ID)
+    tls = f"sslmode=verify-full&sslrootcert={azure_postgres.ca_file}"
+    where = f"{azure_postgres.host}:{azure_postgres.port}/{azure_postgres.dbname}"
+    configs = {
+        "default": dj_database_url.parse(f"azurepostgres://{ROLE}@{where}?{tls}"),
+        "reader": dj_database_url.parse(f"azurepostgres://reader@{where}?{tls}&client_id={CLIENT_ID}"),
+        "environ": environ.Env.db_url_config(f"postgres://{ROLE}@{where}?{tls}", engine=ENGINE),
+        "plain": dj_database_url.parse(f"postgres://{ROLE}@{where}?{tls}", engine=ENGINE),
+    }
+    assert configs["reader"]["OPTIONS"]["managed_identity"] == {"client_id": CLIENT_ID}
+    assert all(not config.get("PASSWORD") and config["ENGINE"] == ENGINE for config in configs.values())
+    use_databases(**configs)
+    assert [current_user(alias) for alias in configs] == [ROLE, "reader", ROLE, ROLE]
+
+
+def test_database_url_with_a_password_is_refused_without_showing_it():
+    import dj_database_url
+
+    from django_azure_mi.backends.postgresql.url import register_scheme
+
+    register_scheme()
+    with pytest.raises(ImproperlyConfigured, match="has a password") as raised:
+        dj_database_url.parse("azurepostgres://app:s3cr3t-pw@srv.postgres.database.azure.com/app")
+    assert "s3cr3t-pw" not in str(raised.value)
