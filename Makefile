@@ -14,10 +14,11 @@ space := $(empty) $(empty)
 PYENV_ROOT ?= $(shell pyenv root 2>/dev/null)
 PYENV_BINS := $(wildcard $(PYENV_ROOT)/versions/3.12*/bin $(PYENV_ROOT)/versions/3.13*/bin)
 tox: export PATH := $(subst $(space),:,$(strip $(PYENV_BINS) $(PATH)))
+django-suites: export PATH := $(subst $(space),:,$(strip $(PYENV_BINS) $(PATH)))
 
-.PHONY: test demo venv lint type pytest tox bench clean
+.PHONY: test demo venv lint type pytest tox django-suites bench clean
 
-test: lint type pytest tox
+test: lint type pytest tox django-suites
 
 # `make demo` - the example site on local stand-ins; `make demo ARGS=--once` stops after the walkthrough.
 demo: $(STAMP) $(AZURITE)
@@ -48,6 +49,12 @@ pytest: $(STAMP) $(AZURITE)
 
 tox: $(STAMP) $(AZURITE)
 	$(BIN)/tox run -e py313-django61,py312-django60,psycopg2 -- $(PYTEST_ARGS)
+
+# Django's own test suites (a subset) against our ENGINE (plain and pooled) and RedisCache on the stand-ins,
+# compared with stock Django: Django 5.2 here, Django 6.1 through tox
+django-suites: $(STAMP)
+	$(BIN)/python tests/django_suites/run.py
+	$(BIN)/tox run -e suites-django61
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/tokens.py

@@ -72,6 +72,21 @@ def test_orm_migrate_and_crud_over_tls(azure_postgres, use_databases):
     assert not connections["default"].settings_dict.get("PASSWORD")
 
 
+def test_a_static_password_role_takes_unicode_passwords(azure_postgres):
+    """Azure's built-in authentication: the right password signs in, a wrong one (non-ASCII, as in Django's
+    test_unicode_password) is refused with Postgres' message, and the gateway stays up."""
+    azure_postgres.add_role("static-role")
+    azure_postgres.set_password("static-role", "fran\u00e7ois-\u00fc")
+    try:
+        with pytest.raises(
+            driver.OperationalError, match='password authentication failed for user "static-role"'
+        ):
+            connect_raw(azure_postgres, "fran\u00e7ois", user="static-role")
+        connect_raw(azure_postgres, "fran\u00e7ois-\u00fc", user="static-role").close()
+    finally:
+        azure_postgres.set_password("static-role", None)
+
+
 def test_attachments_stack_and_an_adopting_emulator_speaks_for_the_same_identity(azure_postgres, azure_imds):
     """A test's emulator attached over the session's decides while attached; detaching it brings the
     session's back. An emulator that adopted another's identities issues tokens the role accepts."""

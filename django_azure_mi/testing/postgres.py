@@ -306,7 +306,7 @@ class PostgresStandIn:
             imds = self._attached[-1] if self._attached else None
         refused = f'password authentication failed for user "{user}"'
         if static is not None:
-            return Verdict(None if hmac.compare_digest(static, password) else refused)
+            return Verdict(None if hmac.compare_digest(static.encode(), password.encode()) else refused)
         if not known:
             return Verdict(refused)
         if imds is None:
