@@ -11,6 +11,9 @@ times on the same token-checking Postgres and enforcing Redis, with the identity
 * ``ours``: ``django_azure_mi.backends.postgresql`` and ``django_azure_mi.cache.RedisCache`` with tokens;
 * ``ours-pool``: our ENGINE with Django's psycopg pool (``OPTIONS["pool"]``).
 
+Then django-redis's own suite (the installed version's sdist, :mod:`redis_suite`) twice on the same Redis:
+stock with an ACL password, and with our connection factory (``--no-django-redis`` leaves it out).
+
 Fails (exit 1) when a test fails in one of ours but not in stock, unless ALLOWED lists it with the reason,
 or when a run did not complete. Prints the counts and the differences.
 """
@@ -39,6 +42,9 @@ sys.path.insert(0, str(HERE.parent.parent))  # this checkout's django_azure_mi, 
 from django_azure_mi.testing.imds import IMDSEmulator  # noqa: E402
 from django_azure_mi.testing.postgres import PostgresStandIn  # noqa: E402
 from django_azure_mi.testing.redis import RedisStandIn  # noqa: E402
+
+sys.path.insert(0, str(HERE))
+import redis_suite  # noqa: E402
 
 # Django's apps the run covers: the database backend end to end, and the Redis cache backend.
 APPS = [
@@ -201,11 +207,11 @@ def configurations(pg: PostgresStandIn, redis: RedisStandIn, imds: IMDSEmulator)
     }
 
 
-def verdict(results: dict[str, tuple[int, set[str], str]]) -> int:
-    """0 when ours fail nothing that stock passes (but ALLOWED) and every run completed."""
-    stock_ran, stock_failures, _ = results["stock"]
+def verdict(results: dict[str, tuple[int, set[str], str]], stock: str, ours: list[str]) -> int:
+    """0 when ``ours`` fail nothing that ``stock`` passes (but ALLOWED) and every run completed."""
+    stock_ran, stock_failures, _ = results[stock]
     status = 0
-    for name in ("ours", "ours-pool"):
+    for name in ours:
         ran, failures, output = results[name]
         if ran <= 0:
             print(f"{name}: the run did not complete:\n{output[-3000:]}")
@@ -219,10 +225,10 @@ def verdict(results: dict[str, tuple[int, set[str], str]]) -> int:
             print(f"{name}: FAILS, passes on stock: {test}")
         status |= bool(unexpected)
     if stock_ran <= 0:
-        print("stock: the run did not complete")
+        print(f"{stock}: the run did not complete")
         status = 1
     if stock_failures:
-        print(f"(stock's own failures here, ignored: {', '.join(sorted(stock_failures))})")
+        print(f"({stock}'s own failures here, ignored: {', '.join(sorted(stock_failures))})")
     return status
 
 
@@ -234,6 +240,9 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--ttl", type=float, default=20, help="lifetime of the identity endpoint's tokens")
     parser.add_argument("--keep", action="store_true", help="keep the unpacked tests and the outputs")
+    parser.add_argument(
+        "--django-redis", action=argparse.BooleanOptionalAction, default=True, help="django-redis's suite too"
+    )
     args = parser.parse_args()
     cache = Path(os.environ.get("DJANGO_SUITES_CACHE", Path.home() / ".cache" / "django-azure-mi"))
     workdir = Path(tempfile.mkdtemp(prefix="django-suites-"))
@@ -252,6 +261,15 @@ def main() -> int:
                 results[name] = run_suite(tests, name, config, [*args.apps, *run.labels], args.parallel)
                 if args.keep:
                     (workdir / f"{name}.log").write_text(results[name][2])
+            if args.django_redis:
+                redis_tests = redis_suite.unpack(cache, workdir)
+                url = f"rediss://127.0.0.1:{redis.port}"
+                for name, target in {
+                    "django-redis stock": {"url": url.replace("://", f"://admin:{redis.admin_password}@")},
+                    "django-redis ours": {"url": url, "ours": True},
+                }.items():
+                    target = {"ours": False, "ca_file": redis.ca_file, **target}
+                    results[name] = redis_suite.run(redis_tests, name, target)
             print(
                 f"tokens issued by the identity endpoint: {len(imds.issued)}; "
                 f"Redis connections closed at expiry: {redis.closed_connections}"
@@ -261,7 +279,9 @@ def main() -> int:
             print(f"kept in {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    status = verdict(results)
+    status = verdict(results, "stock", ["ours", "ours-pool"])
+    if args.django_redis:
+        status |= verdict(results, "django-redis stock", ["django-redis ours"])
     print("django suites: " + ("ok" if status == 0 else "FAILED"))
     return status
 
