@@ -21,3 +21,19 @@ class DjangoAzureMIConfig(AppConfig):
         import azure.identity  # noqa: F401 - its loggers must exist to get the filter
 
         install_log_redaction()  # tokens and SAS signatures out of the azure, msal and urllib3 log lines
+        self.warm_up()
+
+    def warm_up(self) -> None:
+        """``AZURE_MANAGED_IDENTITY["WARM_UP"]``: tokens (and first connections) in the background. A bad
+        setting is left to the system check that reports it."""
+        from . import runtime
+        from .diagnostics import SettingError
+
+        try:
+            mode = runtime.get().config.warm_up
+        except SettingError:
+            return
+        if mode:
+            from .warmup import warm_up
+
+            warm_up(connections=mode is True)

@@ -69,6 +69,8 @@ DEFAULTS: Final[dict[str, Any]] = {
     "REFRESH_MARGIN": 300,
     "TOKEN_CACHE_DIR": None,
     "TIMEOUT": 15,
+    "IDLE_LIFETIMES": 2,
+    "WARM_UP": False,
 }
 
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -85,6 +87,8 @@ class Config:
     refresh_margin: float
     token_cache_dir: str | None
     timeout: float
+    idle_lifetimes: float = 2.0
+    warm_up: bool | str = False
 
 
 def _error(key: str, problem: str, fix: str) -> SettingError:
@@ -191,6 +195,24 @@ def build_config(raw: Any, environ: os._Environ[str] | dict[str, str] | None = N
             "token when none is cached, and the read timeout of each identity-endpoint request.",
         )
 
+    idle = values["IDLE_LIFETIMES"]
+    if isinstance(idle, bool) or not isinstance(idle, (int, float)) or not 0 <= idle <= 1000:
+        raise _error(
+            "IDLE_LIFETIMES",
+            f"is {idle!r}",
+            "Use a number of token lifetimes >= 0 (default 2): a token nobody asked for that long stops "
+            "being refreshed until the next call; 0 refreshes every token for the life of the process.",
+        )
+
+    warm = values["WARM_UP"]
+    if warm not in (False, True, "tokens"):
+        raise _error(
+            "WARM_UP",
+            f"is {warm!r}",
+            'Use False (default), "tokens" (fetch each configured service\'s token when the app is ready; '
+            "right for a gunicorn --preload master) or True (the tokens, then the first connections).",
+        )
+
     return Config(
         credential=credential,
         client_id=client_id,
@@ -198,4 +220,6 @@ def build_config(raw: Any, environ: os._Environ[str] | dict[str, str] | None = N
         refresh_margin=float(margin),
         token_cache_dir=cache_dir,
         timeout=float(timeout),
+        idle_lifetimes=float(idle),
+        warm_up=warm,
     )

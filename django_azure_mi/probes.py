@@ -101,6 +101,17 @@ class InFlight:
         self.threads.clear()
 
 
+def start(
+    selected: list[Target], *, timeout: float, deep: bool, done: Callable[[list[Result]], None]
+) -> threading.Thread:
+    """:func:`run` in the background (warm-up); ``done(results)`` when it returns."""
+    thread = threading.Thread(
+        target=lambda: done(run(selected, timeout=timeout, deep=deep)), name="probes", daemon=True
+    )
+    thread.start()
+    return thread
+
+
 def run(selected: list[Target], *, timeout: float = 20.0, deep: bool = True) -> list[Result]:
     """Probe ``selected`` in parallel; every result is back within ``timeout`` seconds.
 

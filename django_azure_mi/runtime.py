@@ -127,6 +127,7 @@ class Runtime:
                             refresh_margin=config.refresh_margin,
                             timeout=config.timeout,
                             cache_dir=config.token_cache_dir,
+                            idle_lifetimes=config.idle_lifetimes,
                             credential_factory=lambda: self.credential(key, config.timeout),
                             siblings=lambda other: self._provider(key, config, other),
                         )

@@ -61,6 +61,8 @@ def test_sovereign_clouds_have_their_own_hosts(cloud):
         ({"REFRESH_MARGIN": "300"}, ["['REFRESH_MARGIN']", "seconds"]),
         ({"REFRESH_MARGIN": -1}, ["['REFRESH_MARGIN']"]),
         ({"REFRESH_MARGIN": True}, ["['REFRESH_MARGIN']"]),
+        ({"IDLE_LIFETIMES": -1}, ["['IDLE_LIFETIMES']", "lifetimes"]),
+        ({"IDLE_LIFETIMES": "2"}, ["['IDLE_LIFETIMES']"]),
         ({"TOKEN_CACHE_DIR": 5}, ["['TOKEN_CACHE_DIR']", "directory"]),
         ({"TIMEOUT": 0}, ["['TIMEOUT']", "seconds"]),
     ],

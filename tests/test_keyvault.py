@@ -214,3 +214,27 @@ def test_settings_module_uses_the_identity_it_defines(azure_keyvault, azure_imds
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "True"
     assert azure_imds.last_token("https://vault.azure.net").identity.client_id == CLIENT_ID
+
+
+@pytest.mark.slow
+@pytest.mark.azure_imds(ttl=6)
+def test_the_vault_token_read_at_startup_stops_being_refreshed(azure_keyvault, azure_imds, settings):
+    """The settings pattern: secrets are read once at import. The vault-scope token then goes idle after
+    IDLE_LIFETIMES token lifetimes without a caller (its worker thread exits); the next read wakes it."""
+    from django_azure_mi import get_token_provider
+
+    settings.AZURE_MANAGED_IDENTITY = {"IDLE_LIFETIMES": 1}
+    azure_keyvault.set_secret("api-key", "first")
+    azure_keyvault.set_secret("later-key", "second")
+    assert secret("api-key") == "first"
+    refresher = get_token_provider("https://vault.azure.net/.default")._refresher
+    deadline = time.time() + 30
+    while not refresher.idleness.idled and time.time() < deadline:
+        time.sleep(0.2)
+    assert refresher.idleness.idled == 1 and refresher._thread is None
+    idle_count = azure_imds.request_count("https://vault.azure.net")
+    assert idle_count <= 4  # startup, then renewals during one lifetime
+    time.sleep(9)  # one and a half lifetimes: an active token would have been renewed
+    assert azure_imds.request_count("https://vault.azure.net") == idle_count
+    assert secret("later-key") == "second"  # wakes it: the token had expired, so this call waited for one
+    assert azure_imds.request_count("https://vault.azure.net") == idle_count + 1

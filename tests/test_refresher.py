@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from django_azure_mi.core.refresher import Defer, NotReady, Refresher
+from django_azure_mi.core.refresher import Defer, Idleness, NotReady, Refresher
 
 from .conftest import in_child, run_threads
 
@@ -113,4 +113,45 @@ def test_fork_while_the_lock_is_held_gets_a_new_worker_in_the_child():
         release.set()
         holder.join()
     assert result == {"ok": True, "refreshed": True, "value": 2}
+    r.close(join=1)
+
+
+def test_a_value_nobody_reads_stops_being_renewed_and_the_next_reader_wakes_it():
+    """Invariant 7: a due renewal with no reader since ``idle_after`` goes IDLE (the thread exits); the next
+    reader's poke starts a worker again, which renews at once (the value was due)."""
+    source = Source()
+    reads = [0]
+    r = refresher(
+        source,
+        schedule=lambda value: time.time() + 0.2,
+        idleness=Idleness(lambda: reads[0], lambda value: 0.5),
+    )
+    assert r.get(5) == 1
+    deadline = time.time() + 5
+    while r.idleness.idled == 0 and time.time() < deadline:
+        time.sleep(0.05)
+    assert r.idleness.idled == 1 and r._thread is None and r.poke_after == 0.0
+    calls = source.calls
+    assert 2 <= calls <= 5  # renewed while the idle span ran, then stopped
+    time.sleep(0.6)
+    assert source.calls == calls  # nothing renews an idle value
+    reads[0] += 1  # a reader: the hot path sees poke_after = 0 and pokes
+    r.poke()
+    deadline = time.time() + 5
+    while source.calls == calls and time.time() < deadline:
+        time.sleep(0.02)
+    assert source.calls == calls + 1 and r._thread is not None
+    r.close(join=1)
+
+
+def test_a_value_that_is_read_keeps_being_renewed():
+    source = Source()
+    r = refresher(
+        source,
+        schedule=lambda value: time.time() + 0.1,
+        idleness=Idleness(lambda: source.calls, lambda value: 0.3),
+    )
+    r.get(5)
+    time.sleep(1.0)
+    assert r.idleness.idled == 0 and source.calls >= 5  # activity moves (here: with every renewal)
     r.close(join=1)

@@ -396,8 +396,7 @@ def test_refreshes_have_a_floor_whatever_the_issuer_says():
     assert policy.refresh_due(now + 3600, now, 300, None) == now + 3300
 
 
-@pytest.mark.azure_imds(limits=True)
-def test_the_emulator_can_enforce_azures_identity_limits(azure_imds):
+def test_the_emulator_enforces_azures_identity_limits_by_default(azure_imds):
     """20 requests a second and 5 at once per VM; past that 429 with Retry-After (DESIGN §3)."""
     import requests
 

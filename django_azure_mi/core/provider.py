@@ -34,7 +34,7 @@ from azure.core.credentials import AccessToken, AccessTokenInfo, TokenCredential
 from . import policy
 from .errors import TokenUnavailableError, describe_error, install_log_redaction
 from .filecache import FileCache
-from .refresher import Defer, NotReady, Refresher
+from .refresher import Defer, Idleness, NotReady, Refresher
 from .token import Token
 
 logger = logging.getLogger("django_azure_mi.tokens")
@@ -67,6 +67,7 @@ class TokenProvider:
         retry_cap: float = 60.0,
         credential_factory: Callable[[], TokenCredential] | None = None,
         siblings: Callable[[str], TokenProvider] | None = None,
+        idle_lifetimes: float = 0.0,
     ) -> None:
         if not isinstance(scope, str) or not scope:
             raise ValueError("scope must be a non-empty string, e.g. 'https://storage.azure.com/.default'")
@@ -76,7 +77,7 @@ class TokenProvider:
         self._file = FileCache(cache_dir, f"{identity}\0{scope}") if cache_dir else None
         self._options: dict[str, Any] = dict(  # what a sibling for another scope is built with
             identity=identity, source=source, refresh_margin=refresh_margin, timeout=timeout,
-            cache_dir=cache_dir,
+            cache_dir=cache_dir, idle_lifetimes=idle_lifetimes,
             retry_base=retry_base, retry_cap=retry_cap, credential_factory=credential_factory,
         )  # fmt: skip
         self._siblings = siblings or self._own_siblings
@@ -88,13 +89,11 @@ class TokenProvider:
             label=f"scope={scope} identity={identity}",
             schedule=lambda token: token.refresh_due - policy.jitter(token.expires_on, token.acquired_at),
             usable_until=lambda token: token.usable_until,
-            describe=lambda token: (
-                f"source={token.source} expires_in={token.expires_on - time.time():.0f}s "
-                f"length={len(token.value)}"
-            ),
+            describe=_describe,
             retry_base=retry_base,
             retry_cap=retry_cap,
             on_fork=self._upstream.after_fork,
+            idleness=_idleness(self, idle_lifetimes),
         )
 
     # ------------------------------------------------------------------ TokenCredential API (hot path)
@@ -332,6 +331,22 @@ class Upstream:
         self._lock = threading.Lock()
         if self.factory is not None:
             self.credential = None
+
+
+def _describe(token: Token) -> str:
+    """What the logs say of a token."""
+    return f"source={token.source} expires_in={token.expires_on - time.time():.0f}s length={len(token.value)}"
+
+
+def _idleness(provider: TokenProvider, lifetimes: float) -> Idleness[Token] | None:
+    """A provider nobody has called for ``lifetimes`` token lifetimes stops renewing (0: never stops). Its
+    callers: hot-path hits and waits."""
+    if not lifetimes:
+        return None
+    return Idleness(
+        lambda: provider._hits + provider._refresher.waits,
+        lambda token: lifetimes * max(1.0, token.expires_on - token.acquired_at),
+    )
 
 
 class AsyncTokenProvider:

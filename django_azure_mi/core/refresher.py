@@ -7,7 +7,7 @@ value before it is due; callers read the value without taking a lock and wait on
 State machine (fields under ``_cond``)::
 
     IDLE ──start / poke / get / refresh──▶ SLEEPING ──now ≥ _next_at, or _wanted──▶ FETCHING
-      ▲                                      ▲                                         │
+      ▲  ◀── due, but no caller for idle_after(value) s ──┘     ▲                      │
       │ fork (child)                         ├── value ─────── _next_at = schedule(value)
       │                                      ├── Defer(at) ─── _next_at = at  (not a failure)
       │                                      └── exception ─── _next_at = now + backoff, _failures += 1
@@ -28,6 +28,9 @@ Invariants
    ``after_fork()`` does it when the runtime's fork hook calls it; every slow path also compares the pid
    first, before taking a lock the parent may have held at fork time.
 6. ``last_exception`` carries neither traceback nor context: frames could hold secrets.
+7. Idle: when a scheduled renewal is due and ``activity()`` has not changed for ``idle_after(value)``
+   seconds, the worker goes back to IDLE instead (its thread exits, ``poke_after`` = 0): the next reader
+   pokes it awake, and renews then, in the background while the value is usable, else waiting for it.
 """
 
 from __future__ import annotations
@@ -68,11 +71,9 @@ class NotReady(Exception):
 
 class Refresher(Generic[T]):
     """Keeps a value of type ``T`` fresh in one background thread (see the module docstring).
-
     ``fetch(previous)`` returns a new value, raises :class:`Defer`, or fails; ``schedule(value)`` says when
-    to renew it (epoch seconds, jitter included); ``usable_until(value)`` until when it may be handed out.
-    ``describe(value)`` is what the logs say of a value (never a secret).
-    """
+    to renew it (epoch seconds, jitter included); ``usable_until(value)`` until when it may be handed out;
+    ``describe(value)`` what logs say of it (never a secret); ``idleness`` when to stop (invariant 7)."""
 
     def __init__(
         self,
@@ -86,19 +87,18 @@ class Refresher(Generic[T]):
         retry_cap: float = 60.0,
         on_fork: Callable[[], None] | None = None,
         log_level: int = logging.INFO,
-        label: str = "",
+        label: str = "",  # what the logs say it is for, e.g. "scope=... identity=..."
+        idleness: Idleness[T] | None = None,
     ) -> None:
         self.name, self._fetch, self._schedule, self._usable_until = name, fetch, schedule, usable_until
-        self._describe, self._on_fork = describe, on_fork
-        self.label = label  # what the logs say it is for, e.g. "scope=... identity=..."
+        self._describe, self._on_fork, self.label, self.idleness = describe, on_fork, label, idleness
         self._log_level = log_level  # of "acquired" lines (a frequent periodic task logs at DEBUG)
         self.retry_base, self.retry_cap = float(retry_base), float(retry_cap)
         self.value: T | None = None
         self.last_error: str | None = None  # class and redacted message of the last failure, until a success
         self.last_exception: BaseException | None = None
-        self.closed = False
+        self.closed, self._failures = False, 0  # _failures: consecutive
         self._subscribers: list[Callable[[T], None]] = []
-        self._failures = 0  # consecutive
         # finished attempts (value, Defer or failure), values installed, failed attempts, callers that waited
         self.attempts = self.acquired = self.failed = self.waits = 0
         self._next_at = math.inf
@@ -224,6 +224,9 @@ class Refresher(Generic[T]):
                     self._cond.wait(min(self._next_at - time.time(), 3600.0))
                 if self.closed:
                     return
+                if not self._wanted and self.idleness is not None and self.idleness.idle(self.value, self):
+                    self._thread, self.poke_after = None, 0.0  # IDLE: the next reader's poke starts a worker
+                    return
                 self._wanted = False
                 self._in_flight = True
                 self.poke_after = math.inf  # the worker is on it: readers need not poke
@@ -276,6 +279,31 @@ class Refresher(Generic[T]):
                     callback(outcome)
                 except Exception as exc:
                     logger.exception("%s subscriber %r failed: %s", self.name, callback, describe_error(exc))
+
+
+class Idleness(Generic[T]):
+    """Whether nobody has read a refresher's value for ``idle_after(value)`` seconds, judged from a counter
+    of the readers' calls (``activity``) each time a renewal comes due (invariant 7). ``idled``: how often
+    the worker went idle."""
+
+    def __init__(self, activity: Callable[[], int], idle_after: Callable[[T], float]) -> None:
+        self.activity, self.idle_after = activity, idle_after
+        self.seen, self.active_at, self.idled = -1, time.time(), 0
+
+    def idle(self, value: T | None, owner: Refresher[T]) -> bool:
+        """Called by ``owner``'s worker (``_cond`` held) when a renewal of ``value`` is due."""
+        now, count = time.time(), self.activity()
+        if value is None or count != self.seen:
+            self.seen, self.active_at = count, now
+            return False
+        if now - self.active_at < self.idle_after(value):
+            return False
+        self.idled += 1
+        said = "renewal stops until the next call"
+        logger.info(
+            "%s idle: %s no caller for %.0fs; %s", owner.name, owner.label, now - self.active_at, said
+        )
+        return True
 
 
 def _log(

@@ -165,11 +165,12 @@ class IMDSEmulator:
         known_client_ids: list[str] | None = None,
         system_assigned: bool = True,
         port: int = 0,
-        limits: bool = False,
+        limits: bool = True,
     ) -> None:
-        """``limits``: Azure's identity-endpoint limits (``max_concurrent`` = 5 requests at once and
-        ``max_per_second`` = 20 a second per VM); past them the answer is 429 with ``Retry-After``
-        (``throttled`` counts them). Faults come on top."""
+        """``limits`` (on by default, as on Azure): the identity endpoint's limits per VM
+        (``max_concurrent`` = 5 requests at once, ``max_per_second`` = 20 a second); past them the answer
+        is 429 with ``Retry-After`` (``throttled`` counts them). Faults come on top. ``limits=False`` (or
+        ``emulator.limits = False``) lifts them, for a test that measures something else."""
         if mode not in ("imds", "app_service"):
             raise ValueError("mode must be 'imds' or 'app_service'")
         self.ttl = ttl
