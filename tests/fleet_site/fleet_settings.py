@@ -1,0 +1,23 @@
+"""A small site for the fleet test (tests/test_fleet.py): its database and cache on the stand-ins, from the
+FLEET_CONFIG environment variable the test writes."""
+
+import json
+import os
+
+_config = json.loads(os.environ["FLEET_CONFIG"])
+
+SECRET_KEY = "fleet-test-only"
+DEBUG = False
+ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
+INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "django_azure_mi"]
+MIDDLEWARE: list[str] = []
+ROOT_URLCONF = "fleet_urls"
+USE_TZ = True
+DATABASES = {"default": {**_config["database"], "CONN_MAX_AGE": 60, "CONN_HEALTH_CHECKS": True}}
+CACHES = {"default": _config["cache"]}
+AZURE_MANAGED_IDENTITY = _config.get("identity", {})
+LOGGING = {
+    "version": 1,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"django_azure_mi": {"handlers": ["console"], "level": "WARNING"}},
+}
