@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .base import StandIn
 from .certs import TLSFiles, make_tls_files
 from .postgres import free_port
 
@@ -71,7 +72,7 @@ def check_version(binary: str) -> str:
     return found.group(0)
 
 
-class AzuriteStandIn:
+class AzuriteStandIn(StandIn):
     """See the module docstring. Context manager."""
 
     def __init__(self, *, account: str = ACCOUNT) -> None:
@@ -151,12 +152,6 @@ class AzuriteStandIn:
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
-
-    def __enter__(self) -> AzuriteStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def operation_count(self, operation: str = "Service_GetUserDelegationKey") -> int:
         """How many times Azurite logged ``Operation=<operation>`` (each request is logged once)."""

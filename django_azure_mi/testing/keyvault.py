@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 
 import jwt
 
+from .base import StandIn
 from .certs import TLSFiles, make_tls_files
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ RESOURCE = "https://vault.azure.net"
 _SECRET_PATH = re.compile(r"^/secrets/([0-9A-Za-z-]{1,127})(?:/([0-9a-f]{32}))?/?$")
 
 
-class KeyVaultStandIn:
+class KeyVaultStandIn(StandIn):
     """Key Vault secrets (get only) on ``https://127.0.0.1:<port>``. Context manager; thread-safe."""
 
     def __init__(self, *, tenant_id: str | None = None, rbac: bool = True) -> None:
@@ -97,12 +98,6 @@ class KeyVaultStandIn:
             server.shutdown()
             server.server_close()
         shutil.rmtree(self._tmp, ignore_errors=True)
-
-    def __enter__(self) -> KeyVaultStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------ content and access
 

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .base import StandIn
 from .certs import TLSFiles, make_tls_files
 from .imds import IMDSEmulator, signing_public_key
 from .pggateway import Gateway, Verdict, check_token
@@ -80,7 +81,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class PostgresStandIn:
+class PostgresStandIn(StandIn):
     """See the module docstring. Context manager; thread-safe."""
 
     def __init__(
@@ -205,12 +206,6 @@ class PostgresStandIn:
                 )
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
-
-    def __enter__(self) -> PostgresStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def _run(self, cmd: list[str]) -> None:
         if self._run_as:

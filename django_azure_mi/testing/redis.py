@@ -34,6 +34,7 @@ from typing import Any
 
 import jwt
 
+from .base import StandIn
 from .certs import TLSFiles, make_tls_files
 from .imds import IMDSEmulator, IssuedToken
 from .postgres import free_port
@@ -41,7 +42,7 @@ from .postgres import free_port
 REDIS_RESOURCE = "https://redis.azure.com"
 
 
-class RedisStandIn:
+class RedisStandIn(StandIn):
     """See the module docstring. Context manager; thread-safe."""
 
     def __init__(self, *, resource: str = REDIS_RESOURCE, tls: bool = True) -> None:
@@ -162,12 +163,6 @@ class RedisStandIn:
                 self._server.kill()
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
-
-    def __enter__(self) -> RedisStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------ ACL users and tokens
 

@@ -1,0 +1,26 @@
+"""What every stand-in server shares: ``start()``/``stop()`` as a context manager."""
+
+from __future__ import annotations
+
+from typing import Self
+
+
+class StandIn:
+    """``with StandIn() as server: ...`` starts and stops it. A start that fails partway stops what it had
+    started (a server process, a temporary directory) before the error goes on: nothing is orphaned."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
