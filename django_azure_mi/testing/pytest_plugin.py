@@ -57,15 +57,20 @@ def azure_imds(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
         session = request.config.stash.get(_SESSION_IMDS, None)
         if session is not None and "tenant_id" not in options:  # the same VM: the same identities
             emulator.adopt(session)
-        for name, value in emulator.environ().items():
-            if value is None:
-                monkeypatch.delenv(name, raising=False)
-            else:
-                monkeypatch.setenv(name, value)
+        _point_azure_identity_at(emulator, monkeypatch)
         try:
             yield emulator
         finally:
             reset_state()
+
+
+def _point_azure_identity_at(emulator: IMDSEmulator, patch: pytest.MonkeyPatch) -> None:
+    """The environment that sends the real azure-identity to ``emulator`` (undone with ``patch``)."""
+    for name, value in emulator.environ().items():
+        if value is None:
+            patch.delenv(name, raising=False)
+        else:
+            patch.setenv(name, value)
 
 
 @pytest.fixture(scope="session")
@@ -77,11 +82,7 @@ def azure_session_imds(request: pytest.FixtureRequest) -> Iterator[IMDSEmulator]
     from .imds import IMDSEmulator
 
     with IMDSEmulator() as emulator, pytest.MonkeyPatch.context() as patch:
-        for name, value in emulator.environ().items():
-            if value is None:
-                patch.delenv(name, raising=False)
-            else:
-                patch.setenv(name, value)
+        _point_azure_identity_at(emulator, patch)
         reset_state()
         request.config.stash[_SESSION_IMDS] = emulator
         try:
@@ -145,7 +146,6 @@ def azure_databases(
     ``default`` as ``app-identity``. Database access is allowed for the test (no ``django_db`` mark needed;
     with one, pytest-django's own test database would be used instead). The stand-in's database is not
     rolled back between tests: create what a test needs, or migrate once per session."""
-    import warnings
 
     from django.db import connections
     from django.test import override_settings
@@ -166,25 +166,14 @@ def azure_databases(
             alias: azure_postgres.database_settings(entry) if isinstance(entry, str) else entry
             for alias, entry in aliases.items()
         }
-        reset_connections()
-        override = override_settings(DATABASES=databases)
-        with warnings.catch_warnings():  # "Overriding setting DATABASES": the connections are reset here
-            warnings.simplefilter("ignore", UserWarning)
-            override.enable()
-        overrides.append(override)
-        reset_connections()
+        overrides.append(_override_databases(databases))
         return connections
 
     with unblocked:
         try:
             yield configure
         finally:
-            reset_connections()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                for override in reversed(overrides):
-                    override.disable()
-            reset_connections()
+            _restore_databases(overrides)
 
 
 @pytest.fixture(scope="session")
@@ -201,32 +190,49 @@ def azure_test_databases(
     Every alias of ``DATABASES`` is pointed at the stand-in for the session, signing in as the role
     ``app-identity`` with tokens from ``azure_session_imds``; pytest-django's own options (``--reuse-db``,
     ``--create-db``, ``--no-migrations``, the xdist suffix) still apply. Returns the stand-in."""
-    import warnings
 
     from django.conf import settings
-    from django.test import override_settings
 
     server = azure_postgres_server
     detach = server.attach(azure_session_imds)
     entry = server.database_settings("app-identity")
-    reset_connections()
     aliases = list(settings.DATABASES) or ["default"]
-    override = override_settings(DATABASES={alias: dict(entry) for alias in aliases})
-    with warnings.catch_warnings():  # "Overriding setting DATABASES": the connections are reset here
-        warnings.simplefilter("ignore", UserWarning)
-        override.enable()
-    reset_connections()
+    override = _override_databases({alias: dict(entry) for alias in aliases})
     try:
         if _has_pytest_django():  # the suffix for xdist workers and tox, after our settings are in
             request.getfixturevalue("django_db_modify_db_settings_parallel_suffix")
         yield server
     finally:
-        reset_connections()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            override.disable()
-        reset_connections()
+        _restore_databases([override])
         detach()
+
+
+def _override_databases(databases: dict[str, Any]) -> Any:
+    """``DATABASES`` overridden (a ``django.test.override_settings``, enabled), with Django's connections
+    reset before and after so that the next query uses the new settings."""
+    import warnings
+
+    from django.test import override_settings
+
+    reset_connections()
+    override = override_settings(DATABASES=databases)
+    with warnings.catch_warnings():  # "Overriding setting DATABASES": the connections are reset here
+        warnings.simplefilter("ignore", UserWarning)
+        override.enable()
+    reset_connections()
+    return override
+
+
+def _restore_databases(overrides: list[Any]) -> None:
+    """Undo :func:`_override_databases` (latest first), resetting the connections around it."""
+    import warnings
+
+    reset_connections()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for override in reversed(overrides):
+            override.disable()
+    reset_connections()
 
 
 def _has_pytest_django() -> bool:
