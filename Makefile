@@ -13,8 +13,7 @@ empty :=
 space := $(empty) $(empty)
 PYENV_ROOT ?= $(shell pyenv root 2>/dev/null)
 PYENV_BINS := $(wildcard $(PYENV_ROOT)/versions/3.12*/bin $(PYENV_ROOT)/versions/3.13*/bin)
-tox: export PATH := $(subst $(space),:,$(strip $(PYENV_BINS) $(PATH)))
-django-suites: export PATH := $(subst $(space),:,$(strip $(PYENV_BINS) $(PATH)))
+tox django-suites: export PATH := $(subst $(space),:,$(strip $(PYENV_BINS) $(PATH)))
 
 .PHONY: test demo venv lint type pytest tox django-suites bench clean
 

@@ -8,12 +8,13 @@ import os
 import re
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from sdist import sdist_tests  # noqa: E402
 
 # Settings modules of django-redis's suite that need what this machine lacks (Sentinel, a Unix socket
 # server, optional compressors/serializers that are not installed) are left out.
@@ -29,32 +30,11 @@ COUNTS = re.compile(r"(\d+) (passed|failed|errors?|skipped|deselected)")
 
 
 def unpack(cache: Path, workdir: Path) -> Path:
+    """django-redis's tests/ from the installed version's sdist, its settings pointed at the stand-in."""
     import django_redis
 
     version = ".".join(map(str, django_redis.VERSION))
-    archive = cache / f"django_redis-{version}.tar.gz"
-    if not archive.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "-q",
-                "--no-deps",
-                "--no-binary",
-                ":all:",
-                f"django-redis=={version}",
-                "-d",
-                str(cache),
-            ],
-            check=True,
-        )
-    with tarfile.open(archive) as tar:
-        members = [m for m in tar.getmembers() if "/tests/" in m.name]
-        tar.extractall(workdir, members=members, filter="data")
-    (tests,) = workdir.glob("django_redis-*/tests")
+    tests = sdist_tests(cache, workdir, f"django-redis=={version}", f"django[_-]redis-{version}.tar.gz")
     for module in (tests / "settings").glob("sqlite*.py"):
         with module.open("a") as out:
             out.write("\nfrom azure_overlay import rewrite as _rewrite\n\nCACHES = _rewrite(CACHES)\n")

@@ -28,7 +28,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -45,6 +44,7 @@ from django_azure_mi.testing.redis import RedisStandIn  # noqa: E402
 
 sys.path.insert(0, str(HERE))
 import redis_suite  # noqa: E402
+from sdist import sdist_tests  # noqa: E402
 
 # Django's apps the run covers: the database backend end to end, and the Redis cache backend.
 APPS = [
@@ -101,33 +101,9 @@ class Run:
 
 
 def django_tests(cache: Path, workdir: Path) -> Path:
-    """The installed Django's own tests/ directory, from its sdist."""
+    """The installed Django's own tests/ directory, from its sdist, with our RedisCacheTests beside them."""
     version = django.__version__
-    archive = cache / f"django-{version}.tar.gz"
-    if not archive.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "-q",
-                "--no-deps",
-                "--no-binary",
-                ":all:",
-                f"Django=={version}",
-                "-d",
-                str(cache),
-            ],
-            check=True,
-        )
-        (found,) = cache.glob(f"[dD]jango-{version}.tar.gz")  # the sdist's name changed case over time
-        found.rename(archive)
-    with tarfile.open(archive) as tar:
-        members = [m for m in tar.getmembers() if "/tests/" in m.name]
-        tar.extractall(workdir, members=members, filter="data")
-    (tests,) = workdir.glob("*/tests")
+    tests = sdist_tests(cache, workdir, f"Django=={version}", f"[dD]jango-{version}.tar.gz")
     shutil.copytree(HERE / "azure_redis_cache", tests / "azure_redis_cache")
     return tests
 
