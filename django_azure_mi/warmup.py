@@ -57,9 +57,9 @@ def providers() -> dict[str, Any]:
             if identity is not None:
                 found[name] = identity.provider
         elif target.service == "cache":
-            from .cache.auth import parse_options
+            from .cache.auth import OPTION, parse_options
 
-            raw = (settings.CACHES[target.alias].get("OPTIONS") or {}).get("MANAGED_IDENTITY")
+            raw = (settings.CACHES[target.alias].get("OPTIONS") or {}).get(OPTION)
             found[name] = parse_options(raw, f"CACHES[{target.alias!r}]['OPTIONS']").provider
         elif target.service == "storage":
             storage: Any = storages[target.alias]  # our backend (BACKEND checked by targets())

@@ -20,10 +20,9 @@ from typing import Any, TypeVar
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.storage.blob import BlobPrefix
-from django.core.exceptions import SuspiciousOperation
 from django.utils import timezone as dj_timezone
 from storages.backends.azure_storage import AzureStorage, AzureStorageFile
-from storages.utils import clean_name, safe_join, setting
+from storages.utils import clean_name, setting
 
 from .delegation import explained
 
@@ -104,10 +103,7 @@ class BlobFiles(AzureStorage):  # type: ignore[misc]
         """``(dirs, files)``: the base names one level below ``path`` (under ``location``), as
         FileSystemStorage returns them, from the service's delimiter listing (all pages). A "directory"
         is a name prefix that some blob has: one that holds no blob is not there (and lists as empty)."""
-        try:
-            prefix = safe_join(self.location, clean_name(path)).strip("/")
-        except ValueError:
-            raise SuspiciousOperation(f"Attempted access to {path!r} denied.") from None
+        prefix = self._normalize_name(clean_name(path)).strip("/")  # location applied, traversal refused
         prefix = f"{prefix}/" if prefix else ""
         dirs: list[str] = []
         files: list[str] = []
