@@ -352,7 +352,8 @@ def test_a_huge_retry_after_does_not_wedge_the_provider(settings, azure_imds):
 
 
 def test_absurd_identity_answers_are_refused_with_a_clear_error(make_provider, azure_imds):
-    """A 5 MB "token" is a failure (not installed); an expires_on beyond the JWT's exp is not believed."""
+    """A 5 MB "token" is a failure (not installed); an expires_on beyond the JWT's lifetime is not
+    believed."""
     from azure.core.credentials import AccessTokenInfo
 
     class Liar:
@@ -367,7 +368,8 @@ def test_absurd_identity_answers_are_refused_with_a_clear_error(make_provider, a
         huge.get_token(STORAGE)
     real = azure_imds.mint(STORAGE_RESOURCE, ttl=600)
     optimist = make_provider(credential=Liar(real.token, int(time.time()) + 86400 * 30))
-    assert optimist.get_token(STORAGE).expires_on == claims(real.token)["exp"]
+    believed = optimist.get_token(STORAGE).expires_on  # the JWT's own lifetime (exp - iat) from the request
+    assert abs(believed - claims(real.token)["exp"]) <= 2, believed
 
 
 @pytest.mark.azure_imds(ttl=2)
@@ -416,3 +418,19 @@ def test_the_emulator_enforces_azures_identity_limits_by_default(azure_imds):
     assert azure_imds.throttled == 8
     azure_imds.limits = False
     assert all(r.status_code == 200 for r in run_threads(8, ask))
+
+
+@pytest.mark.parametrize("skew", [-300.0, 300.0], ids=["azure-behind-5min", "azure-ahead-5min"])
+@pytest.mark.azure_imds(ttl=60)
+def test_a_clock_five_minutes_off_the_issuers_changes_no_timing(make_provider, azure_imds, skew):
+    """The JWT's iat/exp are on Azure's clock, expires_in is a duration: a token is believed to live what
+    the issuer says from when we asked, and it was issued (for the Redis re-AUTH schedule) when we asked.
+    Before, a host 5 minutes ahead of Azure believed exp and refused 60 s tokens as already expired."""
+    azure_imds.clock_skew = skew
+    provider = make_provider()
+    asked = time.time()
+    provider.get_token(STORAGE)
+    token = provider.current()
+    assert asked + 55 <= token.expires_on <= asked + 62, token.expires_on - asked
+    assert abs(token.issued_at - asked) <= 2, token.issued_at - asked
+    assert claims(token.value)["exp"] - asked == pytest.approx(60 + skew, abs=2)

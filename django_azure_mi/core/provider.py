@@ -35,7 +35,7 @@ from . import policy
 from .errors import TokenUnavailableError, describe_error, install_log_redaction
 from .filecache import FileCache
 from .refresher import Defer, Idleness, NotReady, Refresher
-from .token import Token
+from .token import Token, claimed_lifetime
 
 logger = logging.getLogger("django_azure_mi.tokens")
 
@@ -305,10 +305,14 @@ class Upstream:
                 f"the credential returned {len(info.token)} characters (at most {MAX_TOKEN_LENGTH})"
             )
         token = Token(info, started, self.source, self.refresh_margin)
-        exp = token.claims.get("exp")
-        if isinstance(exp, (int, float)) and exp < info.expires_on:  # believe the earlier of the two
+        # Never believe an expires_on beyond what the JWT itself allows. Its exp is on the issuer's clock,
+        # which may be minutes off ours (expires_on comes from expires_in, on ours), so the bound is the
+        # lifetime it claims (exp - iat, skew-free) counted from when we asked.
+        span = claimed_lifetime(token.claims)
+        if span is not None and started + span < info.expires_on:
+            ceiling = int(started + span)
             info = AccessTokenInfo(
-                info.token, int(exp), token_type=info.token_type, refresh_on=info.refresh_on
+                info.token, ceiling, token_type=info.token_type, refresh_on=info.refresh_on
             )
             token = Token(info, started, self.source, self.refresh_margin)
         lifetime = info.expires_on - time.time()

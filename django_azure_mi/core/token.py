@@ -30,6 +30,15 @@ class SafeAccessTokenInfo(AccessTokenInfo):
         )
 
 
+def claimed_lifetime(claims: dict[str, Any]) -> float | None:
+    """``exp`` - ``iat`` of a JWT's claims (how long its issuer made it live), or None. Both claims are on the
+    issuer's clock; their difference holds whatever the skew between that clock and ours."""
+    exp, iat = claims.get("exp"), claims.get("iat")
+    if isinstance(exp, (int, float)) and isinstance(iat, (int, float)) and exp > iat:
+        return float(exp - iat)
+    return None
+
+
 class Token:
     """A token plus the times derived from it: ``usable_until`` (handed out until), ``refresh_due`` (renew
     from), its ``claims`` (decoded once, unverified: they describe the token, they don't authorize), and
@@ -80,9 +89,11 @@ class Token:
 
     @property
     def issued_at(self) -> float:
-        """The ``iat`` claim, else when we received it."""
-        iat = self.claims.get("iat")
-        return float(iat) if isinstance(iat, (int, float)) else self.acquired_at
+        """When the token was issued, on this host's clock: ``expires_on`` less the lifetime its claims state
+        (``exp`` - ``iat``, both on the issuer's clock, so a skew between the clocks cancels), else when we
+        received it."""
+        span = claimed_lifetime(self.claims)
+        return self.expires_on - span if span is not None else self.acquired_at
 
     def __repr__(self) -> str:
         return (
