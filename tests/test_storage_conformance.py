@@ -97,6 +97,13 @@ def test_a_missing_blob_is_both_file_not_found_and_the_sdks_error(azure):
     assert raised.value.filename == "nothing-here.txt" and raised.value.status_code == 404
 
 
+def test_a_missing_container_is_named_in_the_error(azure_storage, azure_imds):
+    """exists() in a container that isn't there: FileNotFoundError still, but one that says why."""
+    storage = AzureManagedIdentityStorage(**azure_storage.storage_options(azure_container="not-created"))
+    with pytest.raises(BlobNotFoundError, match="the container 'not-created' does not exist"):
+        storage.exists("probe.txt")
+
+
 @pytest.mark.parametrize("location", ["", "site/media"])
 def test_listdir_gives_base_names_one_level_down(both, azure, tmp_path, location):
     if location:

@@ -34,11 +34,12 @@ class BlobNotFoundError(FileNotFoundError, ResourceNotFoundError):
     ``ManifestStaticFilesStorage`` and others catch that), and still the SDK's ``ResourceNotFoundError``
     for code written against django-storages."""
 
-    def __init__(self, name: str, cause: ResourceNotFoundError | None = None) -> None:
-        ResourceNotFoundError.__init__(
-            self, f"No such blob: {name!r}", response=getattr(cause, "response", None)
-        )
-        self.errno, self.strerror, self.filename = errno.ENOENT, "No such blob", name
+    def __init__(self, name: str, cause: ResourceNotFoundError | None = None, container: str = "") -> None:
+        reason = "No such blob"
+        if getattr(cause, "error_code", None) == "ContainerNotFound":
+            reason += f" (the container {container!r} does not exist: create it, or fix azure_container)"
+        ResourceNotFoundError.__init__(self, f"{reason}: {name!r}", response=getattr(cause, "response", None))
+        self.errno, self.strerror, self.filename = errno.ENOENT, reason, name
         self.status_code = 404
 
 
@@ -53,7 +54,7 @@ def explain_errors(action: str) -> Callable[[Callable[..., T]], Callable[..., T]
             except BlobNotFoundError:
                 raise
             except ResourceNotFoundError as exc:
-                raise BlobNotFoundError(name, exc) from None
+                raise BlobNotFoundError(name, exc, getattr(self, "azure_container", "")) from None
             except HttpResponseError as exc:
                 raise explained(exc, f"{action} {name!r}", self.alias) from None
 

@@ -24,7 +24,10 @@ from typing import Any
 
 from .base import StandIn
 from .certs import TLSFiles, make_tls_files
+from .imds import IMDSEmulator
 from .postgres import free_port
+
+STORAGE_RESOURCE = "https://storage.azure.com"
 
 ACCOUNT = "devstoreaccount1"
 # The Azurite whose service API version matches the storage SDK we test with: older ones answer the SDK's
@@ -105,8 +108,13 @@ class AzuriteStandIn(StandIn):
         self._tmp = tempfile.mkdtemp(prefix="django-azure-mi-azurite-")
         self.tls = make_tls_files(os.path.join(self._tmp, "tls"))
         self.port = free_port()
+        os.makedirs(os.path.join(self._tmp, "data"))
+        self._launch(binary)
+        return self
+
+    def _launch(self, binary: str) -> None:
+        assert self._tmp and self.tls
         data = os.path.join(self._tmp, "data")
-        os.makedirs(data)
         self._proc = subprocess.Popen(
             [
                 binary,
@@ -134,21 +142,33 @@ class AzuriteStandIn(StandIn):
         while True:
             try:
                 socket.create_connection((self.host, self.port), timeout=0.5).close()
-                return self
+                return
             except OSError:
                 if self._proc.poll() is not None or time.monotonic() > deadline:
                     self.stop()
                     raise RuntimeError(f"azurite did not start ({binary})") from None
                 time.sleep(0.1)
 
-    def stop(self) -> None:
+    def restart(self, downtime: float = 1.0) -> None:
+        """Restart Azurite on the same port with the same data, as a storage front end restarts: open
+        connections drop and new ones are refused for ``downtime`` seconds. Keys and tokens stay valid."""
+        assert self._tmp, "not started"
+        self._terminate()
+        time.sleep(downtime)
+        self._launch(find_azurite())
+
+    def _terminate(self) -> None:
         if self._proc is not None:
             self._proc.terminate()
             try:  # Azurite waits for open keep-alive connections to close; its data is throwaway anyway
                 self._proc.wait(2)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
+                self._proc.wait(5)
             self._proc = None
+
+    def stop(self) -> None:
+        self._terminate()
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
@@ -176,6 +196,23 @@ class AzuriteStandIn(StandIn):
                 break
             time.sleep(0.05)
         return self.operation_count(operation)
+
+    def create_container(self, name: str, imds: IMDSEmulator) -> None:
+        """Create container ``name`` (if it isn't there) with a token ``imds`` mints, as a deployment
+        script would before the site starts."""
+        from azure.core.credentials import AccessToken
+        from azure.storage.blob import ContainerClient
+
+        issued = imds.mint(STORAGE_RESOURCE)
+
+        class _Minted:
+            def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+                return AccessToken(issued.token, issued.expires_on)
+
+        client = ContainerClient(self.account_url, name, credential=_Minted(), connection_verify=self.ca_file)
+        with client:
+            if not client.exists():
+                client.create_container()
 
     def storage_settings(self, container: str = "media", **extra: Any) -> dict[str, Any]:
         """A ``STORAGES`` entry for our backend against this Azurite (create the container first:

@@ -179,6 +179,9 @@ class IMDSEmulator:
         self.identity_header = uuid.uuid4().hex
         self.system_assigned = system_assigned
         self.latency = 0.0  # added to every response
+        # Azure's clock minus this host's, in seconds: tokens are stamped (iat/nbf/exp, expires_on) and
+        # judged by the attached stand-ins on Azure's clock; expires_in stays a duration, as on Azure.
+        self.clock_skew = 0.0
         self.limits = limits
         self.max_concurrent, self.max_per_second = 5, 20
         self.throttled = 0
@@ -338,10 +341,14 @@ class IMDSEmulator:
         ``claims`` override the defaults (e.g. ``aud=...``, ``exp=...``)."""
         return self._make_token(resource, self.identity(client_id), ttl, claims)
 
+    def now(self) -> float:
+        """Azure's clock: this host's plus ``clock_skew``."""
+        return time.time() + self.clock_skew
+
     def _make_token(
         self, resource: str, identity: Identity, ttl: float | None, extra: dict[str, Any]
     ) -> IssuedToken:
-        now = int(time.time())
+        now = int(self.now())
         exp = now + int(self.ttl if ttl is None else ttl)
         claims: dict[str, Any] = {
             "aud": resource,

@@ -33,6 +33,7 @@ import ssl
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,20 @@ class PostgresStandIn(StandIn):
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
 
+    def restart(self, downtime: float = 1.0) -> None:
+        """Restart the server as a maintenance restart or failover does: every session is terminated, sign-ins
+        fail for ``downtime`` seconds (the gateway closes them after the token check, as the server is
+        down), then the server is back with its data. Tokens stay valid."""
+        assert self._tmp, "not started"
+        data = os.path.join(self._tmp, "data")
+        with self._lock:
+            with contextlib.suppress(Exception):
+                self._admin.close()
+            self._run([f"{self._bindir}/pg_ctl", "-D", data, "-m", "fast", "-w", "stop"])
+            time.sleep(downtime)
+            self._run([f"{self._bindir}/pg_ctl", "-D", data, "-l", self.log_file, "-w", "-t", "60", "start"])
+            self._admin = self._connect_admin("postgres")
+
     def _run(self, cmd: list[str]) -> None:
         if self._run_as:
             cmd = ["runuser", "-u", self._run_as, "--", *cmd]
@@ -310,7 +325,9 @@ class PostgresStandIn(StandIn):
             oid: str | None = imds.object_id(client_id)
         except KeyError:
             oid = None
-        return check_token(password, key=signing_public_key(), resource=self.resource, oid=oid, user=user)
+        return check_token(
+            password, key=signing_public_key(), resource=self.resource, oid=oid, user=user, now=imds.now()
+        )
 
     def terminate_sessions(self, role: str | None = None, *, dbname: str | None = None) -> None:
         """Kill the sessions of ``role`` (all client sessions if None) on ``dbname`` (every database if

@@ -60,6 +60,8 @@ class RedisStandIn(StandIn):
         self._listener: socket.socket | None = None
         self._stopping = threading.Event()
         self._timers: list[threading.Timer] = []
+        self._imds: IMDSEmulator | None = None
+        self._tokens: set[tuple[str, str]] = set()  # (user, token) accepted until they expire
         self.tls: TLSFiles | None = None
         self.redis_port = 0
         self.port = 0
@@ -97,12 +99,25 @@ class RedisStandIn(StandIn):
         }
 
     def start(self) -> RedisStandIn:
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        if not os.path.exists(binary):
-            raise RuntimeError("redis-server not found: install Redis 7 (Debian: redis-server).")
         self._tmp = tempfile.mkdtemp(prefix="django-azure-mi-redis-")
         self.tls = make_tls_files(os.path.join(self._tmp, "tls"))
         self.redis_port = free_port()
+        self._start_server()
+        self._listener = socket.create_server((self.host, 0))
+        self.port = self._listener.getsockname()[1]
+        self._context: ssl.SSLContext | None = None
+        if self.tls_enabled:
+            self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self._context.load_cert_chain(self.tls.cert_file, self.tls.key_file)
+        threading.Thread(target=self._accept_loop, name="redis-enforcer", daemon=True).start()
+        threading.Thread(target=self._expiry_loop, name="redis-enforcer-expiry", daemon=True).start()
+        return self
+
+    def _start_server(self) -> None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not os.path.exists(binary):
+            raise RuntimeError("redis-server not found: install Redis 7 (Debian: redis-server).")
+        assert self._tmp
         self._server = subprocess.Popen(
             [
                 binary,
@@ -134,15 +149,35 @@ class RedisStandIn(StandIn):
                     raise RuntimeError("redis-server did not start") from None
                 time.sleep(0.05)
         self._bootstrap_acl()
-        self._listener = socket.create_server((self.host, 0))
-        self.port = self._listener.getsockname()[1]
-        self._context: ssl.SSLContext | None = None
-        if self.tls_enabled:
-            self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            self._context.load_cert_chain(self.tls.cert_file, self.tls.key_file)
-        threading.Thread(target=self._accept_loop, name="redis-enforcer", daemon=True).start()
-        threading.Thread(target=self._expiry_loop, name="redis-enforcer-expiry", daemon=True).start()
-        return self
+
+    def _stop_server(self) -> None:
+        if self._server is not None:
+            self._server.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._server.wait(5)
+            if self._server.poll() is None:
+                self._server.kill()
+            self._server = None
+
+    def restart(self, downtime: float = 1.0) -> None:
+        """Restart the cache as a patch or failover does: every client connection drops, new ones fail for
+        ``downtime`` seconds, and the server comes back empty on the same port. Identities keep
+        their access and every unexpired token is still accepted (Azure checks signatures, not a list)."""
+        self._stop_server()
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            _close(conn)
+        time.sleep(downtime)
+        self._start_server()
+        admin = self.admin()
+        with self._lock:
+            users = set(self._users)
+            tokens = [(user, token) for (user, token) in self._tokens]
+        for user in users:
+            admin.execute_command("ACL", "SETUSER", user, "on", "resetpass", "~*", "&*", "+@all")
+        for user, token in tokens:
+            admin.execute_command("ACL", "SETUSER", user, f">{token}")
 
     def stop(self) -> None:
         self._stopping.set()
@@ -155,12 +190,7 @@ class RedisStandIn(StandIn):
             conns = list(self._conns)
         for conn in conns:
             _close(conn)
-        if self._server is not None:
-            self._server.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._server.wait(5)
-            if self._server.poll() is None:
-                self._server.kill()
+        self._stop_server()
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
@@ -192,7 +222,11 @@ class RedisStandIn(StandIn):
     def attach(self, imds: IMDSEmulator) -> Callable[[], None]:
         """Accept the Redis-scope tokens ``imds`` issues to registered identities. Returns a "
         "detach function."""
+        self._imds = imds  # its clock (clock_skew) judges expiry
         return imds.on_token(self._on_token)
+
+    def _skew(self) -> float:
+        return self._imds.clock_skew if self._imds is not None else 0.0
 
     def _on_token(self, issued: IssuedToken) -> None:
         if issued.resource.rstrip("/") != self.resource.rstrip("/"):
@@ -201,14 +235,19 @@ class RedisStandIn(StandIn):
         with self._lock:
             if user not in self._users:
                 return
-        self.admin().execute_command("ACL", "SETUSER", user, f">{issued.token}")
-        delay = max(0.0, issued.expires_on - time.time())
+        with self._lock:
+            self._tokens.add((user, issued.token))
+        with contextlib.suppress(Exception):  # down for a restart(), which adds it when back
+            self.admin().execute_command("ACL", "SETUSER", user, f">{issued.token}")
+        delay = max(0.0, issued.expires_on - self._skew() - time.time())
         timer = threading.Timer(delay, self._expire_token, args=(user, issued.token))
         timer.daemon = True
         timer.start()
         self._timers.append(timer)
 
     def _expire_token(self, user: str, token: str) -> None:
+        with self._lock:
+            self._tokens.discard((user, token))
         if not self._stopping.is_set():
             with contextlib.suppress(Exception):
                 self.admin().execute_command("ACL", "SETUSER", user, f"<{token}")
@@ -219,6 +258,7 @@ class RedisStandIn(StandIn):
             timer.cancel()
         self._timers.clear()
         with self._lock:
+            self._tokens.clear()
             users = list(self._users)
             conns = list(self._conns)
         admin = self.admin()
@@ -294,9 +334,9 @@ class RedisStandIn(StandIn):
         else:
             return
         try:
-            exp = float(jwt.decode(token, options={"verify_signature": False})["exp"])
+            exp = float(jwt.decode(token, options={"verify_signature": False})["exp"]) - self._skew()
         except (jwt.PyJWTError, KeyError, TypeError, ValueError):
-            return  # a password, not a token: no expiry
+            return  # a password, not a token: no expiry (exp, on Azure's clock, is now on ours)
         with self._lock:
             self.auth_count += 1
             if exp > time.time() and client in self._conns:
