@@ -6,7 +6,8 @@ serving the fleet site (tests/fleet_site) on the stand-ins, with Azure's identit
 For N = 4 and 16 workers, without and with TOKEN_CACHE_DIR (and with WARM_UP for N = 4), it prints:
 identity requests (and per renewal once running), the 429s the endpoint answered, the time until every
 worker has answered and the latency of each worker's first request, p50/p99 latency under a bounded load
-(8 clients) across token renewals, and the client errors.
+(8 clients) in steady state and around token rotations (requests sent from 0.5 s before to 1 s after a
+worker was issued a token), and the client errors (cold start and load).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 # Run as a script, Python puts benchmarks/ first on sys.path, where redis.py would shadow the redis package.
@@ -24,7 +26,7 @@ sys.path[:] = [str(HERE.parent), str(HERE.parent / "tests" / "fleet_site")] + [
     p for p in sys.path if Path(p or ".").resolve() != HERE
 ]
 
-from harness import SCOPES, Server, first_answers, load, migrate, site_env
+from harness import SCOPES, Load, Server, first_answers, migrate, site_env
 
 from django_azure_mi.testing.imds import IMDSEmulator
 from django_azure_mi.testing.postgres import PostgresStandIn, free_port
@@ -33,32 +35,48 @@ from django_azure_mi.testing.redis import RedisStandIn
 TTL = 20.0
 
 
+def quantile_ms(latencies: list[float], q: int) -> float:
+    if len(latencies) < 2:
+        return float("nan")
+    return statistics.quantiles(latencies, n=100)[q - 1] * 1000
+
+
 def run(workers: int, identity: dict, label: str, seconds: float, imds, pg, redis, tmp: Path) -> None:
     env = site_env(imds, pg, redis, identity)
     requests_before = {name: imds.request_count(r) for name, r in SCOPES.items()}
     throttled_before = imds.throttled
     site = Server("gunicorn", free_port(), workers, env, tmp / f"{label}.log", preload=False)
+    issued: list[float] = []  # when a token was issued during the load (time.monotonic())
+    unsubscribe = imds.on_token(lambda _: issued.append(time.monotonic()))
     try:
-        firsts = first_answers(site.url, workers, site.started)
+        firsts, failures = first_answers(site.url, workers, site.started)
         cold = {name: imds.request_count(r) - requests_before[name] for name, r in SCOPES.items()}
         throttled = imds.throttled - throttled_before
         steady_before = {name: imds.request_count(r) for name, r in SCOPES.items()}
-        outcomes, latencies = load(site.url, seconds)
+        issued.clear()
+        running = Load(site.url)
+        time.sleep(seconds)
+        done = running.stop()
         steady = {name: imds.request_count(r) - steady_before[name] for name, r in SCOPES.items()}
     finally:
+        unsubscribe()
         site.stop()
     served = sorted(at for at, _ in firsts.values()) or [float("nan")]
     first = sorted(took * 1000 for _, took in firsts.values()) or [float("nan")]
-    quantiles = [q * 1000 for q in statistics.quantiles(latencies, n=100)]
+    # "around a rotation": sent from 0.5 s before to 1 s after a token was issued to some worker
+    near = [r.took for r in done if any(at - 0.5 <= r.sent <= at + 1.0 for at in issued)]
+    away = [r.took for r in done if not any(at - 0.5 <= r.sent <= at + 1.0 for at in issued)]
     renewals = seconds / (TTL / 2)
-    errors = sum(count for status, count in outcomes.items() if status != "200")
+    errors = sum(not r.ok for r in done) + sum(failures.values())
     parts = [
         f"{label:<30} answered {len(firsts)}/{workers}, all by {served[-1]:5.2f}s",
         f"first request p50 {statistics.median(first):6.0f} ms, max {first[-1]:6.0f} ms",
         f"cold identity requests {sum(cold.values())} ({throttled} x 429)",
         f"then {sum(steady.values()) / renewals:4.1f} per renewal ({len(SCOPES)} scopes)",
-        f"load p50 {quantiles[49]:5.1f} ms, p99 {quantiles[98]:6.1f} ms",
-        f"{sum(outcomes.values())} requests, {errors} errors",
+        f"load p50/p99 steady {quantile_ms(away, 50):5.1f}/{quantile_ms(away, 99):5.1f} ms"
+        f" ({len(away)}), around rotations {quantile_ms(near, 50):5.1f}/{quantile_ms(near, 99):5.1f} ms"
+        f" ({len(near)})",
+        f"{len(done)} requests, {errors} errors",
     ]
     print("; ".join(parts), flush=True)
 

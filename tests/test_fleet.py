@@ -16,7 +16,7 @@ import pytest
 from django_azure_mi.testing.postgres import free_port
 
 sys.path.insert(0, str(Path(__file__).parent / "fleet_site"))
-from harness import SCOPES, Server, load, migrate, site_env, worker_stats
+from harness import SCOPES, Server, first_answers, load, migrate, site_env, threads_of, worker_stats
 
 TTL = 15.0
 WORKERS = 4
@@ -46,6 +46,7 @@ def test_a_fleet_serves_through_three_rotations(
         outcomes += load(site.url, seconds - TTL)[0]
         imds = {name: azure_imds.request_count(r) - before[name] for name, r in SCOPES.items()}
         rotated = worker_stats(site.process.pid)
+        names = threads_of(site.base_url, WORKERS)
     finally:
         output = site.stop()
     renewals = seconds / (TTL / 2)  # the core renews a token once half its life has passed
@@ -62,6 +63,56 @@ def test_a_fleet_serves_through_three_rotations(
         # gunicorn's workers stay within 100 kB; uvicorn's settle over their first minute of load (+9 MB,
         # then flat: sampled every 12 s for 108 s), so the bound leaves room for that
         assert rss - warm[pid][1] < 16 * 1024, (pid, warm[pid], (threads, rss))
+    # by name: at most one renewal thread per token scope (none for a scope gone idle), one re-AUTH sweep
+    for pid, threads in names.items():
+        ours = [name for name in threads if name.startswith("django-azure-mi")]
+        for scope in SCOPES.values():
+            assert sum(scope in name for name in ours) <= 1, (pid, ours)
+        assert all(
+            name.startswith(("django-azure-mi token", "django-azure-mi redis re-auth")) for name in ours
+        ), ours
     per_renewal = 1 if cache_dir else WORKERS  # the cache dir: one request per host, scope and renewal
     for name, count in imds.items():
         assert count <= per_renewal * (math.ceil(renewals) + 1), (name, count)
+
+
+HERD = 16
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cache_dir", [False, True], ids=["per-worker", "TOKEN_CACHE_DIR"])
+def test_a_cold_herd_of_16_workers_under_the_identity_endpoints_limits(
+    cache_dir, azure_imds, azure_postgres, azure_redis, tmp_path
+):
+    """gunicorn -w 16 without --preload: 16 processes start at once, each cold, against an identity endpoint
+    that allows 5 requests at once and 20 a second (429 past that). No client sees an error, every worker
+    answers within 60 s of the start; with TOKEN_CACHE_DIR the host makes one identity request per scope
+    and draws no 429; without it the 429s stay below one per worker and scope (azure-identity retries
+    them)."""
+    assert azure_imds.limits
+    identity = {"TOKEN_CACHE_DIR": str(tmp_path / "tokens")} if cache_dir else {}
+    env = site_env(azure_imds, azure_postgres, azure_redis, identity)
+    before = {name: azure_imds.request_count(r) for name, r in SCOPES.items()}
+    throttled = azure_imds.throttled
+    migrate(env)  # a deployment's migrate step on the same host (its Postgres token goes to the cache dir)
+    site = Server("gunicorn", free_port(), HERD, env, tmp_path / "herd.log", preload=False)
+    try:
+        firsts, failures = first_answers(site.url, HERD, site.started, timeout=90)
+    finally:
+        output = site.stop()
+    requests = {name: azure_imds.request_count(r) - before[name] for name, r in SCOPES.items()}
+    throttled = azure_imds.throttled - throttled
+    served = max((at for at, _ in firsts.values()), default=float("nan"))
+    first = sorted(took for _, took in firsts.values())
+    mode = "TOKEN_CACHE_DIR" if cache_dir else "per worker"
+    print(f"herd of {HERD} ({mode}): all answered by {served:.2f} s, "
+          f"first requests p50 {first[len(first) // 2]:.2f} s max {first[-1]:.2f} s; identity requests "
+          f"{requests}, {throttled} x 429; failures {dict(failures)}")  # fmt: skip
+    assert not failures, output[-3000:]
+    assert len(firsts) == HERD and served < 60, (sorted(firsts.values()), output[-3000:])
+    if cache_dir:
+        assert all(count == 1 for count in requests.values()), requests
+        assert throttled == 0
+    else:
+        assert throttled < HERD * len(SCOPES), throttled
+        assert all(count <= 2 * HERD + 1 for count in requests.values()), requests

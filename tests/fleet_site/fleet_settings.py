@@ -14,10 +14,24 @@ MIDDLEWARE: list[str] = []
 ROOT_URLCONF = "fleet_urls"
 USE_TZ = True
 DATABASES = {"default": {**_config["database"], "CONN_MAX_AGE": 60, "CONN_HEALTH_CHECKS": True}}
+if _config.get("pool"):  # Django's psycopg pool instead of persistent connections
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"] = {**DATABASES["default"].get("OPTIONS", {}), "pool": {"min_size": 1}}
 CACHES = {"default": _config["cache"]}
+if _config.get("storage"):  # the sync view also asks Blob Storage (a HEAD with a bearer token, a signed URL)
+    STORAGES = {
+        "default": _config["storage"],
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
 AZURE_MANAGED_IDENTITY = _config.get("identity", {})
 LOGGING = {
     "version": 1,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"django_azure_mi": {"handlers": ["console"], "level": "WARNING"}},
+    "loggers": {
+        "django_azure_mi": {"handlers": ["console"], "level": "WARNING"},
+        "django.request": {
+            "handlers": ["console"],
+            "level": "ERROR",
+        },  # a 500's traceback, in the test output
+    },
 }

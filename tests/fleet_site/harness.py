@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -21,12 +24,23 @@ SCOPES = {"postgres": "https://ossrdbms-aad.database.windows.net", "redis": "htt
 PATHS = {"gunicorn": "/sync", "uvicorn": "/async"}
 
 
-def site_env(imds: Any, pg: Any, redis: Any, identity: dict[str, Any] | None = None) -> dict[str, str]:
-    """The environment of the site's processes: the identity endpoint, and FLEET_CONFIG for fleet_settings."""
+def site_env(
+    imds: Any,
+    pg: Any,
+    redis: Any,
+    identity: dict[str, Any] | None = None,
+    *,
+    azurite: Any = None,
+    pool: bool = False,
+) -> dict[str, str]:
+    """The environment of the site's processes: the identity endpoint, and FLEET_CONFIG for fleet_settings
+    (``azurite``: Blob Storage too; ``pool``: Django's psycopg pool instead of persistent connections)."""
     config = {
         "database": pg.database_settings("app-identity"),
         "cache": redis.cache_settings(),
         "identity": identity or {},
+        "storage": azurite.storage_settings("fleet", expiration_secs=600) if azurite is not None else None,
+        "pool": pool,
     }
     env = {**os.environ, **{k: v for k, v in imds.environ().items() if v is not None}}
     env.update(
@@ -58,7 +72,8 @@ class Server:
     """A server process of the site; its output goes to ``log``."""
 
     def __init__(self, server: str, port: int, workers: int, env: dict[str, str], log: Path, preload=True):
-        self.url = f"http://127.0.0.1:{port}{PATHS[server]}"
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.url = f"{self.base_url}{PATHS[server]}"
         self.log = log
         self._out = log.open("w")
         self.started = time.monotonic()
@@ -97,44 +112,97 @@ class Server:
         return self.log.read_text(errors="replace")
 
 
-def load(url: str, seconds: float, threads: int = 8, pause: float = 0.01) -> tuple[Counter[str], list[float]]:
-    """``threads`` clients, each one request at a time with a short pause (a bounded load): the outcomes
-    (status code or exception class) and every request's latency in seconds."""
-    outcomes: Counter[str] = Counter()
-    latencies: list[float] = []
-    lock = threading.Lock()
-    stop = time.monotonic() + seconds
+@dataclass(frozen=True)
+class Request:
+    sent: float  # time.monotonic() when sent
+    took: float  # seconds
+    status: str  # the status code, or the exception's class name
 
-    def client() -> None:
+    @property
+    def ok(self) -> bool:
+        return self.status == "200"
+
+
+class Load:
+    """``threads`` clients, each one request at a time with a short pause (a bounded load), from creation
+    until :meth:`stop`, which returns every request in the order they ended."""
+
+    def __init__(self, url: str, threads: int = 8, pause: float = 0.01) -> None:
+        self.requests: list[Request] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._clients = [threading.Thread(target=self._client, args=(url, pause)) for _ in range(threads)]
+        for client in self._clients:
+            client.start()
+
+    def _client(self, url: str, pause: float) -> None:
         session = requests.Session()
-        while time.monotonic() < stop:
-            started = time.perf_counter()
+        while not self._stop.is_set():
+            sent = time.monotonic()
             try:
                 status = str(session.get(url, timeout=10).status_code)
             except requests.RequestException as exc:
                 status = type(exc).__name__
-            took = time.perf_counter() - started
-            with lock:
-                outcomes[status] += 1
-                latencies.append(took)
-            time.sleep(pause)
+                session = requests.Session()
+            with self._lock:
+                self.requests.append(Request(sent, time.monotonic() - sent, status))
+            self._stop.wait(pause)
 
-    workers = [threading.Thread(target=client) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    return outcomes, latencies
+    def stop(self) -> list[Request]:
+        self._stop.set()
+        for client in self._clients:
+            client.join()
+        return self.requests
+
+
+def load(url: str, seconds: float, threads: int = 8, pause: float = 0.01) -> tuple[Counter[str], list[float]]:
+    """A :class:`Load` for ``seconds``: the outcomes (status code or exception class) and every request's
+    latency in seconds."""
+    running = Load(url, threads, pause)
+    time.sleep(seconds)
+    done = running.stop()
+    return Counter(r.status for r in done), [r.took for r in done]
+
+
+def failures_outside(done: list[Request], windows: list[tuple[float, float]]) -> list[Request]:
+    """The failed requests that were not in flight during any of ``windows`` ((start, end) monotonic)."""
+    return [
+        r for r in done
+        if not r.ok and not any(r.sent <= end and r.sent + r.took >= start for start, end in windows)
+    ]  # fmt: skip
+
+
+def threads_of(base_url: str, workers: int, attempts: int = 200) -> dict[int, list[str]]:
+    """{pid: names of its threads} of the workers behind ``base_url`` (asks until each has answered)."""
+    found: dict[int, list[str]] = {}
+    for _ in range(attempts):  # a new connection each time: uvicorn keeps a connection on one worker
+        answer = requests.get(f"{base_url}/threads", timeout=10, headers={"Connection": "close"}).json()
+        found[answer["pid"]] = answer["threads"]
+        if len(found) >= workers:
+            break
+    return found
 
 
 def first_answers(
     url: str, workers: int, started: float, timeout: float = 120
-) -> dict[int, tuple[float, float]]:
+) -> tuple[dict[int, tuple[float, float]], Counter[str]]:
     """From a cold start: each worker's first answer, as {pid: (seconds since ``started`` when it came,
-    latency of that request)}, probing with 2 x ``workers`` clients until every worker has answered."""
+    latency of that request)}, probing with 2 x ``workers`` clients until every worker has answered; and the
+    failures meanwhile (status codes other than 200, exception class names). Connections the server refuses
+    before it listens are not failures: probing starts once the port accepts."""
     firsts: dict[int, tuple[float, float]] = {}
+    failures: Counter[str] = Counter()
     lock = threading.Lock()
     deadline = time.monotonic() + timeout
+    address = urlsplit(url)
+    while True:
+        try:
+            socket.create_connection((address.hostname, address.port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
     def client() -> None:
         session = requests.Session()
@@ -144,8 +212,14 @@ def first_answers(
                     return
             sent = time.perf_counter()
             try:
-                pid = session.get(url, timeout=30).json()["pid"]
-            except (requests.RequestException, ValueError):
+                answer = session.get(url, timeout=30)
+                pid = answer.json()["pid"] if answer.status_code == 200 else None
+                failure = None if pid else str(answer.status_code)
+            except (requests.RequestException, ValueError) as exc:
+                pid, failure = None, type(exc).__name__
+            if failure is not None:
+                with lock:
+                    failures[failure] += 1
                 session = requests.Session()
                 time.sleep(0.05)
                 continue
@@ -158,7 +232,7 @@ def first_answers(
         c.start()
     for c in clients:
         c.join()
-    return firsts
+    return firsts, failures
 
 
 def worker_stats(master: int) -> dict[int, tuple[int, int]]:
