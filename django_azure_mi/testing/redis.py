@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -51,6 +52,8 @@ class RedisStandIn(StandIn):
         self.host = "127.0.0.1"
         self.admin_password = uuid.uuid4().hex
         self.closed_connections = 0  # connections the enforcer closed because their token expired
+        self.closures: list[str] = []  # the last command each of those sent (BRPOP, SUBSCRIBE, GET…)
+        self._last_command: weakref.WeakKeyDictionary[socket.socket, str] = weakref.WeakKeyDictionary()
         self.auth_count = 0  # AUTH/HELLO-AUTH commands seen with a token
         self._lock = threading.Lock()
         self._users: set[str] = set()
@@ -157,7 +160,6 @@ class RedisStandIn(StandIn):
                 self._server.wait(5)
             if self._server.poll() is None:
                 self._server.kill()
-            self._server = None
 
     def restart(self, downtime: float = 1.0) -> None:
         """Restart the cache as a patch or failover does: every client connection drops, new ones fail for
@@ -272,6 +274,7 @@ class RedisStandIn(StandIn):
     def reset_counters(self) -> None:
         with self._lock:
             self.closed_connections = 0
+            self.closures.clear()
             self.auth_count = 0
 
     @property
@@ -324,6 +327,7 @@ class RedisStandIn(StandIn):
     def _observe(self, client: socket.socket, command: list[bytes]) -> None:
         """Note the expiry of the token an AUTH / HELLO … AUTH carries (if it is one the server accepts)."""
         name = command[0].upper() if command else b""
+        self._last_command[client] = name.decode(errors="replace")
         if name == b"AUTH" and len(command) >= 2:
             token = command[-1]
         elif name == b"HELLO" and b"AUTH" in (arg.upper() for arg in command):
@@ -349,6 +353,7 @@ class RedisStandIn(StandIn):
                 expired = [conn for conn, exp in self._conns.items() if exp <= now]
                 for conn in expired:
                     del self._conns[conn]
+                    self.closures.append(self._last_command.get(conn, ""))
                 self.closed_connections += len(expired)
             for conn in expired:
                 _close(conn)
