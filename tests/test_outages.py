@@ -104,7 +104,9 @@ def test_restarts_of_postgres_redis_and_azurite_under_load(stack, pool, tmp_path
         output = site.stop()
     report(f"restarts ({'pool' if pool else 'persistent connections'})", done, windows)
     assert failures_outside(done, list(windows.values())) == [], output[-3000:]
-    assert sum(r.ok for r in done if r.sent > windows["azurite"][1]) > 200  # served after the last restart
+    # still serving after the last restart (how many depends on the machine: 8 clients on a busy CI host
+    # made 189 requests in those 17 s, a quiet one over 1,000)
+    assert sum(r.ok for r in done if r.sent > windows["azurite"][1]) >= 20
     assert stack.redis.closed_connections == 0, output[-3000:]
     assert stack.pg.refusals == [], output[-3000:]
 
