@@ -368,9 +368,10 @@ def test_no_token_in_logs(use_cache, backend, azure_redis, azure_imds, caplog):
 @pytest.mark.parametrize("protocol", [2, 3])
 @pytest.mark.azure_imds(ttl=5)
 def test_pubsub_on_an_entra_pool_survives_token_expiry(use_cache, azure_redis, protocol):
-    """RESP3 subscribed connections re-AUTH like any other. On RESP2 Redis refuses AUTH while subscribed, so
-    they are left alone: Azure closes them at expiry, redis-py reconnects and resubscribes. Either way
-    messages keep arriving and commands on the subscribed connection never fail."""
+    """A subscribed connection is not re-AUTHed in place: RESP2 refuses AUTH while subscribed, and under
+    RESP3 reading the AUTH reply could swallow a published message. Left alone, Azure closes it at expiry
+    and redis-py reconnects and resubscribes (the Celery transport and backend replace theirs before
+    that). Either way messages keep arriving and commands on the subscribed connection never fail."""
     cache = use_cache("django-redis", pool_kwargs={"protocol": protocol})
     client = cache.client.get_client()
     pubsub = client.pubsub()

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
@@ -45,22 +45,34 @@ SPEC: Final = OptionSpec(
 )
 
 
+# Celery's transport options are lower case: the same keys, spelled as the dict they sit in.
+CELERY_SPEC: Final = OptionSpec(
+    "redis", "managed_identity", "E050", "{'username': '<object id of the identity>'}", extra=SPEC.extra
+)
+
+
 @dataclass(frozen=True)
 class EntraSettings(Bound):
-    """The validated ``OPTIONS["MANAGED_IDENTITY"]`` of one cache."""
+    """The validated identity option (``OPTIONS["MANAGED_IDENTITY"]`` of a cache, or
+    ``["managed_identity"]`` of Celery's transport options) of one Redis client."""
 
     binding: ServiceBinding
     username: str | None  # the identity's object id; None: the token's oid claim
+    upper: bool = field(default=True, compare=False)  # the option's keys: upper case (caches) or lower
 
     @property
     def where(self) -> str:
-        """The cache's OPTIONS in messages, e.g. ``CACHES['sessions']['OPTIONS']``."""
+        """The dict that holds the option, in messages, e.g. ``CACHES['sessions']['OPTIONS']``."""
         return self.binding.where.rsplit("[", 1)[0]
 
+    def key(self, name: str) -> str:
+        """``name`` as this option spells it, with its path: ``…['MANAGED_IDENTITY']['USERNAME']``."""
+        return f"{self.binding.where}['{name.upper() if self.upper else name.lower()}']"
 
-def parse_options(raw: Any, where: str = WHERE) -> EntraSettings:
-    binding = bind(SPEC, raw, where)
-    return EntraSettings(binding, binding.values["username"])
+
+def parse_options(raw: Any, where: str = WHERE, spec: OptionSpec = SPEC) -> EntraSettings:
+    binding = bind(spec, raw, where)
+    return EntraSettings(binding, binding.values["username"], spec.upper)
 
 
 def refuse_credentials(options: dict[str, Any], keys: tuple[str, str], where: str = WHERE) -> None:
@@ -145,7 +157,7 @@ def check_transport(
         f"{where}: TLS to {host} would not verify the server (ssl_cert_reqs={reqs!r}, ssl_check_hostname="
         f"{kwargs.get('ssl_check_hostname', True)!r}): the access token could go to an impostor.",
         "Remove those options (Azure's certificates verify against the default trust store), or set "
-        f"{where}['{OPTION}']['VERIFY_TLS'] = False to accept the risk (manage.py check warns).",
+        f"{settings.key('verify_tls')} = False to accept the risk (manage.py check warns).",
     )
 
 
@@ -195,7 +207,7 @@ class EntraAuth:
             raise SettingError(
                 "E020",
                 f"The token for {self.settings.scope} has no oid claim;",
-                f"set OPTIONS['{OPTION}']['USERNAME'] to the identity's object id.",
+                f"set {self.settings.key('username')} to the identity's object id.",
             )
         return str(oid)
 

@@ -108,11 +108,12 @@ class EntraConnectionMixin:
 
     def entra_reauth(self) -> None:
         """AUTH again with the current token if it is newer than the one this connection used."""
-        if getattr(self, "_connect_callbacks", None) and str(getattr(self, "protocol", 2)) != "3":
-            # A RESP2 pub/sub connection (redis-py registered a resubscribe callback): Redis refuses AUTH
-            # while subscribed. Azure closes it at expiry; redis-py reconnects with a fresh token and
-            # resubscribes. (RESP3 allows AUTH while subscribed: those re-AUTH like any other.)
-            self._entra_due = float("inf")
+        if getattr(self, "_connect_callbacks", None):
+            # A pub/sub connection (redis-py registered a resubscribe callback). RESP2 refuses AUTH while
+            # subscribed; under RESP3 the AUTH reply could be preceded by a published message, which
+            # reading the reply here would swallow. So it is not re-AUTHed in place: its owner replaces it
+            # while it is due (the Celery transport and result backend do; entra_due() tells them), else
+            # Azure closes it at expiry and redis-py reconnects and resubscribes.
             return
         now = time.time()
         try:

@@ -101,6 +101,24 @@ class RedisStandIn(StandIn):
             "OPTIONS": {"MANAGED_IDENTITY": identity, **tls},
         }
 
+    def celery_settings(self, broker_db: int = 0, result_db: int = 1, **identity: Any) -> dict[str, Any]:
+        """Celery settings (without the ``CELERY_`` prefix) for a broker and result backend on this
+        stand-in with our transport and backend; ``identity``: the ``managed_identity`` option."""
+        from ..celery import TRANSPORT, result_backend
+
+        tls = {"ssl_ca_certs": self.ca_file} if self.tls_enabled else {}
+        base = self.url.rsplit("/", 1)[0]
+        options = {"managed_identity": identity} if identity else {}
+        return {
+            "broker_url": f"{base}/{broker_db}",
+            "broker_transport": TRANSPORT,
+            "broker_transport_options": dict(options),
+            "broker_use_ssl": tls or None,
+            "result_backend": result_backend(f"{base}/{result_db}"),
+            "result_backend_transport_options": dict(options),
+            "redis_backend_use_ssl": tls or None,
+        }
+
     def start(self) -> RedisStandIn:
         self._tmp = tempfile.mkdtemp(prefix="django-azure-mi-redis-")
         self.tls = make_tls_files(os.path.join(self._tmp, "tls"))

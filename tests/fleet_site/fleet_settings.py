@@ -35,3 +35,7 @@ LOGGING = {
         },  # a 500's traceback, in the test output
     },
 }
+
+# Celery (tests/fleet_site/fleet_celery.py), when the test gives its settings (RedisStandIn.celery_settings)
+for _name, _value in (_config.get("celery") or {}).items():
+    globals()[f"CELERY_{_name.upper()}"] = _value

@@ -68,22 +68,39 @@ def command(server: str, port: int, workers: int, preload: bool = True) -> list[
             "fleet_app:asgi_application"]  # fmt: skip
 
 
-class Server:
-    """A server process of the site; its output goes to ``log``."""
+class Process:
+    """A process of the site (``command`` run in the site's directory); its output goes to ``log``."""
 
-    def __init__(self, server: str, port: int, workers: int, env: dict[str, str], log: Path, preload=True):
-        self.base_url = f"http://127.0.0.1:{port}"
-        self.url = f"{self.base_url}{PATHS[server]}"
+    def __init__(self, command: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log
         self._out = log.open("w")
         self.started = time.monotonic()
         self.process = subprocess.Popen(
-            command(server, port, workers, preload),
-            env=env,
-            cwd=SITE,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
+            command, env=env, cwd=SITE, stdout=self._out, stderr=subprocess.STDOUT
         )
+
+    def stop(self) -> str:
+        """SIGTERM, then SIGKILL after 30 s; returns the output."""
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+        self._out.close()
+        return self.output()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+class Server(Process):
+    """A web server of the site (gunicorn or uvicorn)."""
+
+    def __init__(self, server: str, port: int, workers: int, env: dict[str, str], log: Path, preload=True):
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.url = f"{self.base_url}{PATHS[server]}"
+        super().__init__(command(server, port, workers, preload), env, log)
 
     def wait_ready(self, workers: int, timeout: float = 60) -> None:
         """Until answers come from at least ``min(workers, 2)`` distinct workers."""
@@ -98,18 +115,6 @@ class Server:
             if time.monotonic() > deadline or self.process.poll() is not None:
                 raise RuntimeError(f"the server did not start:\n{self.output()[-3000:]}")
             time.sleep(0.5)
-
-    def stop(self) -> str:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self._out.close()
-        return self.output()
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
 
 
 @dataclass(frozen=True)

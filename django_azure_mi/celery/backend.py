@@ -1,0 +1,84 @@
+"""The Celery result backend on Entra-only Redis: Celery's ``RedisBackend`` with managed-identity AUTH and
+re-AUTH.
+
+Extension point: a ``RedisBackend`` subclass named in ``result_backend`` as ``module:Class+URL`` (Celery's
+documented form for a custom backend class; Celery >= 5.5). Its pool is an
+:class:`~django_azure_mi.cache.EntraConnectionPool`: connections AUTH with (object id, token) and re-AUTH
+before expiry (before their next command, or in the pool when idle). The pub/sub connection that
+``AsyncResult.get()`` listens on cannot AUTH while subscribed (RESP2): when Azure closes it at expiry,
+Celery's result consumer reconnects, subscribes again and fetches the results it may have missed (MGET),
+so no result is lost.
+
+    CELERY_RESULT_BACKEND = "django_azure_mi.celery.backend:RedisBackend+rediss://<name>.redis.cache.windows.net:6380/1"
+    CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"managed_identity": {"username": "<object id>"}}  # optional
+
+Unlike stock Celery, ``rediss://`` needs no ``ssl_cert_reqs`` query parameter: the server's certificate is
+verified by default (Azure's verify against the default trust store).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Final
+
+import redis
+from celery.backends import redis as celery_redis
+
+from ..cache.auth import CELERY_SPEC, check_location, check_transport, parse_options
+from ..cache.connection import EntraConnectionMixin, EntraConnectionPool
+from ..diagnostics import SettingError
+
+WHERE: Final = "CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS"
+
+logger = logging.getLogger("django_azure_mi.celery")
+
+
+class ResultConsumer(celery_redis.ResultConsumer):  # type: ignore[misc]
+    """Celery's pub/sub result consumer, which replaces its connection while its token is due (it cannot
+    AUTH while subscribed): Celery's own reconnect, which subscribes again and fetches with MGET the
+    results published meanwhile, before Azure would close the connection at expiry."""
+
+    def drain_events(self, timeout: float | None = None) -> None:
+        old = self._pubsub
+        connection = getattr(old, "connection", None)
+        if isinstance(connection, EntraConnectionMixin) and connection.entra_due(time.time()):
+            logger.info("Celery results: replacing the pub/sub connection before its token expires")
+            # Celery's reconnect resets the pool, which forgets its connections without closing them:
+            # close the idle ones (and the old subscription) so that no socket outlives its token unseen
+            self.backend.client.connection_pool.disconnect(inuse_connections=False)
+            self._reconnect()
+            old.close()
+        super().drain_events(timeout)
+
+
+class RedisBackend(celery_redis.RedisBackend):  # type: ignore[misc]
+    """Celery's Redis result backend with managed-identity sign-in (see the module docstring)."""
+
+    ResultConsumer = ResultConsumer
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        options = self.app.conf.get("result_backend_transport_options") or {}
+        self.entra_settings = parse_options(options.get("managed_identity"), WHERE, CELERY_SPEC)
+        for key, setting in (("password", "redis_password"), ("username", "redis_username")):
+            if self.connparams.get(key):
+                raise SettingError(
+                    "E050",
+                    f"Celery's {setting} (or the result backend URL) sets a {key} while the result backend "
+                    "signs in with a managed identity.",
+                    "Remove it: the identity's object id and token are sent instead.",
+                )
+        self.connparams.pop("credential_provider", None)
+        connection_class = self.connparams.get("connection_class", redis.Connection)
+        check_transport(connection_class, self.connparams, self.entra_settings, "CELERY_RESULT_BACKEND")
+
+    def _params_from_url(self, url: str, defaults: dict[str, Any]) -> dict[str, Any]:
+        check_location(url, "CELERY_RESULT_BACKEND")
+        if url.startswith("rediss://") and "ssl_cert_reqs" not in url and "ssl_cert_reqs" not in defaults:
+            defaults = {**defaults, "ssl_cert_reqs": "required"}  # verified, as redis-py's default
+        params: dict[str, Any] = super()._params_from_url(url, defaults)
+        return params
+
+    def _get_pool(self, **params: Any) -> Any:
+        return EntraConnectionPool(entra_settings=self.entra_settings, **params)

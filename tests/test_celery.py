@@ -1,0 +1,139 @@
+"""Celery on the enforcing Redis stand-in: real ``celery worker`` processes (prefork with 2 children, solo,
+threads) with our broker transport and result backend, tokens that live 15 s and so rotate several times
+during a run, and a client sending tasks, fetching every result through the result backend, and a chord.
+
+Pass: every task ran once and its result came back, no connection closed at token expiry (the transport
+and backend re-AUTH or replace every connection before), no refused sign-in."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from django_azure_mi.diagnostics import SettingError
+
+sys.path.insert(0, str(Path(__file__).parent / "fleet_site"))
+from harness import SITE, Process, site_env
+
+TTL = 15.0
+
+CLIENT = """
+import json, sys, time, uuid
+import django, fleet_celery
+django.setup()
+from celery import chord
+seconds, started = float(sys.argv[1]), time.monotonic()
+sent = ok = duplicates = 0
+while time.monotonic() - started < seconds:
+    batch = [fleet_celery.record.delay(uuid.uuid4().hex) for _ in range(25)]
+    sent += len(batch)
+    for result in batch:
+        runs = result.get(timeout=60)
+        ok += 1
+        duplicates += runs > 1
+total = chord(fleet_celery.add.s(i, i) for i in range(20))(fleet_celery.total.s()).get(timeout=60)
+print(json.dumps({"sent": sent, "ok": ok, "duplicates": duplicates, "chord": total}))
+"""
+
+
+@pytest.fixture
+def celery_env(azure_imds, azure_postgres, azure_redis) -> dict[str, str]:
+    env = site_env(azure_imds, azure_postgres, azure_redis)
+    config = json.loads(env["FLEET_CONFIG"])
+    config["celery"] = azure_redis.celery_settings()
+    env["FLEET_CONFIG"] = json.dumps(config)
+    return env
+
+
+def worker(env: dict[str, str], pool: str, log: Path) -> Process:
+    """A real ``celery worker`` of the fleet site's app."""
+    return Process(
+        [sys.executable, "-m", "celery", "-A", "fleet_celery", "worker", "--pool", pool,
+         "--concurrency", "2", "--loglevel", "INFO"],
+        env, log,
+    )  # fmt: skip
+
+
+def send(env: dict[str, str], seconds: float) -> dict[str, int]:
+    done = subprocess.run(
+        [sys.executable, "-c", CLIENT, str(seconds)],
+        env=env, cwd=SITE, capture_output=True, text=True, timeout=seconds + 180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.azure_imds(ttl=TTL)
+@pytest.mark.parametrize("pool", ["prefork", "solo", "threads"])
+def test_a_real_worker_runs_every_task_once_through_three_rotations(
+    pool, celery_env, azure_imds, azure_redis, azure_postgres, tmp_path
+):
+    running = worker(celery_env, pool, tmp_path / "worker.log")
+    try:
+        counts = send(celery_env, 3.2 * TTL)  # at least three rotations of every process's tokens
+    finally:
+        output = running.stop()
+    print(
+        f"{pool}: {counts}; closures {azure_redis.closures}; identity requests {azure_imds.request_count()}"
+    )
+    assert counts["ok"] == counts["sent"] >= 300, counts
+    assert counts["duplicates"] == 0 and counts["chord"] == 380, counts
+    assert azure_redis.closures == [], output[-3000:]
+    assert azure_postgres.refusals == []
+    assert "Traceback" not in output, output[-3000:]
+
+
+def test_settings_are_checked_and_name_the_setting(azure_redis, azure_imds):
+    """Credentials in the URL, plain redis:// off loopback, unverified TLS and unknown keys are refused
+    with the setting's name."""
+    from celery import Celery
+
+    from django_azure_mi.celery.transport import _url_params, broker_settings
+
+    with pytest.raises(SettingError, match=r"CELERY_BROKER_URL has credentials"):
+        _url_params("rediss://user:secret@cache.example.net:6380/0", "CELERY_BROKER_URL")
+    with pytest.raises(SettingError, match=r"CELERY_BROKER_URL uses redis:// \(no TLS\)"):
+        _url_params("redis://cache.example.net:6379/0", "CELERY_BROKER_URL")
+    with pytest.raises(
+        SettingError, match=r"unknown key 'USERNAME' \(in this dict it is spelled 'username'\)"
+    ):
+        broker_settings({"managed_identity": {"USERNAME": "x"}})
+    app = Celery("check", set_as_current=False)
+    url = "django_azure_mi.celery.backend:RedisBackend+rediss://cache.example.net:6380/1"
+    app.conf.result_backend = url + "?ssl_cert_reqs=none"
+    with pytest.raises(
+        SettingError, match=r"would not verify the server.*\['managed_identity'\]\['verify_tls'\]"
+    ):
+        app.backend
+    app = Celery("check", set_as_current=False)
+    app.conf.result_backend = url.replace("rediss://", "rediss://:secret@")
+    with pytest.raises(SettingError, match="credentials in the URL"):
+        app.backend
+
+
+@pytest.mark.slow
+@pytest.mark.azure_imds(ttl=120)
+def test_a_worker_started_while_the_identity_endpoint_is_down_waits_and_recovers(
+    celery_env, azure_imds, azure_redis, tmp_path
+):
+    """The worker starts with the identity endpoint refusing connections for 30 s: it keeps retrying its
+    broker connection (Celery's retry on startup) without crashing, and serves tasks once it is back."""
+    azure_imds.pause()
+    running = worker(celery_env, "solo", tmp_path / "worker.log")
+    try:
+        time.sleep(30)
+        alive = running.process.poll() is None
+        azure_imds.resume()
+        counts = send(celery_env, 5)
+    finally:
+        output = running.stop()
+    print(f"cold start after a 30 s identity outage: {counts}")
+    assert alive, output[-3000:]
+    assert counts["ok"] == counts["sent"] > 0 and counts["chord"] == 380, counts
+    assert azure_redis.closures == []
