@@ -61,6 +61,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/redis.py
 	$(BIN)/python benchmarks/storage.py
 	$(BIN)/python benchmarks/fleet.py
+	$(BIN)/python benchmarks/celery.py
 
 clean:
 	rm -rf $(VENV) .tox .pytest_cache .mypy_cache .ruff_cache *.egg-info tools/azurite/node_modules

@@ -26,11 +26,9 @@ sys.path[:] = [str(HERE.parent), str(HERE.parent / "tests" / "fleet_site")] + [
     p for p in sys.path if Path(p or ".").resolve() != HERE
 ]
 
-from harness import SCOPES, Load, Server, first_answers, migrate, site_env
+from harness import SCOPES, Load, Server, first_answers, migrate, site_env, stand_ins
 
-from django_azure_mi.testing.imds import IMDSEmulator
-from django_azure_mi.testing.postgres import PostgresStandIn, free_port
-from django_azure_mi.testing.redis import RedisStandIn
+from django_azure_mi.testing.postgres import free_port
 
 TTL = 20.0
 
@@ -90,11 +88,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.CRITICAL)
     tmp = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
-    with IMDSEmulator(ttl=TTL) as imds, PostgresStandIn() as pg, RedisStandIn() as redis:
-        pg.add_role("app-identity")
-        pg.attach(imds)
-        redis.add_identity(imds.object_id())
-        redis.attach(imds)
+    with stand_ins(TTL) as (imds, pg, redis):
         migrate(site_env(imds, pg, redis))
         print(
             f"gunicorn, no --preload; identity endpoint limited to 5 at once and 20/s; tokens live {TTL:g} s"

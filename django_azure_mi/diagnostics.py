@@ -233,16 +233,22 @@ def postgres_message(failure: ServiceFailure, identity: Any, exc: BaseException)
 
 
 def diagnose_redis(
-    exc: BaseException | None, where: str, username: str | None = None, oid: str | None = None
+    exc: BaseException | None, where: Any, username: str | None = None, oid: str | None = None
 ) -> ServiceFailure:
-    """A Redis error (``exc``), or ``exc=None`` for a USERNAME that is not the token's object id."""
+    """A Redis error (``exc``), or ``exc=None`` for a USERNAME that is not the token's object id. ``where``:
+    the cache (``CACHES['default']``), or the client's EntraSettings, which name its own settings."""
     from redis.exceptions import AuthenticationError
 
+    if isinstance(where, str):
+        username_key = f"{where}['OPTIONS']['MANAGED_IDENTITY']['USERNAME']"
+        location, service = f"{where}['LOCATION']", where
+    else:
+        username_key, location, service = where.key("username"), where.location, where.location
     facts = {"username": username, "oid": oid}
     access = ServiceFailure(
         "access-refused",
         "Redis refused the identity: USERNAME is not the identity's object id, or it has no access policy.",
-        f"Leave {where}['OPTIONS']['MANAGED_IDENTITY']['USERNAME'] unset (the token's oid is used) or set it "
+        f"Leave {username_key} unset (the token's oid is used) or set it "
         "to the token's oid, and give that oid an access policy: az redis access-policy-assignment create "
         "--object-id <oid> --access-policy-name 'Data Owner' ...",
         facts,
@@ -251,7 +257,7 @@ def diagnose_redis(
         if username and oid and username != oid:
             return ServiceFailure(
                 "username-mismatch",
-                f"OPTIONS['MANAGED_IDENTITY']['USERNAME'] is {username!r} but the token's object id is "
+                f"{username_key} is {username!r} but the token's object id is "
                 f"{oid!r} (Redis would answer WRONGPASS): they must match.",
                 access.fix,
                 facts,
@@ -262,10 +268,10 @@ def diagnose_redis(
         return ServiceFailure(
             "tls",
             "TLS problem between Django and Redis.",
-            f"Use rediss:// in {where}['LOCATION'] (port 6380 for Azure Cache for Redis, 10000 for Azure "
+            f"Use rediss:// in {location} (port 6380 for Azure Cache for Redis, 10000 for Azure "
             "Managed Redis).",
         )
-    return _generic("cache", where, exc)
+    return _generic("cache", service, exc)
 
 
 # --------------------------------------------------------------------------------------------- Storage

@@ -62,6 +62,7 @@ def targets(
     storages: list[str] | None = None,
     keyvault: bool | None = None,
     secrets: list[str] | None = None,
+    celery: bool | None = None,
 ) -> list[Target]:
     """What is configured to use a managed identity. ``None`` = all of that kind; ``[]`` = none."""
     from django.conf import settings
@@ -76,6 +77,8 @@ def targets(
     for alias, entry in (getattr(settings, "STORAGES", None) or {}).items():
         if entry.get("BACKEND") == STORAGE_BACKEND and (storages is None or alias in storages):
             found.append(Target("storage", alias, _probe_storage))
+    if celery is not False:
+        found.extend(Target(service, where, probe) for service, where, probe in _celery_targets())
     from . import keyvault as kv
 
     vault = kv.vault_url() if keyvault is not False else None
@@ -154,6 +157,8 @@ def _where(result: Result) -> str:
         "database": f"DATABASES[{result.alias!r}]",
         "cache": f"CACHES[{result.alias!r}]",
         "storage": f"STORAGES[{result.alias!r}]",
+        "celery-broker": "CELERY_BROKER_URL",
+        "celery-results": "CELERY_RESULT_BACKEND",
     }.get(result.service, "AZURE_KEY_VAULT_URL")
 
 
@@ -240,14 +245,20 @@ def _client_tls(raw: Any) -> tuple[bool, str | None]:
 
 def _probe_cache(result: Result, deep: bool) -> None:
     from django.core.cache import caches
-    from redis.exceptions import ResponseError
 
     auth, client = _redis(caches[result.alias])
+    _probe_redis(result, auth, client, deep, _where(result))
+
+
+def _probe_redis(result: Result, auth: Any, client: Any, deep: bool, where: Any) -> None:
+    """A Redis client of ours (cache, Celery broker or results): identity, PING, ACL WHOAMI, probe key."""
+    from redis.exceptions import ResponseError
+
     entra = auth.settings
     result.identity = identity_facts(entra.scope, entra.client_id)
     oid = result.identity["oid"]
     if entra.username and oid and entra.username != oid:
-        failure = diagnostics.diagnose_redis(None, _where(result), entra.username, oid)
+        failure = diagnostics.diagnose_redis(None, where, entra.username, oid)
         raise diagnostics.attach(RuntimeError(failure.diagnosis), failure)
     # this process's re-AUTH record (the status page of a long-running site)
     result.details.update(reauths=auth.reauths, reauth_failures=auth.reauth_failures)
@@ -265,6 +276,48 @@ def _probe_cache(result: Result, deep: bool) -> None:
         if read != value:
             raise RuntimeError("SET/GET of the probe key returned something else")
         result.details["set_get_del"] = True
+
+
+def _celery_targets() -> list[tuple[str, str, Callable[[Result, bool], None]]]:
+    """Celery's broker and result backend, when Django's settings (namespace CELERY, as Celery's Django
+    guide sets it up) use our transport and backend."""
+    from django.conf import settings
+
+    found: list[tuple[str, str, Callable[[Result, bool], None]]] = []
+    if getattr(settings, "CELERY_BROKER_TRANSPORT", None) == "django_azure_mi.celery.transport:Transport":
+        found.append(("celery-broker", "CELERY_BROKER_URL", _probe_celery_broker))
+    backend = getattr(settings, "CELERY_RESULT_BACKEND", None)
+    if isinstance(backend, str) and backend.startswith("django_azure_mi.celery.backend:RedisBackend+"):
+        found.append(("celery-results", "CELERY_RESULT_BACKEND", _probe_celery_results))
+    return found
+
+
+def _celery_app() -> Any:
+    from celery import Celery
+
+    app = Celery("azure_check", set_as_current=False)
+    app.config_from_object("django.conf:settings", namespace="CELERY")
+    return app
+
+
+def _probe_celery_broker(result: Result, deep: bool) -> None:
+    from .cache import get_auth
+
+    with _celery_app().connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1)
+        channel = connection.default_channel
+        settings = connection.transport.entra_settings
+        client = channel.Client(connection_pool=channel.pool)
+        result.details["url"] = connection.as_uri()
+        _probe_redis(result, get_auth(settings), client, deep, settings)
+
+
+def _probe_celery_results(result: Result, deep: bool) -> None:
+    from .cache import get_auth
+
+    backend = _celery_app().backend
+    settings = backend.entra_settings
+    _probe_redis(result, get_auth(settings), backend.client, deep, settings)
 
 
 def _redis(cache: Any) -> tuple[Any, Any]:

@@ -256,3 +256,21 @@ def test_named_secret_and_a_missing_one(site, azure_keyvault):
     assert [s["name"] for s in result["details"]["secrets"]] == ["other-secret"]
     output, error = azure_check("--keyvault", "--secret", "not-there")
     assert error is not None and "'not-there' does not exist" in output
+
+
+def test_celery_broker_and_result_backend(azure_redis, azure_imds, settings):
+    """With Celery's settings on our transport and backend, azure_check probes both like a cache (identity,
+    PING, ACL WHOAMI, a probe key); a wrong username is named by its Celery setting."""
+    for name, value in azure_redis.celery_settings().items():
+        setattr(settings, f"CELERY_{name.upper()}", value)
+    output, error = azure_check("--celery")
+    assert error is None, output
+    for service in ("celery-broker", "celery-results"):
+        assert any(line.startswith(f"✓  {service}") for line in output.splitlines()), output
+    assert output.count("PING, SET/GET/DEL ok, ACL WHOAMI " + azure_imds.object_id()) == 2, output
+    assert "2 of 2 healthy." in output
+    assert_no_tokens(output, azure_imds)
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {"managed_identity": {"username": OTHER_OID}}
+    output, error = azure_check("--celery")
+    assert error is not None and "1 of 2 healthy." in output, output
+    assert f"CELERY_BROKER_TRANSPORT_OPTIONS['managed_identity']['username'] is '{OTHER_OID}'" in output

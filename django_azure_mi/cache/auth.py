@@ -59,20 +59,29 @@ class EntraSettings(Bound):
     binding: ServiceBinding
     username: str | None  # the identity's object id; None: the token's oid claim
     upper: bool = field(default=True, compare=False)  # the option's keys: upper case (caches) or lower
+    url_setting: str = field(default="", compare=False)  # the setting with the URL (default: LOCATION)
 
     @property
     def where(self) -> str:
         """The dict that holds the option, in messages, e.g. ``CACHES['sessions']['OPTIONS']``."""
         return self.binding.where.rsplit("[", 1)[0]
 
+    @property
+    def location(self) -> str:
+        """The setting that holds the URL, in messages, e.g. ``CACHES['sessions']['LOCATION']``."""
+        cache = self.where.removesuffix("['OPTIONS']")
+        return self.url_setting or f"{cache}['LOCATION']"
+
     def key(self, name: str) -> str:
         """``name`` as this option spells it, with its path: ``…['MANAGED_IDENTITY']['USERNAME']``."""
         return f"{self.binding.where}['{name.upper() if self.upper else name.lower()}']"
 
 
-def parse_options(raw: Any, where: str = WHERE, spec: OptionSpec = SPEC) -> EntraSettings:
+def parse_options(
+    raw: Any, where: str = WHERE, spec: OptionSpec = SPEC, url_setting: str = ""
+) -> EntraSettings:
     binding = bind(spec, raw, where)
-    return EntraSettings(binding, binding.values["username"], spec.upper)
+    return EntraSettings(binding, binding.values["username"], spec.upper, url_setting)
 
 
 def refuse_credentials(options: dict[str, Any], keys: tuple[str, str], where: str = WHERE) -> None:
@@ -223,8 +232,7 @@ class EntraAuth:
         """The message (and failure) for a refused AUTH - never the token."""
         oid = token.claims.get("oid")
         username = self.username(token)
-        cache = self.settings.where.removesuffix("['OPTIONS']")
-        failure = diagnostics.diagnose_redis(exc, cache, self.settings.username, oid)
+        failure = diagnostics.diagnose_redis(exc, self.settings, self.settings.username, oid)
         message = (
             f"Redis refused AUTH as {username!r} with a token for {self.settings.scope} "
             f"({self.provider.identity}, oid {oid}): {describe_error(exc)}. {failure.diagnosis} {failure.fix}"

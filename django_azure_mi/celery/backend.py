@@ -40,6 +40,16 @@ class ResultConsumer(celery_redis.ResultConsumer):  # type: ignore[misc]
     results published meanwhile, before Azure would close the connection at expiry."""
 
     def drain_events(self, timeout: float | None = None) -> None:
+        self._replace_if_due()
+        super().drain_events(timeout)
+
+    def consume_from(self, task_id: str) -> None:
+        # A process that sends tasks and never waits for results (celery beat, a web view) subscribes on
+        # each send and never drains: this is its only chance to replace the connection.
+        self._replace_if_due()
+        super().consume_from(task_id)
+
+    def _replace_if_due(self) -> None:
         old = self._pubsub
         connection = getattr(old, "connection", None)
         if isinstance(connection, EntraConnectionMixin) and connection.entra_due(time.time()):
@@ -49,7 +59,6 @@ class ResultConsumer(celery_redis.ResultConsumer):  # type: ignore[misc]
             self.backend.client.connection_pool.disconnect(inuse_connections=False)
             self._reconnect()
             old.close()
-        super().drain_events(timeout)
 
 
 class RedisBackend(celery_redis.RedisBackend):  # type: ignore[misc]
@@ -60,7 +69,9 @@ class RedisBackend(celery_redis.RedisBackend):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         options = self.app.conf.get("result_backend_transport_options") or {}
-        self.entra_settings = parse_options(options.get("managed_identity"), WHERE, CELERY_SPEC)
+        self.entra_settings = parse_options(
+            options.get("managed_identity"), WHERE, CELERY_SPEC, "CELERY_RESULT_BACKEND"
+        )
         for key, setting in (("password", "redis_password"), ("username", "redis_username")):
             if self.connparams.get(key):
                 raise SettingError(

@@ -39,7 +39,9 @@ logger = logging.getLogger("django_azure_mi.celery")
 
 def broker_settings(transport_options: dict[str, Any] | None) -> EntraSettings:
     """The validated ``managed_identity`` option of the broker's transport options."""
-    return parse_options((transport_options or {}).get("managed_identity"), WHERE, CELERY_SPEC)
+    return parse_options(
+        (transport_options or {}).get("managed_identity"), WHERE, CELERY_SPEC, "CELERY_BROKER_URL"
+    )
 
 
 def _url_params(url: str, where: str) -> dict[str, Any]:

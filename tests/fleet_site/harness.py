@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,22 @@ def site_env(
         PYTHONPATH=os.pathsep.join([str(SITE), str(ROOT)]),
     )
     return env
+
+
+@contextlib.contextmanager
+def stand_ins(ttl: float) -> Iterator[tuple[Any, Any, Any]]:
+    """(imds, pg, redis): the identity endpoint with the given token lifetime, and Postgres and Redis
+    stand-ins that accept its tokens for the site's identity ("app-identity" in Postgres)."""
+    from django_azure_mi.testing.imds import IMDSEmulator
+    from django_azure_mi.testing.postgres import PostgresStandIn
+    from django_azure_mi.testing.redis import RedisStandIn
+
+    with IMDSEmulator(ttl=ttl) as imds, PostgresStandIn() as pg, RedisStandIn() as redis:
+        pg.add_role("app-identity")
+        pg.attach(imds)
+        redis.add_identity(imds.object_id())
+        redis.attach(imds)
+        yield imds, pg, redis
 
 
 def migrate(env: dict[str, str]) -> None:

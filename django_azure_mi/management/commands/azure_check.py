@@ -30,6 +30,11 @@ class Command(BaseCommand):
         parser.add_argument("--storage", action="append", metavar="ALIAS", help="only this storage alias")
         parser.add_argument("--keyvault", action="store_true", help="only Key Vault (AZURE_KEY_VAULT_URL)")
         parser.add_argument(
+            "--celery",
+            action="store_true",
+            help="only Celery's broker and result backend (CELERY_* settings)",
+        )
+        parser.add_argument(
             "--secret",
             action="append",
             metavar="NAME",
@@ -40,13 +45,14 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        limited = any(options[k] for k in ("database", "cache", "storage", "keyvault"))
+        limited = any(options[k] for k in ("database", "cache", "storage", "keyvault", "celery"))
         selected = probes.targets(
             databases=options["database"] or ([] if limited else None),
             caches=options["cache"] or ([] if limited else None),
             storages=options["storage"] or ([] if limited else None),
             keyvault=options["keyvault"] or not limited,
             secrets=options["secret"],
+            celery=options["celery"] or not limited,
         )
         self._check_aliases(options, selected)
         started = time.monotonic()
@@ -84,7 +90,10 @@ class Command(BaseCommand):
     def _table(self, results: list[probes.Result]) -> None:
         write = self.stdout.write
         if not results:
-            write("Nothing to check: no database, cache, storage or Key Vault uses django-azure-mi here.")
+            write(
+                "Nothing to check: no database, cache, storage, Celery broker or Key Vault uses "
+                "django-azure-mi here."
+            )
             return
         rows = [("", "SERVICE", "ALIAS", "TIME", "DETAILS")]
         for r in results:
@@ -123,7 +132,7 @@ def _summary(r: probes.Result) -> str:
     if r.service == "database":
         tls = " ".join(filter(None, ["TLS", d.get("tls_version")])) if d.get("tls") else "no TLS (loopback)"
         return f"user {d.get('current_user')}, {tls}, {d.get('server')}"
-    if r.service == "cache":
+    if r.service in ("cache", "celery-broker", "celery-results"):
         steps = "PING, SET/GET/DEL" if d.get("set_get_del") else "PING"
         return f"{steps} ok, ACL WHOAMI {d.get('user')}"
     if r.service == "storage":
