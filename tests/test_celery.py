@@ -27,9 +27,9 @@ import json, sys, time, uuid
 import django, fleet_celery
 django.setup()
 from celery import chord
-seconds, started = float(sys.argv[1]), time.monotonic()
+seconds, minimum, started = float(sys.argv[1]), int(sys.argv[2]), time.monotonic()
 sent = ok = duplicates = 0
-while time.monotonic() - started < seconds:
+while time.monotonic() - started < seconds or sent < minimum:
     batch = [fleet_celery.record.delay(uuid.uuid4().hex) for _ in range(25)]
     sent += len(batch)
     for result in batch:
@@ -59,9 +59,10 @@ def worker(env: dict[str, str], pool: str, log: Path) -> Process:
     )  # fmt: skip
 
 
-def send(env: dict[str, str], seconds: float) -> dict[str, int]:
+def send(env: dict[str, str], seconds: float, minimum: int = 0) -> dict[str, int]:
+    """Send tasks for ``seconds`` and at least ``minimum`` of them, fetching every result; then a chord."""
     done = subprocess.run(
-        [sys.executable, "-c", CLIENT, str(seconds)],
+        [sys.executable, "-c", CLIENT, str(seconds), str(minimum)],
         env=env, cwd=SITE, capture_output=True, text=True, timeout=seconds + 180,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -77,13 +78,13 @@ def test_a_real_worker_runs_every_task_once_through_three_rotations(
     refused = len(azure_postgres.refusals)  # the session's stand-in: other tests' refusals came before
     running = worker(celery_env, pool, tmp_path / "worker.log")
     try:
-        counts = send(celery_env, 3.2 * TTL)  # at least three rotations of every process's tokens
+        counts = send(celery_env, 3.2 * TTL, 1000)  # and at least three rotations of every process's tokens
     finally:
         output = running.stop()
     print(
         f"{pool}: {counts}; closures {azure_redis.closures}; identity requests {azure_imds.request_count()}"
     )
-    assert counts["ok"] == counts["sent"] >= 300, counts
+    assert counts["ok"] == counts["sent"] >= 1000, counts
     assert counts["duplicates"] == 0 and counts["chord"] == 380, counts
     assert azure_redis.closures == [], output[-3000:]
     assert azure_postgres.refusals[refused:] == []
