@@ -289,6 +289,10 @@ def _celery_targets() -> list[tuple[str, str, Callable[[Result, bool], None]]]:
     backend = getattr(settings, "CELERY_RESULT_BACKEND", None)
     if isinstance(backend, str) and backend.startswith("django_azure_mi.celery.backend:RedisBackend+"):
         found.append(("celery-results", "CELERY_RESULT_BACKEND", _probe_celery_results))
+    if found:
+        # Celery's package loads its names lazily, and two probe threads importing it at once can see it
+        # half-built ("cannot import name 'Celery'"): import it here, before the probes run in parallel.
+        from celery import Celery  # noqa: F401
     return found
 
 

@@ -66,7 +66,7 @@ class ReadinessView(View):
             last = state.last
             if last is not None and time.monotonic() - last[0] < self.cache_seconds:
                 return (*last, True)
-            results = probes.run(probes.targets(), timeout=self.timeout, deep=False)
+            results = probes.run(probes.targets(celery=False), timeout=self.timeout, deep=False)
             last = (time.monotonic(), time.time(), results)
             state.last = last
             return (*last, False)

@@ -49,7 +49,7 @@ def providers() -> dict[str, Any]:
     from . import probes
 
     found: dict[str, Any] = {}
-    for target in probes.targets(keyvault=False):
+    for target in probes.targets(keyvault=False, celery=False):
         name = f"{target.service} {target.alias!r}"
         if target.service == "database":
             database: Any = connections[target.alias]  # our DatabaseWrapper (ENGINE checked by targets())
@@ -88,7 +88,7 @@ def warm_up(*, connections: bool = True, wait: bool = False, timeout: float | No
         if provider.expires_on is None:  # none cached (nor inherited from a warmed-up parent)
             provider.refresh()
     if connections and found:
-        selected = probes.targets(keyvault=False)
+        selected = probes.targets(keyvault=False, celery=False)
 
         def finished(probed: list[probes.Result]) -> None:
             failed = {f"{r.service} {r.alias!r}": r.error or "failed" for r in probed if not r.ok}
