@@ -283,11 +283,13 @@ def _celery_targets() -> list[tuple[str, str, Callable[[Result, bool], None]]]:
     guide sets it up) use our transport and backend."""
     from django.conf import settings
 
+    from .celery import BACKEND, TRANSPORT
+
     found: list[tuple[str, str, Callable[[Result, bool], None]]] = []
-    if getattr(settings, "CELERY_BROKER_TRANSPORT", None) == "django_azure_mi.celery.transport:Transport":
+    if getattr(settings, "CELERY_BROKER_TRANSPORT", None) == TRANSPORT:
         found.append(("celery-broker", "CELERY_BROKER_URL", _probe_celery_broker))
     backend = getattr(settings, "CELERY_RESULT_BACKEND", None)
-    if isinstance(backend, str) and backend.startswith("django_azure_mi.celery.backend:RedisBackend+"):
+    if isinstance(backend, str) and backend.startswith(f"{BACKEND}+"):
         found.append(("celery-results", "CELERY_RESULT_BACKEND", _probe_celery_results))
     if found:
         # Celery's package loads its names lazily, and two probe threads importing it at once can see it

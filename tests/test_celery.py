@@ -106,6 +106,15 @@ def test_settings_are_checked_and_name_the_setting(azure_redis, azure_imds):
         SettingError, match=r"unknown key 'USERNAME' \(in this dict it is spelled 'username'\)"
     ):
         broker_settings({"managed_identity": {"USERNAME": "x"}})
+    from kombu import Connection
+
+    from django_azure_mi.celery.transport import Transport
+
+    loopback = azure_redis.url
+    conn = Connection(loopback, transport=Transport, userid="admin", password="secret")
+    with pytest.raises(SettingError, match=r"broker_user or broker_password is set"):
+        conn.default_channel
+    conn.release()
     app = Celery("check", set_as_current=False)
     url = "django_azure_mi.celery.backend:RedisBackend+rediss://cache.example.net:6380/1"
     app.conf.result_backend = url + "?ssl_cert_reqs=none"

@@ -54,7 +54,6 @@ def _url_params(url: str, where: str) -> dict[str, Any]:
         )
     check_location(url, where)
     params: dict[str, Any] = redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
-    params.pop("username", None), params.pop("password", None)
     return params
 
 
@@ -72,12 +71,20 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
         conninfo = self.connection.client
+        if conninfo.userid or conninfo.password:
+            raise SettingError(
+                "E050",
+                "Celery's broker_user or broker_password is set while the broker signs in with a managed "
+                "identity.",
+                "Remove it: the identity's object id and token are sent instead.",
+            )
         url = _url_params(conninfo.hostname or "", "CELERY_BROKER_URL")
         tls = issubclass(url.get("connection_class", redis.Connection), redis.SSLConnection)
         # kombu picks the class (and wraps it for its event loop) from these two attributes
         self.connection_class = self.connection_class_ssl = redis.SSLConnection if tls else redis.Connection
         params: dict[str, Any] = super()._connparams(asynchronous)
-        params.pop("username", None), params.pop("password", None), params.pop("credential_provider", None)
+        params.pop("username", None), params.pop("password", None)  # None: kombu read no URL (ours did)
+        params.pop("credential_provider", None)
         params.update({k: v for k, v in url.items() if k != "connection_class"})
         if conninfo.ssl and isinstance(conninfo.ssl, dict):  # broker_use_ssl: CA file, client certificate…
             params.update(conninfo.ssl)

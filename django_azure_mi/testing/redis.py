@@ -195,7 +195,7 @@ class RedisStandIn(StandIn):
             users = set(self._users)
             tokens = [(user, token) for (user, token) in self._tokens]
         for user in users:
-            admin.execute_command("ACL", "SETUSER", user, "on", "resetpass", "~*", "&*", "+@all")
+            _grant(admin, user)
         for user, token in tokens:
             admin.execute_command("ACL", "SETUSER", user, f">{token}")
 
@@ -237,7 +237,7 @@ class RedisStandIn(StandIn):
         """Give an identity access (Azure: a data access policy assignment for its object id)."""
         with self._lock:
             self._users.add(object_id)
-        self.admin().execute_command("ACL", "SETUSER", object_id, "on", "resetpass", "~*", "&*", "+@all")
+        _grant(self.admin(), object_id)
 
     def attach(self, imds: IMDSEmulator) -> Callable[[], None]:
         """Accept the Redis-scope tokens ``imds`` issues to registered identities. Returns a "
@@ -418,6 +418,11 @@ class _CommandReader:
             pos = start + length + 2
         del buf[:pos]
         return args
+
+
+def _grant(admin: Any, user: str) -> None:
+    """An ACL user with full access and no password yet (its tokens are added as they are issued)."""
+    admin.execute_command("ACL", "SETUSER", user, "on", "resetpass", "~*", "&*", "+@all")
 
 
 def _close(sock: socket.socket) -> None:
