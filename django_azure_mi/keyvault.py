@@ -130,9 +130,11 @@ def secret_info(name: str, vault_url: str | None = None, timeout: float | None =
     from azure.core.exceptions import ResourceNotFoundError
 
     try:
-        found = _get(url, name, None, runtime.get().config, timeout)
-    except ResourceNotFoundError:
-        raise _not_found(url, name, None) from None
+        found: KeyVaultSecret | None = _get(url, name, None, runtime.get().config, timeout)
+    except ResourceNotFoundError:  # raised outside the except: no context chained on
+        found = None
+    if found is None:
+        raise _not_found(url, name, None)
     props = found.properties
     return SecretInfo(
         name=name,
@@ -234,12 +236,14 @@ def _from_vault(
     from azure.core.exceptions import ResourceNotFoundError
 
     try:
-        found = _get(url, name, version, config, None)
-    except ResourceNotFoundError:
+        found: KeyVaultSecret | None = _get(url, name, version, config, None)
+    except ResourceNotFoundError:  # raised outside the except: no context chained on
+        found = None
+    if found is None:
         if isinstance(default, str):
             logger.info("Key Vault secret %r not in %s: using the default", name, url)
             return default
-        raise _not_found(url, name, version) from None
+        raise _not_found(url, name, version)
     if found.value is None:
         raise SecretError(f"Key Vault secret {name!r} in {url} has no value.")
     logger.info("Read Key Vault secret %r (version %s) from %s", name, found.properties.version, url)
@@ -265,19 +269,20 @@ def _not_found(url: str, name: str, version: str | None) -> SecretError:
 def _get(
     url: str, name: str, version: str | None, config: conf.Config, timeout: float | None
 ) -> KeyVaultSecret:
-    """One ``get_secret`` with our errors. ``timeout`` bounds the whole call (``azure_check``)."""
+    """One ``get_secret`` with our errors. ``timeout`` bounds the whole call (``azure_check``). Whatever
+    escapes is :func:`~django_azure_mi.core.errors.scrubbed` (the SDK's frames held the bearer token)."""
     from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
-    from .core.errors import TokenUnavailableError, describe_error
+    from .core.errors import TokenUnavailableError, describe_error, scrubbed
 
     client = _client(url, config, timeout)
     identity = _identity_label(config)
     try:
         return client.get_secret(name, version)
-    except ResourceNotFoundError:
-        raise
-    except Exception as exc:
+    except BaseException as exc:
         error = exc
+    if isinstance(error, ResourceNotFoundError) or not isinstance(error, Exception):
+        raise scrubbed(error)
     failure = diagnostics.diagnose_identity(error) or diagnostics.diagnose_keyvault(error, url, name)
     if isinstance(error, TokenUnavailableError):
         message = f"Key Vault secret {name!r}: no token for {identity}: {error}"
@@ -296,7 +301,8 @@ def _get(
     elif isinstance(error, HttpResponseError):
         message = f"Key Vault {url}: reading secret {name!r} failed: {_reason(error)}"
     else:
-        raise error
+        raise scrubbed(error)
+    scrubbed(error)  # this frame's locals hold it
     raise diagnostics.attach(SecretError(message), failure) from None
 
 

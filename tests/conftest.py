@@ -67,12 +67,19 @@ def make_provider(azure_imds: Any) -> Iterator[Callable[..., TokenProvider]]:
 
 class LoopbackServer:
     """A real TCP server on loopback that never answers: it keeps each connection open (``accepted``
-    counts the tries) or, with ``hang_up``, reads what the client sends first and closes it."""
+    counts the tries) or, with ``hang_up``, reads what the client sends first and closes it. With
+    ``tls`` (a :class:`~django_azure_mi.testing.certs.TLSFiles`) it completes a TLS handshake first, so
+    an HTTPS client sends its request (and its bearer token) before the server hangs up."""
 
-    def __init__(self, hang_up: bool = False) -> None:
+    def __init__(self, hang_up: bool = False, tls: Any = None) -> None:
         import socket
+        import ssl
 
         self.hang_up = hang_up
+        self.context = None
+        if tls is not None:
+            self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.context.load_cert_chain(tls.cert_file, tls.key_file)
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(32)
@@ -88,8 +95,18 @@ class LoopbackServer:
                 return
             self.accepted.append(conn)
             if self.hang_up:
-                conn.recv(65536)
-                conn.close()
+                threading.Thread(target=self._hang_up, args=(conn,), daemon=True).start()
+
+    def _hang_up(self, conn: Any) -> None:
+        try:
+            conn.settimeout(5)
+            if self.context is not None:
+                conn = self.context.wrap_socket(conn, server_side=True)
+            conn.recv(65536)
+        except OSError:
+            pass
+        finally:
+            conn.close()
 
     def close(self) -> None:
         self.sock.close()

@@ -135,6 +135,83 @@ def test_postgres_failures(pool, azure_postgres, azure_imds, use_databases, repo
     assert_out_of_reach(info.value, reporter, issued(azure_imds, "https://ossrdbms-aad.database.windows.net"))
 
 
+def debug_page(url: str, settings) -> str:
+    """The technical 500 page Django renders for a failing request with DEBUG = True."""
+    from django.test import Client
+
+    settings.DEBUG = True
+    response = Client(raise_request_exception=False).get(url)
+    assert response.status_code == 500
+    return response.content.decode()
+
+
+def assert_not_on_page(html: str, tokens: list[str]) -> None:
+    assert tokens, "no token was issued: the test did not exercise a sign-in"
+    for token in tokens:
+        assert token.rsplit(".", 1)[1][:40] not in html, "the token's signature is on the debug page"
+    assert not JWT.search(html.encode())
+
+
+def raising(exc_class: type[BaseException], *args: Any):
+    """A driver ``connect`` that fails with ``exc_class`` while its frame holds the password (kwargs)."""
+
+    def connect(*conninfo: Any, **kwargs: Any):
+        password = kwargs.get("password")
+        assert password, "connect got no password: nothing to leak"
+        raise exc_class(*args)
+
+    return connect
+
+
+CONNECT_FAILURES = {
+    # a typo'd libpq option: the driver itself refuses it (ProgrammingError on psycopg and psycopg2)
+    "typo-option": None,
+    "interface-error": ("InterfaceError", "connection interface broken"),
+    "type-error": (TypeError, "connect() got an unexpected keyword argument"),
+    "socket-error": (OSError, 104, "Connection reset by peer"),
+    "operational-error": ("OperationalError", "server closed the connection unexpectedly"),
+}
+
+
+@pytest.mark.parametrize("pool", [False, True])
+@pytest.mark.parametrize("failure", list(CONNECT_FAILURES))
+def test_postgres_any_connect_failure_leaves_no_token(
+    failure, pool, azure_postgres, azure_imds, use_databases, reporter, settings, monkeypatch
+):
+    """Whatever class escapes the call that put the token on the wire (the driver's, Django's, ours), no
+    frame, chained exception or attribute a reporter reaches holds the token; the debug page neither."""
+    from django.db import connections as conns
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+    from .test_postgres import ROLE, needs_pool
+
+    if pool and needs_pool.args[0]:
+        pytest.skip(needs_pool.kwargs["reason"])
+    entry = azure_postgres.database_settings(ROLE)
+    if failure == "typo-option":
+        entry["OPTIONS"]["sslmdoe"] = "require"
+    if pool:
+        entry["OPTIONS"]["pool"] = {"min_size": 0, "max_size": 2, "timeout": 2}
+    use_databases(default=entry)
+    spec = CONNECT_FAILURES[failure]
+    if spec is not None:
+        driver = conns["default"].Database
+        exc_class = getattr(driver, spec[0]) if isinstance(spec[0], str) else spec[0]
+        target = driver.Connection if is_psycopg3 and pool else driver
+        if is_psycopg3 and pool:  # the pool opens connections with Connection.connect
+            monkeypatch.setattr(
+                target, "connect", classmethod(lambda cls, *a, **k: raising(exc_class, *spec[1:])(*a, **k))
+            )
+        else:
+            monkeypatch.setattr(target, "connect", raising(exc_class, *spec[1:]))
+    with pytest.raises(BaseException) as info:
+        conns["default"].ensure_connection()
+    tokens = issued(azure_imds, "https://ossrdbms-aad.database.windows.net")
+    assert_out_of_reach(info.value, reporter, tokens)
+    conns["default"].close()
+    assert_not_on_page(debug_page("/boom/db/default/", settings), tokens)
+
+
 # ---------------------------------------------------------------------------------------------- Redis
 
 
@@ -186,6 +263,48 @@ def test_storage_failures(azure_storage, azure_imds, reporter):
     assert_out_of_reach(info.value, reporter, issued(azure_imds, "https://vault.azure.net"))
 
 
+@pytest.mark.parametrize("operation", ["save", "open", "exists", "listdir", "size", "url", "delete"])
+def test_storage_server_hanging_up_leaves_no_token(operation, azure_imds, reporter, settings, tmp_path):
+    """A server that reads the request (the bearer token in it) and hangs up: the SDK's error keeps the
+    requests frames (``headers["Authorization"]``) in ``exc_traceback``; nothing our backend lets out
+    may reach them, whatever the operation, nor the debug page."""
+    from django_azure_mi.testing.certs import make_tls_files
+
+    tls = make_tls_files(tmp_path)
+    server = LoopbackServer(hang_up=True, tls=tls)
+    options = {
+        "account_url": f"https://127.0.0.1:{server.port}/devstoreaccount1",
+        "azure_container": "media",
+        "client_options": {"connection_verify": tls.ca_file},
+        "expiration_secs": 600,
+    }
+    settings.STORAGES = {
+        "default": {"BACKEND": "django_azure_mi.storage.AzureManagedIdentityStorage", "OPTIONS": options},
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+    try:
+        from django.core.files.storage import storages
+
+        storage = storages["default"]
+        calls = {
+            "save": lambda: storage.save("x.txt", ContentFile(b"x")),
+            "open": lambda: storage.open("x.txt"),
+            "exists": lambda: storage.exists("x.txt"),
+            "listdir": lambda: storage.listdir(""),
+            "size": lambda: storage.size("x.txt"),
+            "url": lambda: storage.url("x.txt"),
+            "delete": lambda: storage.delete("x.txt"),
+        }
+        with pytest.raises(Exception) as info:
+            calls[operation]()
+        tokens = issued(azure_imds, "https://storage.azure.com")
+        assert_out_of_reach(info.value, reporter, tokens)
+        if operation == "save":
+            assert_not_on_page(debug_page("/boom/storage/default/", settings), tokens)
+    finally:
+        server.close()
+
+
 # ---------------------------------------------------------------------------------------------- Key Vault
 
 
@@ -196,4 +315,14 @@ def test_keyvault_failures(azure_keyvault, azure_imds, reporter):
     azure_keyvault.revoke(azure_imds.object_id())
     with pytest.raises(SecretError) as info:
         secret("db-password")
+    assert_out_of_reach(info.value, reporter, issued(azure_imds, "https://vault.azure.net"))
+
+
+def test_keyvault_missing_secret_leaves_no_token(azure_keyvault, azure_imds, reporter):
+    """A missing secret: the SDK's 404 (its traceback holding the request's bearer token) was chained on
+    as the context of our SecretError."""
+    from django_azure_mi.keyvault import SecretError, secret
+
+    with pytest.raises(SecretError) as info:
+        secret("no-such-secret")
     assert_out_of_reach(info.value, reporter, issued(azure_imds, "https://vault.azure.net"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import logging
 import re
 from dataclasses import dataclass
@@ -69,20 +71,59 @@ def describe_error(exc: BaseException, limit: int = 500) -> str:
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
+_PLAIN = (str, bytes, int, float, bool, type(None), enum.Enum)
+
+
+def _plain(value: object, depth: int = 0) -> bool:
+    """Data that cannot lead anywhere: scalars, and tuples/lists/dicts of them."""
+    if isinstance(value, _PLAIN):
+        return True
+    if depth < 2 and isinstance(value, (tuple, list, frozenset, set)):
+        return all(_plain(item, depth + 1) for item in value)
+    if depth < 2 and isinstance(value, dict):
+        return all(_plain(k, depth + 1) and _plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
 def scrubbed(exc: BaseException) -> BaseException:
-    """``exc`` without its traceback and chain, to keep or re-raise where an error reporter may look.
+    """``exc`` cut loose from everything that held the token while it was raised: THE rule for every
+    exception that escapes a call that put a token on the wire (docs/security.md, "Exceptions").
 
     A client library's frames hold what it sent (psycopg's ``conninfo`` with the password, redis-py's
-    ``AUTH`` arguments); a reporter capturing locals walks an exception's traceback and its
-    ``__context__``/``__cause__``, suppressed or not. The message and type stay."""
+    ``AUTH`` arguments, the requests frame with ``headers["Authorization"]``), and its exceptions keep
+    objects that do (psycopg's ``pgconn``, azure-core's ``exc_traceback``/``inner_exception``/``response``
+    with the request). A reporter capturing locals walks an exception's traceback and its
+    ``__context__``/``__cause__``, suppressed or not. So, whatever the class: the traceback and the chain
+    are cut; an attribute holding an exception is scrubbed the same way; one holding anything but plain
+    data (scalars and containers of them) is set to None; the message is redacted. Type, message and plain
+    attributes (``status_code``, ``error_code``, ``errno``, ...) stay. Raise the result outside the
+    ``except`` block that caught it, or Python chains the handled exception back on as ``__context__``."""
     seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
         seen.add(id(current))
-        following = current.__cause__ or current.__context__
         current.__traceback__ = None
         current.__cause__ = current.__context__ = None
-        current = following
+        for name, value in list(getattr(current, "__dict__", {}).items()):
+            if isinstance(value, BaseException):
+                pending.append(value)
+            elif not _plain(value) and not isinstance(value, Problem):
+                with contextlib.suppress(AttributeError, TypeError):  # read-only: leave it
+                    setattr(current, name, None)
+        try:
+            message = str(current)
+        except Exception:  # a broken __str__: keep only the class
+            current.args = ()
+            continue
+        clean = redact(message)
+        if clean != message:
+            current.args = (clean,)
+            for name in ("message", "exc_msg"):  # azure-core keeps the message twice more
+                if isinstance(getattr(current, name, None), str):
+                    setattr(current, name, redact(getattr(current, name)))
     return exc
 
 

@@ -38,7 +38,7 @@ from ..core.errors import install_log_redaction
 from ..diagnostics import SettingError
 from ..options import BindingCredential, OptionSpec, ServiceBinding, alias_of, bind, boolean, require_tls
 from .delegation import KEY_BACKDATE, KEY_LIFETIME, DelegationKeys
-from .files import BlobFiles
+from .files import BlobFiles, explain_errors
 
 SPEC: Final = OptionSpec(
     "storage",
@@ -238,6 +238,7 @@ class AzureManagedIdentityStorage(BlobFiles):
             expiry = expiry.replace(tzinfo=timezone.utc)
         return self._keys.get(self.service_client, expiry).key
 
+    @explain_errors("sign a URL for")
     def url(
         self, name: str, expire: int | None = None, parameters: dict[str, Any] | None = None, mode: str = "r"
     ) -> str:

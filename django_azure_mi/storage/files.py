@@ -24,6 +24,7 @@ from django.utils import timezone as dj_timezone
 from storages.backends.azure_storage import AzureStorage, AzureStorageFile
 from storages.utils import clean_name, setting
 
+from ..core.errors import scrubbed
 from .delegation import explained
 
 T = TypeVar("T")
@@ -44,23 +45,32 @@ class BlobNotFoundError(FileNotFoundError, ResourceNotFoundError):
 
 
 def explain_errors(action: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
-    """Re-raise a missing blob as :class:`BlobNotFoundError` and 401/403 with what to do about it."""
+    """The boundary of every storage method that talks to the service: a missing blob becomes
+    :class:`BlobNotFoundError`, 401/403 say what to do about it, and whatever escapes (any class) is
+    :func:`~django_azure_mi.core.errors.scrubbed`: the SDK's errors keep the requests frames that held
+    ``headers["Authorization"]`` (``exc_traceback``, ``inner_exception``, the traceback)."""
 
     def decorate(method: Callable[..., T]) -> Callable[..., T]:
         @functools.wraps(method)
         def wrapper(self: Any, name: str = "", *args: Any, **kwargs: Any) -> T:
             try:
                 return method(self, name, *args, **kwargs)
-            except BlobNotFoundError:
-                raise
-            except ResourceNotFoundError as exc:
-                raise BlobNotFoundError(name, exc, getattr(self, "azure_container", "")) from None
-            except HttpResponseError as exc:
-                raise explained(exc, f"{action} {name!r}", self.alias) from None
+            except BaseException as exc:
+                error = _translated(exc, self, name, action)
+            raise scrubbed(error)  # outside the except: nothing chained back on
 
         return wrapper
 
     return decorate
+
+
+def _translated(exc: BaseException, storage: Any, name: str, action: str) -> BaseException:
+    if isinstance(exc, BlobNotFoundError) or not isinstance(exc, HttpResponseError):
+        return exc
+    if isinstance(exc, ResourceNotFoundError):
+        scrubbed(exc)
+        return BlobNotFoundError(name, exc, getattr(storage, "azure_container", ""))
+    return explained(exc, f"{action} {name!r}", storage.alias)
 
 
 class BlobFiles(AzureStorage):  # type: ignore[misc]

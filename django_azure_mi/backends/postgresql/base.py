@@ -24,7 +24,7 @@ from django.utils.asyncio import async_unsafe
 from django.views.decorators.debug import sensitive_variables
 
 from ... import diagnostics
-from ...core.errors import TokenUnavailableError, redact
+from ...core.errors import TokenUnavailableError, redact, scrubbed
 from ...core.token import Token
 from .client import DatabaseClient
 from .options import OPTION, ManagedIdentity, managed_identity
@@ -120,6 +120,10 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         connection, error = self._open(params)
         if error is None:
             return connection
+        if not isinstance(error, self.Database.OperationalError):  # any other class: already scrubbed
+            raise diagnostics.attach(
+                error, diagnostics.diagnose_postgres(error, params.identity, params.token)
+            )
         failure = diagnostics.diagnose_postgres(error, params.identity, params.token)
         if failure.kind in diagnostics.POSTGRES_AUTH_KINDS:
             message = diagnostics.postgres_message(failure, params.identity, error)
@@ -128,11 +132,15 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             message = redact(str(error))
         raise diagnostics.attach(self.Database.OperationalError(message), failure) from None
 
-    def _open(self, params: TokenConnectParams) -> tuple[Any, Exception | None]:
-        """One connect with the token as password. A failure comes back as its message only: psycopg's
-        frames (and Django's) hold the password in their locals, and psycopg's error keeps the failed
-        connection's parameters (``pgconn``), password included."""
+    def _open(self, params: TokenConnectParams) -> tuple[Any, BaseException | None]:
+        """One connect with the token as password. Whatever it raises (any class: the driver's, Django's,
+        a TypeError from a bad option, a socket error) comes back cut loose from the frames that held the
+        password (:func:`~django_azure_mi.core.errors.scrubbed`), to be raised outside this ``except``: an
+        OperationalError as its message only, since psycopg's keeps the failed connection (``pgconn``,
+        password included)."""
         try:
             return super().get_new_connection(params.connect_kwargs()), None
         except self.Database.OperationalError as exc:
             return None, self.Database.OperationalError(str(exc))
+        except BaseException as exc:
+            return None, scrubbed(exc)
