@@ -30,7 +30,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from . import conf, diagnostics, runtime
 from .core.errors import Problem, install_log_redaction
-from .options import is_loopback
+from .options import BindingCredential, ServiceBinding, is_loopback
 
 if TYPE_CHECKING:
     from azure.keyvault.secrets import KeyVaultSecret, SecretClient
@@ -273,7 +273,7 @@ def _get(
     escapes is :func:`~django_azure_mi.core.errors.scrubbed` (the SDK's frames held the bearer token)."""
     from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
-    from .core.errors import TokenUnavailableError, describe_error, scrubbed
+    from .core.errors import ScopeRefusedError, TokenUnavailableError, describe_error, scrubbed
 
     client = _client(url, config, timeout)
     identity = _identity_label(config)
@@ -286,6 +286,8 @@ def _get(
     failure = diagnostics.diagnose_identity(error) or diagnostics.diagnose_keyvault(error, url, name)
     if isinstance(error, TokenUnavailableError):
         message = f"Key Vault secret {name!r}: no token for {identity}: {error}"
+    elif isinstance(error, ScopeRefusedError):
+        message = f"Key Vault {url}, secret {name!r}: {error}"
     elif failure.kind == "token-refused":
         message = (
             f"Key Vault {url} refused the token of {identity} for secret {name!r} ({_reason(error)}). "
@@ -316,11 +318,16 @@ def _client(url: str, config: conf.Config, timeout: float | None) -> SecretClien
         return client
     from azure.keyvault.secrets import SecretClient
 
-    provider = runtime.get().provider(config.cloud.keyvault_scope, None, config)
+    # the vault's credential serves the vault's scope only, whatever resource a challenge names
+    scope = config.cloud.keyvault_scope
+    credential = BindingCredential(
+        ServiceBinding("keyvault", VAULT_URL_ENV, None, scope),
+        lambda: runtime.get().provider(scope, None, config),
+    )
     read_timeout = min(config.timeout, timeout) if timeout else config.timeout
     client = SecretClient(
         url,
-        credential=provider,
+        credential=credential,
         # a vault on 127.0.0.1 (the stand-in) cannot match the challenge's vault.azure.net
         verify_challenge_resource=not is_loopback(urlsplit(url).hostname),
         connection_timeout=min(5.0, read_timeout),

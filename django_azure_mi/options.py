@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from azure.core.credentials import AccessToken, AccessTokenInfo, TokenRequestOptions
 
 from . import conf, runtime
+from .core.errors import ScopeRefusedError
 from .diagnostics import SettingError
 
 if TYPE_CHECKING:
@@ -94,20 +95,37 @@ class ServiceBinding:
 
 
 class BindingCredential:
-    """An azure-core ``TokenCredential`` for an SDK client that outlives a settings change."""
+    """An azure-core ``TokenCredential`` for an SDK client that outlives a settings change, and serves
+    **only its binding's scope**: an SDK that asks for another one (a ``WWW-Authenticate`` challenge naming
+    another resource, from anyone who can answer for the endpoint) is refused with
+    :class:`~django_azure_mi.core.errors.ScopeRefusedError` and nothing is fetched."""
 
-    def __init__(self, binding: ServiceBinding) -> None:
+    def __init__(self, binding: ServiceBinding, provider: Callable[[], TokenProvider] | None = None) -> None:
         self.binding = binding
+        self._provider = provider or (lambda: binding.provider)  # Key Vault: a config of its own
 
     @property
     def identity(self) -> str:
-        return self.binding.provider.identity
+        return self._provider().identity
 
     def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        return self.binding.provider.get_token(*scopes, **kwargs)
+        self._own(scopes)
+        return self._provider().get_token(*scopes, **kwargs)
 
     def get_token_info(self, *scopes: str, options: TokenRequestOptions | None = None) -> AccessTokenInfo:
-        return self.binding.provider.get_token_info(*scopes, options=options)
+        self._own(scopes)
+        return self._provider().get_token_info(*scopes, options=options)
+
+    def _own(self, scopes: tuple[str, ...]) -> None:
+        if scopes != (self.binding.scope,):
+            asked = ", ".join(map(repr, scopes)) or "no scope"
+            raise ScopeRefusedError(
+                f"{self.binding.where} serves tokens for {self.binding.scope!r} only; the client asked for "
+                f"{asked} (a server answering for this endpoint challenged for another resource?). No "
+                "token was fetched. If the endpoint really is that service, set its scope here.",
+                scope=", ".join(scopes),
+                binding=self.binding.where,
+            )
 
     def close(self) -> None:
         """Nothing to close: the provider belongs to the runtime (a runtime component needs close())."""

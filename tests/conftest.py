@@ -114,6 +114,45 @@ class LoopbackServer:
             conn.close()
 
 
+class ChallengeServer:
+    """An HTTPS server on loopback that answers every request 401 with ``challenge`` as its
+    ``WWW-Authenticate`` header, recording each ``Authorization`` header it was sent (``received``)."""
+
+    def __init__(self, tls: Any, challenge: str) -> None:
+        import ssl
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        received: list[str] = []
+        self.received = received
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                if self.headers.get("Authorization"):
+                    received.append(self.headers["Authorization"])
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", challenge)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _answer
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def run_threads(n: int, target: Callable[[], Any], timeout: float = 30) -> list[Any]:
     """Run ``target`` in ``n`` threads started together; return results (exceptions as values)."""
     barrier = threading.Barrier(n)

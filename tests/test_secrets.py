@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
+import jwt
 import pytest
 from django.core.cache import caches
 from django.core.files.base import ContentFile
@@ -326,3 +327,72 @@ def test_keyvault_missing_secret_leaves_no_token(azure_keyvault, azure_imds, rep
     with pytest.raises(SecretError) as info:
         secret("no-such-secret")
     assert_out_of_reach(info.value, reporter, issued(azure_imds, "https://vault.azure.net"))
+
+
+# ---------------------------------------------------------------------------------------------- audience
+
+TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+
+
+@pytest.mark.parametrize("resource", ["https://management.azure.com", "https://vault.azure.net"])
+@pytest.mark.parametrize("service", ["storage", "keyvault"])
+def test_a_challenge_for_another_audience_gets_no_token(service, resource, azure_imds, tmp_path):
+    """An endpoint that answers 401 with a challenge for another resource (anyone who can answer for the
+    account URL or the vault) must not make the SDK collect a token for that resource from our
+    credential: refused, naming the binding and the scope asked for, and nothing fetched."""
+    from django_azure_mi.testing.certs import make_tls_files
+
+    from .conftest import ChallengeServer
+
+    if service == "keyvault" and resource == "https://vault.azure.net":
+        resource = "https://storage.azure.com"  # the vault's own scope is its to ask for
+    tls = make_tls_files(tmp_path)
+    if service == "storage":
+        challenge = (
+            f"Bearer authorization_uri=https://login.microsoftonline.com/{TENANT}/oauth2/authorize "
+            f"resource_id={resource}"
+        )
+    else:
+        challenge = (
+            f'Bearer authorization="https://login.microsoftonline.com/{TENANT}", resource="{resource}"'
+        )
+    server = ChallengeServer(tls, challenge)
+    try:
+        if service == "storage":
+            from django_azure_mi.storage import AzureManagedIdentityStorage
+
+            storage = AzureManagedIdentityStorage(
+                account_url=f"https://127.0.0.1:{server.port}/devstoreaccount1",
+                azure_container="media",
+                client_options={"connection_verify": tls.ca_file, "retry_total": 0},
+            )
+            call = lambda: storage.exists("x.txt")  # noqa: E731
+            binding = "['managed_identity']"
+        else:
+            from django_azure_mi.keyvault import secret
+
+            import os
+
+            os.environ["REQUESTS_CA_BUNDLE"] = tls.ca_file
+            call = lambda: secret("db-password", vault_url=f"https://127.0.0.1:{server.port}/")  # noqa: E731
+            binding = "AZURE_KEY_VAULT_URL"
+        try:
+            with pytest.raises(Exception) as info:
+                call()
+        finally:
+            os_environ = __import__("os").environ
+            os_environ.pop("REQUESTS_CA_BUNDLE", None)
+    finally:
+        server.close()
+    asked = [t.resource for t in azure_imds.issued]
+    assert resource not in asked, f"a token for {resource} was fetched"
+    for header in server.received:
+        token = header.split(" ", 1)[1]
+        audience = jwt.decode(token, options={"verify_signature": False})["aud"]
+        assert audience != resource, f"the endpoint collected a token for {audience}"
+    message = str(info.value)
+    chain = [info.value, info.value.__cause__, info.value.__context__]
+    assert any(type(e).__name__ == "ScopeRefusedError" for e in chain) or "serves tokens for" in message, (
+        message
+    )
+    assert resource in message and binding in message, message

@@ -161,3 +161,12 @@ class TokenUnavailableError(ClientAuthenticationError):
 
 class TokenCacheError(ConfigurationError):
     """TOKEN_CACHE_DIR is unusable (wrong owner or permissions)."""
+
+
+class ScopeRefusedError(ClientAuthenticationError):
+    """A service's credential was asked for a token of another audience: refused, nothing fetched."""
+
+    def __init__(self, message: str, *, scope: str, binding: str) -> None:
+        super().__init__(message=message)
+        self.scope = scope
+        self.binding = binding
