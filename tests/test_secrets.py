@@ -369,9 +369,9 @@ def test_a_challenge_for_another_audience_gets_no_token(service, resource, azure
             call = lambda: storage.exists("x.txt")  # noqa: E731
             binding = "['managed_identity']"
         else:
-            from django_azure_mi.keyvault import secret
-
             import os
+
+            from django_azure_mi.keyvault import secret
 
             os.environ["REQUESTS_CA_BUNDLE"] = tls.ca_file
             call = lambda: secret("db-password", vault_url=f"https://127.0.0.1:{server.port}/")  # noqa: E731
