@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from azure.core.credentials import AccessToken, AccessTokenInfo, TokenRequestOptions
 
@@ -225,6 +226,24 @@ def split_locations(location: Any) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- TLS
+
+
+# The values each TLS option's library documents as verifying the server; any other value (False, None, 0,
+# "", "none", "optional", a typo) counts as "off" and needs the service's explicit opt-out (verify_tls=False).
+# redis-py/kombu/Celery: ssl_cert_reqs and ssl_check_hostname; requests/azure-core: connection_verify.
+VERIFYING: Final[dict[str, Callable[[Any], bool]]] = {
+    "ssl_cert_reqs": lambda v: (
+        (isinstance(v, str) and v.lower() in ("required", "cert_required"))
+        or (isinstance(v, ssl.VerifyMode) and v is ssl.CERT_REQUIRED)
+    ),
+    "ssl_check_hostname": lambda v: v is True,
+    "connection_verify": lambda v: v is True or (isinstance(v, str) and bool(v.strip())),  # True or a CA path
+}
+
+
+def verifies(option: str, value: Any) -> bool:
+    """THE rule for TLS option values: does ``value`` of ``option`` verify the server?"""
+    return VERIFYING[option](value)
 
 
 def is_loopback(host: str | None) -> bool:

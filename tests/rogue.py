@@ -76,6 +76,7 @@ class Rogue:
     address: str
     port: int
     capture: Path
+    ca_file: str = ""  # the CA that signed the rogue's certificate (issued for 127.0.0.1/localhost only)
 
     def received(self) -> bytes:
         return self.capture.read_bytes() if self.capture.exists() else b""
@@ -129,7 +130,7 @@ def start_rogue(ns: str, mode: str, tmp_path: Path) -> tuple[Rogue, subprocess.P
     assert ready.exists(), "the rogue server did not start"
     n = int(subprocess.run(["ip", "netns", "exec", ns, "ip", "-4", "-o", "addr"], capture_output=True,
                            text=True, check=True).stdout.split("10.213.")[1].split(".")[0])  # fmt: skip
-    return Rogue(f"10.213.{n}.2", port, capture), process
+    return Rogue(f"10.213.{n}.2", port, capture, tls.ca_file), process
 
 
 def _running(ns: str, mode: str, tmp_path: Path) -> Iterator[Rogue]:

@@ -97,12 +97,55 @@ def test_the_opt_out_is_explicit_and_reported(rogue_postgres, database, azure_im
 
 
 def test_dbshell_follows_the_same_rule(rogue_postgres, database, azure_imds):
-    connection = database(settings_for(rogue_postgres, HOST="", OPTIONS={"host": rogue_postgres.address}), {})
+    import ssl
+
+    bundle = ssl.get_default_verify_paths().openssl_cafile  # the OS trust store, for a psql older than 16
+    connection = database(
+        settings_for(
+            rogue_postgres, HOST="", OPTIONS={"host": rogue_postgres.address, "sslrootcert": bundle}
+        ),
+        {},
+    )
     args, env = DatabaseClient.settings_to_cmd_args_env(connection.settings_dict, ["-c", "select 1"])
-    assert (env["PGSSLMODE"], env["PGSSLROOTCERT"]) == ("verify-full", "system")
+    assert (env["PGSSLMODE"], env["PGSSLROOTCERT"], env["PGHOST"]) == (
+        "verify-full",
+        bundle,
+        rogue_postgres.address,
+    )
     psql = subprocess.run(args, env={**os.environ, **env}, capture_output=True, timeout=20)
     assert psql.returncode != 0
+    assert b"certificate" in psql.stderr
     assert env["PGPASSWORD"].encode() not in rogue_postgres.received()
+
+
+def test_dbshell_connects_where_the_rule_judged_hostaddr_included(rogue_postgres, database, azure_imds):
+    """HOST remote plus ``OPTIONS["hostaddr"]`` on loopback (a tunnel or sidecar): the rule judged the
+    connection local, so psql must go to hostaddr too; it once got ``-h HOST`` alone, libpq's ``prefer``,
+    and the rogue at HOST got the token."""
+    connection = database(
+        settings_for(rogue_postgres, HOST=rogue_postgres.address, OPTIONS={"hostaddr": "127.0.0.1"}), {}
+    )
+    args, env = DatabaseClient.settings_to_cmd_args_env(connection.settings_dict, ["-c", "select 1"])
+    assert env["PGHOSTADDR"] == "127.0.0.1"
+    subprocess.run(args, env={**os.environ, **env}, capture_output=True, timeout=20)
+    assert env["PGPASSWORD"].encode() not in rogue_postgres.received()
+    assert rogue_postgres.received() == b""
+
+
+def test_dbshell_with_a_psql_older_than_16_says_what_to_do(database, azure_imds):
+    """``sslrootcert=system`` with the system's psql 15: psql itself is asked whether its libpq knows it."""
+    from django_azure_mi.backends.postgresql.client import check_psql_for_system_roots
+
+    connection = database({"ENGINE": ENGINE, "NAME": "app", "USER": "app-identity", "HOST": "db.example"}, {})
+    try:
+        check_psql_for_system_roots("psql", "here")
+    except ImproperlyConfigured:
+        with pytest.raises(ImproperlyConfigured, match="needs libpq >= 16") as info:
+            DatabaseClient.settings_to_cmd_args_env(connection.settings_dict, [])
+        assert info.value.check_id == "E015" and "sslrootcert" in info.value.problem.fix
+    else:
+        _, env = DatabaseClient.settings_to_cmd_args_env(connection.settings_dict, [])
+        assert env["PGSSLROOTCERT"] == "system"
 
 
 @pytest.mark.parametrize(
@@ -141,13 +184,20 @@ REDIS_ROUTES = {
     "ssl_cert_reqs=none": ({"ssl_cert_reqs": "none"}, ""),
     "ssl_check_hostname=False": ({"ssl_check_hostname": False}, ""),
     "?ssl_cert_reqs=none in the URL": ({}, "?ssl_cert_reqs=none"),
+    # the rogue's certificate chains to a CA the client trusts, but names another host: only the host name
+    # check stands between it and the token, and these values turn it off in redis-py
+    "ssl_check_hostname=None, trusted CA": ({"ssl_check_hostname": None, "ssl_ca_certs": "CA"}, ""),
+    "ssl_check_hostname='', trusted CA": ({"ssl_check_hostname": "", "ssl_ca_certs": "CA"}, ""),
+    "ssl_cert_reqs=0": ({"ssl_cert_reqs": 0}, ""),
+    "trusted CA, defaults": ({"ssl_ca_certs": "CA"}, ""),
 }
 
 
 def redis_config(backend: str, rogue, pool_kwargs: dict, query: str, **identity) -> dict:
     import redis
 
-    kwargs = {k: (redis.Connection if v == "redis.Connection" else v) for k, v in pool_kwargs.items()}
+    swap = {"redis.Connection": redis.Connection, "CA": rogue.ca_file}
+    kwargs = {k: swap.get(v, v) if isinstance(v, str) else v for k, v in pool_kwargs.items()}
     location = f"rediss://{rogue.address}:{rogue.port}/0{query}"
     if backend == "django-redis":
         options = {
@@ -224,6 +274,12 @@ def test_storage_token_never_reaches_a_rogue(rogue_sniffer, azure_imds):
             **storage_options(rogue_sniffer, client_options={"connection_verify": False})
         )
     assert refused.value.check_id == "E032" and "verify_tls" in refused.value.problem.fix
+    for off in (0, "", None):  # requests skips verification for each of these
+        with pytest.raises(ImproperlyConfigured) as refused:
+            AzureManagedIdentityStorage(
+                **storage_options(rogue_sniffer, client_options={"connection_verify": off})
+            )
+        assert refused.value.check_id == "E032"
     token = get_token_provider("https://storage.azure.com/.default").get_token(
         "https://storage.azure.com/.default"
     )
@@ -274,3 +330,57 @@ def test_keyvault_token_never_reaches_a_rogue(rogue_sniffer, azure_imds):
     )
     assert token.token.encode() not in rogue_sniffer.received()
     assert rogue_sniffer.received() == b""  # not even an unauthenticated request got through the handshake
+
+
+@pytest.mark.parametrize("off", [0, ""])
+def test_storage_falsy_connection_verify_sent_the_token_to_a_rogue(off, rogue_sniffer, azure_imds):
+    """``connection_verify=0`` or ``""``: requests skips verification; refused (E032) like False."""
+    from django.core.files.base import ContentFile
+
+    from django_azure_mi.storage import AzureManagedIdentityStorage
+
+    options = storage_options(rogue_sniffer, client_options={"connection_verify": off, "retry_total": 0})
+    with pytest.raises(Exception) as info:
+        AzureManagedIdentityStorage(**options).save("x.txt", ContentFile(b"x"))
+    token = get_token_provider("https://storage.azure.com/.default").get_token(
+        "https://storage.azure.com/.default"
+    )
+    assert token.token.encode() not in rogue_sniffer.received()
+    assert isinstance(info.value, ImproperlyConfigured) and info.value.check_id == "E032"
+
+
+@pytest.mark.parametrize("where", ["broker_use_ssl", "redis_backend_use_ssl"])
+@pytest.mark.parametrize("hostname", [None, ""])
+def test_celery_ssl_check_hostname_off_is_refused(where, hostname, rogue_sniffer, azure_imds):
+    """Celery's SSL dicts with a falsy ssl_check_hostname and a CA the rogue's certificate chains to."""
+    pytest.importorskip("celery")
+    from celery import Celery
+
+    from django_azure_mi.celery import TRANSPORT, result_backend
+
+    url = f"rediss://{rogue_sniffer.address}:{rogue_sniffer.port}/0"
+    ssl_options = {
+        "ssl_cert_reqs": "required",
+        "ssl_check_hostname": hostname,
+        "ssl_ca_certs": rogue_sniffer.ca_file,
+    }
+    app = Celery("rogue", set_as_current=False)
+    app.conf.broker_url = url
+    app.conf.broker_transport = TRANSPORT
+    app.conf.broker_connection_retry_on_startup = False
+    app.conf.broker_connection_max_retries = 0
+    app.conf.result_backend = result_backend(url)
+    app.conf[where] = ssl_options
+    with pytest.raises(Exception) as info:
+        if where == "broker_use_ssl":
+            with app.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1)
+                conn.default_channel.client.ping()
+        else:
+            app.backend.client.ping()
+    token = get_token_provider("https://redis.azure.com/.default").get_token(
+        "https://redis.azure.com/.default"
+    )
+    assert token.token.encode() not in rogue_sniffer.received()
+    chain = [info.value, info.value.__cause__, info.value.__context__]
+    assert any(isinstance(e, ImproperlyConfigured) and e.check_id == "E022" for e in chain), repr(info.value)

@@ -25,7 +25,7 @@ from ..core.errors import TokenUnavailableError, describe_error
 from ..core.refresher import Refresher
 from ..core.token import Token
 from ..diagnostics import SettingError
-from ..options import Bound, OptionSpec, ServiceBinding, bind, boolean, require_tls, text
+from ..options import Bound, OptionSpec, ServiceBinding, bind, boolean, require_tls, text, verifies
 
 if TYPE_CHECKING:
     from ..core.provider import TokenProvider
@@ -129,6 +129,10 @@ def check_url_transport(url: str, kwargs: dict[str, Any], settings: EntraSetting
     check_transport(merged.get("connection_class", redis.Connection), merged, settings, where)
 
 
+# What an SSL connection of ours verifies when the settings say nothing (redis-py 5 did not check host names)
+TLS_DEFAULTS: Final = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+
+
 def check_transport(
     connection_class: Any, kwargs: dict[str, Any], settings: EntraSettings, where: str
 ) -> None:
@@ -155,17 +159,18 @@ def check_transport(
     )
     if not tls:
         return
-    reqs = kwargs.get("ssl_cert_reqs", "required")
-    verified = str(reqs).lower() not in ("none", "0", "certreq.cert_none", "cert_none") and kwargs.get(
-        "ssl_check_hostname", True
-    ) not in (False, "false", "False", 0)
+    # absent: the verifying values EntraConnectionPool sets (TLS_DEFAULTS), whatever redis-py's defaults
+    reqs = kwargs.get("ssl_cert_reqs", TLS_DEFAULTS["ssl_cert_reqs"])
+    hostname = kwargs.get("ssl_check_hostname", TLS_DEFAULTS["ssl_check_hostname"])
     require_tls(
         "E022",
         [host],
-        verified or not settings.binding.values["verify_tls"],
+        (verifies("ssl_cert_reqs", reqs) and verifies("ssl_check_hostname", hostname))
+        or not settings.binding.values["verify_tls"],
         f"{where}: TLS to {host} would not verify the server (ssl_cert_reqs={reqs!r}, ssl_check_hostname="
-        f"{kwargs.get('ssl_check_hostname', True)!r}): the access token could go to an impostor.",
-        "Remove those options (Azure's certificates verify against the default trust store), or set "
+        f"{hostname!r}): the access token could go to an impostor.",
+        "Remove those options (verified: ssl_cert_reqs='required' and ssl_check_hostname=True, the defaults; "
+        "Azure's certificates verify against the default trust store), or set "
         f"{settings.key('verify_tls')} = False to accept the risk (manage.py check warns).",
     )
 

@@ -29,7 +29,7 @@ from .. import diagnostics
 from ..core.errors import scrubbed
 from ..core.token import Token
 from ..diagnostics import SettingError
-from .auth import EntraAuth, EntraSettings, check_transport, get_auth
+from .auth import TLS_DEFAULTS, EntraAuth, EntraSettings, check_transport, get_auth
 
 logger = logging.getLogger("django_azure_mi.cache")
 
@@ -184,6 +184,10 @@ class EntraConnectionPool(redis.ConnectionPool):
             # A connection the server closed (token expiry, failover) is replaced transparently.
             kwargs["retry"] = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), 3)
             kwargs["retry_on_error"] = [RedisConnectionError, RedisTimeoutError]
+        if isinstance(connection_class, type) and issubclass(connection_class, redis.SSLConnection):
+            for option, value in TLS_DEFAULTS.items():  # verified, whatever redis-py's default
+                if option not in kwargs:
+                    kwargs[option] = value
         check_transport(connection_class, kwargs, entra_settings, entra_settings.where)
         connection_class = entra_connection_class(connection_class)
         super().__init__(connection_class=connection_class, entra_settings=entra_settings, **kwargs)

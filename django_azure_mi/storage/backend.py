@@ -36,7 +36,16 @@ from django.utils.deconstruct import deconstructible
 from .. import runtime
 from ..core.errors import install_log_redaction
 from ..diagnostics import SettingError
-from ..options import BindingCredential, OptionSpec, ServiceBinding, alias_of, bind, boolean, require_tls
+from ..options import (
+    BindingCredential,
+    OptionSpec,
+    ServiceBinding,
+    alias_of,
+    bind,
+    boolean,
+    require_tls,
+    verifies,
+)
 from .delegation import KEY_BACKDATE, KEY_LIFETIME, DelegationKeys
 from .files import BlobFiles, explain_errors
 
@@ -127,10 +136,11 @@ class AzureManagedIdentityStorage(BlobFiles):
         require_tls(
             "E032",
             [urlsplit(self.account_url).hostname],
-            verify is not False or not self.binding.values["verify_tls"],
-            f"{self.where}['client_options']['connection_verify'] = False: the access token could go to an "
-            f"impostor of {self.account_url}.",
-            "Remove it (Azure's certificates verify against the default trust store; for a local emulator "
+            verifies("connection_verify", verify) or not self.binding.values["verify_tls"],
+            f"{self.where}['client_options']['connection_verify'] = {verify!r} does not verify the server: "
+            f"the access token could go to an impostor of {self.account_url}.",
+            "Remove it, or use True or a CA file's path (Azure's certificates verify against the default "
+            "trust store; for a local emulator "
             "pass the path of its CA file), or set "
             f"{self.where}['managed_identity']['verify_tls'] = False to accept the risk (manage.py check "
             "warns).",
