@@ -85,8 +85,8 @@ class DatabaseClient(postgresql.DatabaseClient):
 
 def check_psql_for_system_roots(executable: str, where: str) -> None:
     """``sslrootcert=system`` needs libpq >= 16 in psql (an older one looks for a file named "system").
-    Asked of psql itself: libpq >= 16 refuses ``sslmode=require`` with ``sslrootcert=system`` while parsing the
-    parameters, before any connection; an older one tries a socket in a directory that does not exist."""
+    Asked of psql itself: libpq >= 16 refuses ``sslmode=require`` with ``sslrootcert=system`` while parsing
+    the parameters, before any connection; an older one tries a socket in a directory that does not exist."""
     path = shutil.which(executable)
     if path is None:
         return  # Django reports the missing psql itself
