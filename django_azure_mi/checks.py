@@ -11,7 +11,9 @@ E003      ``CREDENTIAL`` dotted path cannot be imported / is not callable
 E004      ``CREDENTIAL="workload_identity"`` without the AKS workload-identity environment
 E005      a ``scope`` option is not a scope
 E006      the extra an adapter needs is not installed
-E007      ``TOKEN_CACHE_DIR`` is not a directory, or is open to other users
+E007      ``TOKEN_CACHE_DIR`` is not a directory, is open to other users, or sits under a parent others can
+          write without the sticky bit
+W007      ``TOKEN_CACHE_DIR`` cannot be written (read-only file system): tokens stay in memory only
 E010      ``DATABASES[…]['OPTIONS']['managed_identity']`` malformed
 E011      ``DATABASES[…]['PASSWORD']`` set with a managed identity
 E012      ``DATABASES[…]['USER']`` empty
@@ -58,7 +60,7 @@ from django.core.exceptions import ImproperlyConfigured
 from . import conf
 from .core.credentials import KINDS, IdentityKey, check_workload_environment, import_factory
 from .core.errors import Problem
-from .core.filecache import check_cache_dir
+from .core.filecache import cache_dir_state, check_cache_dir
 from .diagnostics import setting_errors
 from .options import scope_owner, split_locations
 
@@ -80,7 +82,21 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         return errors  # every adapter check would repeat the same error
     _run(errors, "AZURE_MANAGED_IDENTITY['CREDENTIAL']", _check_credential, config)
     if config.token_cache_dir:
-        _run(errors, "AZURE_MANAGED_IDENTITY['TOKEN_CACHE_DIR']", check_cache_dir, config.token_cache_dir)
+        obj = "AZURE_MANAGED_IDENTITY['TOKEN_CACHE_DIR']"
+        before = len(errors)
+        _run(errors, obj, check_cache_dir, config.token_cache_dir)
+        why = cache_dir_state(config.token_cache_dir) if len(errors) == before else None
+        if why is not None:
+            errors.append(
+                checks.Warning(
+                    f"{obj} = {config.token_cache_dir!r} cannot be written: {why}. Each process keeps its "
+                    "tokens in memory only (one identity request per process, not per host).",
+                    hint="Point it at a writable directory (a tmpfs or emptyDir volume on a read-only "
+                    "container), or remove the setting.",
+                    obj=obj,
+                    id="django_azure_mi.W007",
+                )
+            )
     for alias, database in (getattr(settings, "DATABASES", None) or {}).items():
         _check_database(errors, alias, database)
     for alias, cache in (getattr(settings, "CACHES", None) or {}).items():

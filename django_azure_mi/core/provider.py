@@ -35,11 +35,9 @@ from . import policy
 from .errors import TokenUnavailableError, describe_error, install_log_redaction
 from .filecache import FileCache
 from .refresher import Defer, Idleness, NotReady, Refresher
-from .token import Token, claimed_lifetime
+from .token import Token, checked
 
 logger = logging.getLogger("django_azure_mi.tokens")
-
-MAX_TOKEN_LENGTH = 64 * 1024  # Entra tokens are a few kB; anything this large is not a token
 
 _WHY = {
     "closed": "the token provider was closed",
@@ -171,6 +169,11 @@ class TokenProvider:
         return token.expires_on if token is not None else None
 
     @property
+    def file_cache_problem(self) -> str | None:
+        """Why this provider keeps its tokens in memory only although ``TOKEN_CACHE_DIR`` is set, or None."""
+        return self._file.unusable if self._file is not None else None
+
+    @property
     def closed(self) -> bool:
         return self._refresher.closed
 
@@ -298,32 +301,8 @@ class Upstream:
             else:
                 access = credential.get_token(self.scope, claims=claims)
                 info = AccessTokenInfo(access.token, access.expires_on)
-        if not isinstance(info.token, str) or not info.token:
-            raise ValueError("the credential returned an empty token")
-        if len(info.token) > MAX_TOKEN_LENGTH:
-            raise ValueError(
-                f"the credential returned {len(info.token)} characters (at most {MAX_TOKEN_LENGTH})"
-            )
-        token = Token(info, started, self.source, self.refresh_margin)
-        # Never believe an expires_on beyond what the JWT itself allows. Its exp is on the issuer's clock,
-        # which may be minutes off ours (expires_on comes from expires_in, on ours), so the bound is the
-        # lifetime it claims (exp - iat, skew-free) counted from when we asked.
-        span = claimed_lifetime(token.claims)
-        if span is not None and started + span < info.expires_on:
-            ceiling = int(started + span)
-            info = AccessTokenInfo(
-                info.token, ceiling, token_type=info.token_type, refresh_on=info.refresh_on
-            )
-            token = Token(info, started, self.source, self.refresh_margin)
-        lifetime = info.expires_on - time.time()
-        if lifetime <= 0:
-            raise ValueError("the credential returned an already expired token")
-        if lifetime < policy.MIN_LIFETIME:
-            raise ValueError(
-                f"the credential returned a token that lives {lifetime:.1f}s (at least "
-                f"{policy.MIN_LIFETIME:g}s: it would expire before use, and renewing it would flood the "
-                "identity endpoint)"
-            )
+        token = checked(info, started, self.source, self.refresh_margin, "the credential")
+        info = token.info
         if current is not None and (info.token == current.value or info.expires_on < current.expires_on):
             now = time.time()
             at = policy.upstream_cache_retry(now, current.expires_on, current.usable_until, retry_base)

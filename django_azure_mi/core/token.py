@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import time
-from typing import Any
+from typing import Any, Final
 
 import jwt
 from azure.core.credentials import AccessToken, AccessTokenInfo
@@ -37,6 +38,58 @@ def claimed_lifetime(claims: dict[str, Any]) -> float | None:
     if isinstance(exp, (int, float)) and isinstance(iat, (int, float)) and exp > iat:
         return float(exp - iat)
     return None
+
+
+MAX_TOKEN_LENGTH: Final = 64 * 1024  # Entra tokens are a few kB; anything this large is not a token
+MAX_LIFETIME: Final = 25 * 3600.0  # Entra issues managed identity tokens for up to 24 h
+
+
+def checked(info: AccessTokenInfo, asked_at: float, source: str, margin: float, origin: str) -> Token:
+    """THE checks every token passes before it is served, wherever it came from (the identity endpoint,
+    the file cache): a JWT of sane size with an expiry; ``expires_on`` not beyond the lifetime the JWT
+    itself claims (``exp - iat``, skew-free) counted from ``asked_at``; at least ``policy.MIN_LIFETIME``
+    and at most ``MAX_LIFETIME`` left. Raises ValueError saying what ``origin`` returned (never the
+    token)."""
+    value = info.token
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{origin} returned an empty token")
+    if len(value) > MAX_TOKEN_LENGTH:
+        raise ValueError(f"{origin} returned {len(value)} characters (at most {MAX_TOKEN_LENGTH})")
+    expires_on, refresh_on = info.expires_on, info.refresh_on
+    if not _finite(expires_on) or not _finite(asked_at):
+        raise ValueError(f"{origin} returned no usable expiry")
+    try:
+        claims = jwt.decode(value, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        raise ValueError(f"{origin} returned something that is not a JWT") from None
+    if not _finite(claims.get("exp")):
+        raise ValueError(f"{origin} returned a JWT without an expiry (exp)")
+    # Never believe an expires_on beyond what the JWT itself allows. Its exp is on the issuer's clock, which
+    # may be minutes off ours (expires_on comes from expires_in, on ours), so the bound is the lifetime it
+    # claims (exp - iat, skew-free) counted from when we asked.
+    span = claimed_lifetime(claims)
+    if span is not None and asked_at + span < expires_on:
+        expires_on = int(asked_at + span)
+    lifetime = expires_on - time.time()
+    if lifetime <= 0:
+        raise ValueError(f"{origin} returned an already expired token")
+    if lifetime < policy.MIN_LIFETIME:
+        raise ValueError(
+            f"{origin} returned a token that lives {lifetime:.1f}s (at least {policy.MIN_LIFETIME:g}s: it "
+            "would expire before use, and renewing it would flood the identity endpoint)"
+        )
+    if lifetime > MAX_LIFETIME:
+        raise ValueError(f"{origin} returned a token that lives {lifetime / 3600:.0f} h (at most 25 h)")
+    if refresh_on is not None and not (_finite(refresh_on) and 0 < refresh_on < expires_on):
+        refresh_on = None
+    info = AccessTokenInfo(value, int(expires_on), token_type=info.token_type, refresh_on=refresh_on)
+    token = Token(info, min(asked_at, time.time()), source, margin)
+    token._claims = claims
+    return token
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class Token:

@@ -12,7 +12,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ... import probes
+from ... import probes, runtime
 
 
 class Command(BaseCommand):
@@ -58,15 +58,25 @@ class Command(BaseCommand):
         started = time.monotonic()
         results = probes.run(selected, timeout=options["timeout"])
         healthy = all(r.ok for r in results)
+        cache_problems = sorted(
+            {p.file_cache_problem for p in runtime.get().providers() if p.file_cache_problem}
+        )
         if options["json"]:
             document = {
                 "ok": healthy,
                 "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
                 "results": [r.as_dict() for r in results],
+                "token_cache_problems": cache_problems,
             }
             self.stdout.write(json.dumps(document, indent=2, default=str))
         else:
             self._table(results)
+            for problem in cache_problems:
+                self.stdout.write(
+                    self.style.WARNING(
+                        f"TOKEN_CACHE_DIR not used: {problem}; tokens are kept in memory only (W007)."
+                    )
+                )
         if not healthy:
             failed = sum(not r.ok for r in results)
             raise CommandError(f"{failed} of {len(results)} checks failed", returncode=1)
