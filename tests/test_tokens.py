@@ -434,3 +434,28 @@ def test_a_clock_five_minutes_off_the_issuers_changes_no_timing(make_provider, a
     assert asked + 55 <= token.expires_on <= asked + 62, token.expires_on - asked
     assert abs(token.issued_at - asked) <= 2, token.issued_at - asked
     assert claims(token.value)["exp"] - asked == pytest.approx(60 + skew, abs=2)
+
+
+# ---------------------------------------------------------------------------------------------- bounded
+
+
+@pytest.mark.parametrize("fault", ["endless", "trickle"])
+def test_each_identity_request_has_one_deadline_and_a_capped_body(fault, azure_imds, settings):
+    """An endless body grew the worker from 58 to 212 MB (the 64 kB cap came after the whole body was
+    read); a slowloris (a byte at a time, headers and body) kept one request going for its whole 60 s,
+    with no retry. Now the body is capped while reading, and each request ends at TIMEOUT whatever it is
+    doing; azure-core's retry (the next request is answered normally) then gets the token."""
+    from django_azure_mi.testing.imds import Fault
+
+    settings.AZURE_MANAGED_IDENTITY = {"TIMEOUT": 2}
+    provider = get_token_provider(STORAGE)
+    azure_imds.inject(Fault.endless() if fault == "endless" else Fault.trickle(0.05, duration=40))
+    assert provider.refresh(wait=True, timeout=25), provider.last_error  # the retry got the token
+    deadline = time.monotonic() + 10
+    while not azure_imds.fault_bytes and time.monotonic() < deadline:  # until the emulator sees the hang-up
+        time.sleep(0.05)
+    (sent,) = azure_imds.fault_bytes
+    if fault == "endless":
+        assert sent < 4 * 1024 * 1024, f"{sent} bytes of an endless body were read"
+    else:
+        assert sent < 4 / 0.05, f"the trickle went on for {sent} bytes (~{sent * 0.05:.0f}s)"

@@ -25,13 +25,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from .. import diagnostics
+from .. import diagnostics, runtime
 from ..core.errors import scrubbed
 from ..core.token import Token
 from ..diagnostics import SettingError
 from .auth import TLS_DEFAULTS, EntraAuth, EntraSettings, check_transport, get_auth
 
 logger = logging.getLogger("django_azure_mi.cache")
+
+SOCKET_TIMEOUT = 5.0  # connect and read timeout of our Redis connections where the settings give none
 
 
 class _Credentials(redis.CredentialProvider):
@@ -180,6 +182,13 @@ class EntraConnectionPool(redis.ConnectionPool):
     def __init__(
         self, connection_class: type = redis.Connection, *, entra_settings: EntraSettings, **kwargs: Any
     ) -> None:
+        # Every wait bounded (docs/security.md): a server that accepts and never answers AUTH (or anything)
+        # held the caller forever with redis-py < 8, which has no default. 5 s (redis-py 8's default), or
+        # TIMEOUT if that is shorter. None counts as unset (kombu passes None).
+        bound = min(SOCKET_TIMEOUT, runtime.get().config.timeout)
+        for option in ("socket_connect_timeout", "socket_timeout"):
+            if kwargs.get(option) is None:
+                kwargs[option] = bound
         if "retry" not in kwargs and "retry_on_error" not in kwargs:
             # A connection the server closed (token expiry, failover) is replaced transparently.
             kwargs["retry"] = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), 3)

@@ -15,6 +15,7 @@ from typing import Any, Final
 from azure.core.credentials import TokenCredential
 
 from .errors import ConfigurationError, Problem
+from .http import BoundedTransport
 
 SETTING: Final = "AZURE_MANAGED_IDENTITY['CREDENTIAL']"
 KINDS: Final = ("managed_identity", "workload_identity", "default")
@@ -82,10 +83,14 @@ def build_credential(key: IdentityKey, timeout: float) -> TokenCredential:
     # Transport timeouts reach azure-core's RequestsTransport through the credential's kwargs. The token core
     # retries failed attempts on its own schedule for as long as the process lives, so each attempt only
     # retries briefly (azure-identity's IMDS default makes one attempt last ~25 s).
+    # Each HTTP request also has one overall deadline (``timeout``) and a body capped while it is read
+    # (core/http.py): a per-read timeout does not stop an endpoint that trickles or never stops talking.
+    connect = min(CONNECTION_TIMEOUT, timeout)
     transport: dict[str, Any] = {
-        "connection_timeout": min(CONNECTION_TIMEOUT, timeout),
+        "connection_timeout": connect,
         "read_timeout": timeout,
         "raw_response_hook": cap_retry_after,
+        "transport": BoundedTransport(deadline=timeout, connection_timeout=connect, read_timeout=timeout),
         **ATTEMPT_RETRY,
     }
     authority = key.authority_host

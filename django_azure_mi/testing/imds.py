@@ -117,6 +117,8 @@ class Fault:
     seconds: float = 0.0
     body: str | None = None
     hold: Hold | None = None
+    limit: int = 0  # endless: bytes at most
+    duration: float = 60.0  # trickle: seconds at most
 
     @classmethod
     def error(cls, status: int, retry_after: float | None = None, body: str | None = None) -> Fault:
@@ -132,6 +134,18 @@ class Fault:
     def hang(cls) -> Fault:
         """Never answer (until the emulator stops or ``release_hangs()``); the client must time out."""
         return cls("hang")
+
+    @classmethod
+    def endless(cls, limit: int = 256 * 1024 * 1024) -> Fault:
+        """Answer 200 and stream a body that never ends (up to ``limit`` bytes, or until the client hangs
+        up); ``IMDSEmulator.fault_bytes`` records how much was sent."""
+        return cls("endless", limit=limit)
+
+    @classmethod
+    def trickle(cls, seconds_per_byte: float = 0.1, duration: float = 60.0) -> Fault:
+        """A slowloris: the answer's status line, headers and body one byte per ``seconds_per_byte``, for
+        ``duration`` seconds at most; ``IMDSEmulator.fault_bytes`` records how much was sent."""
+        return cls("trickle", seconds=seconds_per_byte, duration=duration)
 
     @classmethod
     def malformed(cls) -> Fault:
@@ -199,6 +213,7 @@ class IMDSEmulator:
         self._release_hangs = threading.Event()
         self.requests: collections.Counter[str] = collections.Counter()
         self.issued: list[IssuedToken] = []
+        self.fault_bytes: list[int] = []  # bytes each endless / trickle answer sent before the client left
         self._port = port
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -507,6 +522,26 @@ class IMDSEmulator:
         self._recent.append(now)
         return False
 
+    def _stream_fault(self, handler: _Handler, fault: Fault) -> None:
+        """An endless or trickling answer, written raw on the socket, until the client hangs up."""
+        sent = 0
+        ends = time.monotonic() + fault.duration
+        handler.close_connection = True
+        try:
+            for piece in _stream_fault_bytes(fault):
+                if self._stopping.is_set() or time.monotonic() > ends:
+                    break
+                handler.wfile.write(piece)
+                handler.wfile.flush()
+                sent += len(piece)
+                if fault.kind == "trickle":
+                    self._stopping.wait(fault.seconds)
+        except OSError:
+            pass  # the client hung up: what the fault is for
+        finally:
+            with self._lock:
+                self.fault_bytes.append(sent)
+
     def _answer(self, handler: _Handler, params: dict[str, str], resource: str) -> None:
         fault = self._next_fault()
         delay = self.latency + (fault.seconds if fault is not None and fault.kind == "latency" else 0.0)
@@ -521,6 +556,8 @@ class IMDSEmulator:
                 return handler.reply(fault.status, body, headers)
             if fault.kind == "malformed":
                 return handler.reply(200, '{"access_token": "not json')
+            if fault.kind in ("endless", "trickle"):
+                return self._stream_fault(handler, fault)
             if fault.kind == "hang":
                 release = self._release_hangs
                 while not (self._stopping.is_set() or release.is_set()):
@@ -553,6 +590,21 @@ class IMDSEmulator:
         if self.mode == "imds":
             answer.update(expires_in=str(ttl), ext_expires_in=str(ttl), not_before=str(issued.issued_at))
         return handler.reply(200, answer)
+
+
+def _stream_fault_bytes(fault: Fault) -> Any:
+    """The bytes an endless or trickling answer sends, in pieces."""
+    if fault.kind == "endless":
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
+        yield head
+        piece = b" " * 65536
+        for _ in range(fault.limit // len(piece)):
+            yield piece
+        return
+    answer = b'{"access_token": "' + b"x" * 100_000 + b'"}'
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(answer)
+    for byte in head + answer:
+        yield bytes([byte])
 
 
 class _Server(ThreadingHTTPServer):

@@ -95,6 +95,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         if identity is None:
             return params
         params.update(identity.tls)  # verify-full with the OS trust store off loopback, unless set
+        params.update(identity.bounds)  # connect_timeout, unless set
         try:  # the token this connection signs in with (pooled: each connection the pool opens takes one)
             return TokenConnectParams(params, identity, lazy=pooled)
         except TokenUnavailableError as exc:  # Django handles connect failures as OperationalError

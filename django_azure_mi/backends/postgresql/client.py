@@ -76,7 +76,8 @@ class DatabaseClient(postgresql.DatabaseClient):
         for key, variable in LIBPQ_ENV.items():
             if options.get(key) not in (None, ""):
                 env[variable] = str(options[key])
-        env.update({f"PG{name.upper()}": value for name, value in identity.tls.items()})  # PGSSLMODE, ...
+        added = {**identity.tls, **identity.bounds}
+        env.update({f"PG{name.upper()}": value for name, value in added.items()})  # PGSSLMODE, ...
         if identity.tls.get("sslrootcert") == "system":
             check_psql_for_system_roots(args[0], where)
         env["PGPASSWORD"] = identity.token()  # last: nothing above may fail with the token in hand

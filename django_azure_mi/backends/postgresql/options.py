@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
+from ... import runtime
 from ...diagnostics import SettingError
 from ...options import Bound, OptionSpec, ServiceBinding, bind, boolean, is_remote, require_tls
 
@@ -38,6 +39,7 @@ class ManagedIdentity(Bound):
     port: str
     binding: ServiceBinding
     tls: dict[str, str] = field(compare=False)  # sslmode/sslrootcert to add (verify-full off loopback)
+    bounds: dict[str, str] = field(default_factory=dict, compare=False)  # connect_timeout to add
 
     @property
     def where(self) -> str:
@@ -81,7 +83,18 @@ def managed_identity(settings_dict: dict[str, Any], alias: str) -> ManagedIdenti
     if options.get("pool"):
         check_pool_version(alias)
     host = settings_dict.get("HOST") or options.get("host") or ""
-    return ManagedIdentity(alias, str(user), str(host), str(settings_dict.get("PORT") or ""), binding, tls)
+    port = str(settings_dict.get("PORT") or "")
+    return ManagedIdentity(alias, str(user), str(host), port, binding, tls, connect_bounds(options))
+
+
+def connect_bounds(options: dict[str, Any]) -> dict[str, str]:
+    """Every wait bounded (docs/security.md): libpq waits for a server that stays silent (after the
+    SSLRequest, during authentication) forever unless ``connect_timeout`` is set. Where neither
+    ``OPTIONS["connect_timeout"]`` nor ``PGCONNECT_TIMEOUT`` sets it, it is AZURE_MANAGED_IDENTITY's
+    ``TIMEOUT`` (whole seconds, at least libpq's minimum of 2)."""
+    if options.get("connect_timeout") not in (None, "") or os.environ.get("PGCONNECT_TIMEOUT"):
+        return {}
+    return {"connect_timeout": str(max(2, round(runtime.get().config.timeout)))}
 
 
 def targets(settings_dict: dict[str, Any], environ: Mapping[str, str]) -> list[str] | None:
