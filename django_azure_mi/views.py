@@ -5,10 +5,14 @@
 * ``health/live`` - liveness: the process answers (no I/O). 200 ``{"status": "ok"}``.
 * ``health/ready`` - readiness: each configured service's token and a light probe (Postgres ``select``,
   Redis ``PING``, the storage container's properties, Key Vault). 200 when all pass, 503 otherwise, with a
-  JSON body per service. Results are cached for ``cache_seconds`` (5) and probes share one run, so a burst of
-  probes costs one round of checks; each run is bounded by ``timeout`` (5 s).
+  JSON body that says which service (and alias) failed - and nothing else an anonymous caller could use:
+  no diagnosis (role names, identity names, object ids), no timings. An authenticated staff user, or a view
+  built with ``details=True`` (behind your own protection), also gets each check's time and diagnosis;
+  ``manage.py azure_check`` always shows everything. Results are cached for ``cache_seconds`` (5) and
+  probes share one run, so a burst of probes costs one round of checks; each run is bounded by
+  ``timeout`` (5 s).
 
-``ReadinessView.as_view(cache_seconds=10, timeout=3)`` changes the defaults.
+``ReadinessView.as_view(cache_seconds=10, timeout=3, details=False)`` changes the defaults.
 """
 
 from __future__ import annotations
@@ -35,10 +39,13 @@ class ReadinessView(View):
     http_method_names = ["get", "head"]
     cache_seconds: float = 5.0
     timeout: float = 5.0
+    details: bool = False  # diagnoses and timings for everyone (else only for staff users)
 
     def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
         checked, checked_at, results, cached = self._results()
         healthy = all(r.ok for r in results)
+        user = getattr(request, "user", None)
+        details = self.details or bool(user is not None and user.is_authenticated and user.is_staff)
         body = {
             "status": "ok" if healthy else "fail",
             "checked_at": round(checked_at, 3),
@@ -49,8 +56,8 @@ class ReadinessView(View):
                     "service": r.service,
                     "alias": r.alias,
                     "ok": r.ok,
-                    "elapsed_ms": r.elapsed_ms,
-                    **({"diagnosis": r.diagnosis} if not r.ok else {}),
+                    **({"elapsed_ms": r.elapsed_ms} if details else {}),
+                    **({"diagnosis": r.diagnosis} if details and not r.ok else {}),
                 }
                 for r in results
             ],
