@@ -61,7 +61,7 @@ def test_anonymous_callers_learn_which_service_failed_and_nothing_else(
     rf,
     azure_postgres,
     azure_imds,
-    use_databases,  # noqa: F811
+    use_databases,
 ):
     """The readiness body once told any unauthenticated caller the Postgres role names, the identity's
     resource name and object ids (in each failed check's diagnosis). Now: status, and which service and
