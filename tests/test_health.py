@@ -56,7 +56,7 @@ def test_readiness_fails_with_503(site, rf, azure_redis, azure_imds, broken):  #
 
 
 def test_anonymous_callers_learn_which_service_failed_and_nothing_else(
-    site,
+    site,  # noqa: F811
     client,
     rf,
     azure_postgres,

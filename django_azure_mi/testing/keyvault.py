@@ -228,23 +228,38 @@ def _error(code: str, message: str, inner: str | None = None) -> dict[str, Any]:
     return {"error": body}
 
 
+MAX_REQUEST = 256 * 1024  # Key Vault's secrets are at most 25 kB; its front end refuses far larger bodies
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
-        self._drain()
-        self.server.vault._handle(self)  # type: ignore[attr-defined]
+        if self._drain():
+            self.server.vault._handle(self)  # type: ignore[attr-defined]
 
-    def do_PUT(self) -> None:
-        self._drain()
-        self.server.vault._handle(self)  # type: ignore[attr-defined]
+    do_PUT = do_POST = do_DELETE = do_GET
 
-    do_POST = do_DELETE = do_PUT
-
-    def _drain(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
+    def _drain(self) -> bool:
+        """Read the request's body; a Content-Length that is not a length, or is larger than Key Vault
+        takes, gets the 400 / 413 Azure's front end gives, and the connection is closed (the body can't be
+        found). False: answered here."""
+        raw = self.headers.get("Content-Length") or "0"
+        try:
+            length = int(raw)
+            if length < 0 or not raw.strip().isdigit():
+                raise ValueError(raw)
+        except ValueError:
+            self.close_connection = True
+            self.reply(400, _error("BadRequest", "Bad Request - Invalid Content Length"))
+            return False
+        if length > MAX_REQUEST:
+            self.close_connection = True
+            self.reply(413, _error("RequestEntityTooLarge", "The request is larger than Key Vault accepts."))
+            return False
         if length:
             self.rfile.read(length)
+        return True
 
     def reply(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body).encode()

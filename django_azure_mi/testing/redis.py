@@ -378,16 +378,28 @@ class RedisStandIn(StandIn):
 
 
 class _CommandReader:
-    """Incremental parser of client → server RESP: arrays of bulk strings, and inline commands."""
+    """Incremental parser of client → server RESP: arrays of bulk strings, and inline commands.
+
+    It only watches: the bytes go to redis-server whatever it makes of them. Input it can't parse (``*abc``,
+    a bulk without ``$``) stops the watching for that connection and leaves the answer to redis-server,
+    which replies ``-ERR Protocol error: …`` and closes the connection, as Azure's Redis does."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
+        self.broken = False
 
     def feed(self, data: bytes) -> list[list[bytes]]:
+        if self.broken:
+            return []
         self._buf += data
         commands: list[list[bytes]] = []
         while True:
-            parsed = self._parse_one()
+            try:
+                parsed = self._parse_one()
+            except ValueError:
+                self.broken = True
+                self._buf.clear()
+                return commands
             if parsed is None:
                 return commands
             commands.append(parsed)
@@ -403,14 +415,18 @@ class _CommandReader:
             line = bytes(buf[:end])
             del buf[: end + 2]
             return line.split()
-        count = int(buf[1:end])
+        count = int(buf[1:end])  # ValueError: not a multibulk length
         pos = end + 2
         args = []
         for _ in range(count):
+            if len(buf) > pos and buf[pos : pos + 1] != b"$":
+                raise ValueError("expected '$'")
             end = buf.find(b"\r\n", pos)
-            if end < 0 or buf[pos : pos + 1] != b"$":
+            if end < 0:
                 return None
             length = int(buf[pos + 1 : end])
+            if length < 0:
+                raise ValueError("invalid bulk length")
             start = end + 2
             if len(buf) < start + length + 2:
                 return None
