@@ -82,6 +82,7 @@ class BoundedAdapter(HTTPAdapter):
             raise
         finally:
             watchdog.cancel()
+            watchdog.join()  # gone with the request (it wakes at once when cancelled)
             self._current.pop(thread, None)
 
     def _read(self, response: requests.Response, deadline: float) -> bytes:

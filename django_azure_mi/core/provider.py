@@ -165,12 +165,10 @@ class TokenProvider:
     @property
     def expires_on(self) -> float | None:
         """Expiry (epoch seconds) of the cached token, or None."""
-        token = self._refresher.value
-        return token.expires_on if token is not None else None
+        return getattr(self._refresher.value, "expires_on", None)
 
     @property
-    def file_cache_problem(self) -> str | None:
-        """Why this provider keeps its tokens in memory only although ``TOKEN_CACHE_DIR`` is set, or None."""
+    def file_cache_problem(self) -> str | None:  # why TOKEN_CACHE_DIR is not used here, or None
         return self._file.unusable if self._file is not None else None
 
     @property
@@ -220,9 +218,7 @@ class TokenProvider:
 
     def _for_scopes(self, scopes: tuple[str, ...]) -> TokenProvider:
         if len(scopes) != 1:
-            raise ValueError(
-                f"managed identity tokens are for exactly one scope; got {len(scopes)}: {scopes!r}"
-            )
+            raise ValueError(f"a token is for exactly one scope; got {len(scopes)}: {scopes!r}")
         return self._siblings(scopes[0])
 
     def _own_siblings(self, scope: str) -> TokenProvider:
