@@ -193,7 +193,9 @@ class EntraConnectionPool(redis.ConnectionPool):
             # A connection the server closed (token expiry, failover) is replaced transparently.
             kwargs["retry"] = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), 3)
             kwargs["retry_on_error"] = [RedisConnectionError, RedisTimeoutError]
-        if isinstance(connection_class, type) and issubclass(connection_class, redis.SSLConnection):
+        if isinstance(connection_class, str):
+            connection_class = import_string(connection_class)
+        if issubclass(connection_class, redis.SSLConnection):
             for option, value in TLS_DEFAULTS.items():  # verified, whatever redis-py's default
                 if option not in kwargs:
                     kwargs[option] = value
