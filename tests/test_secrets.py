@@ -300,6 +300,10 @@ def test_storage_server_hanging_up_leaves_no_token(operation, azure_imds, report
             calls[operation]()
         tokens = issued(azure_imds, "https://storage.azure.com")
         assert_out_of_reach(info.value, reporter, tokens)
+        if operation != "url":  # the diagnosis is attached (url(): the delegation key's own error)
+            from django_azure_mi.diagnostics import failure_of
+
+            assert failure_of(info.value) is not None, repr(info.value)
         if operation == "save":
             assert_not_on_page(debug_page("/boom/storage/default/", settings), tokens)
     finally:

@@ -18,12 +18,13 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 from azure.storage.blob import BlobPrefix
 from django.utils import timezone as dj_timezone
 from storages.backends.azure_storage import AzureStorage, AzureStorageFile
 from storages.utils import clean_name, setting
 
+from .. import diagnostics
 from ..core.errors import scrubbed
 from .delegation import explained
 
@@ -65,6 +66,8 @@ def explain_errors(action: str) -> Callable[[Callable[..., T]], Callable[..., T]
 
 
 def _translated(exc: BaseException, storage: Any, name: str, action: str) -> BaseException:
+    if isinstance(exc, AzureError) and not isinstance(exc, HttpResponseError):  # unreachable, hung up, ...
+        return diagnostics.attach(exc, diagnostics.diagnose_storage(exc, storage.alias))
     if isinstance(exc, BlobNotFoundError) or not isinstance(exc, HttpResponseError):
         return exc
     if isinstance(exc, ResourceNotFoundError):
