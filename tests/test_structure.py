@@ -1,5 +1,5 @@
-"""The shape of the package (DESIGN.md §1): one owner of process state, one renewal loop, a Django-free
-core, no import cycles, small classes, side-effect-free checks, no leaked providers."""
+"""The shape of the package (docs/architecture.md): one owner of process state, one renewal loop, a
+Django-free core, no import cycles, small classes, side-effect-free checks, no leaked providers."""
 
 from __future__ import annotations
 
@@ -307,3 +307,16 @@ def test_probe_and_error_give_the_same_diagnosis(azure_postgres, use_databases, 
     assert raised is not None and raised.kind == "auth-refused"
     (result,) = probes.run(probes.targets(databases=["default"], caches=[], storages=[], keyvault=False))
     assert (result.diagnosis, result.fix) == (raised.diagnosis, raised.fix)
+
+
+def test_the_design_the_code_cites_is_in_the_repository():
+    """Code and tests cite the project's own docs/, never the design notes outside the repository."""
+    root = PACKAGE.parent
+    cited: set[str] = set()
+    for path in [*root.glob("django_azure_mi/**/*.py"), *root.glob("tests/**/*.py")]:
+        text = path.read_text()
+        assert "DESIGN" + ".md" not in text, f"{path} cites a design that is not in the repository"
+        cited.update(re.findall(r"\bdocs/[\w-]+\.md", text))
+    assert cited, "no code cites docs/"
+    missing = sorted(doc for doc in cited if not (root / doc).is_file())
+    assert not missing, missing

@@ -86,7 +86,8 @@ def test_emulator_requires_the_metadata_header(azure_imds):
     assert requests.get(url, headers={"Metadata": "true"}, timeout=5).status_code == 200
 
 
-@pytest.mark.azure_imds(ttl=120)  # < 5 min: azure-identity's own cache steps aside (DESIGN.md §6)
+# < 5 min: azure-identity's own cache steps aside (docs/azure-behaviour.md §3)
+@pytest.mark.azure_imds(ttl=120)
 def test_background_refresh_never_makes_callers_wait(make_provider, azure_imds):
     provider = make_provider()
     old = provider.get_token(STORAGE).token

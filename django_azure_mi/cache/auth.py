@@ -279,8 +279,6 @@ class EntraAuth:
             self._unsubscribe()
         self.sweeper.close(join=5)
 
-    stop = close
-
     def after_fork(self) -> None:
         self._lock = threading.Lock()
         self.sweeper.after_fork()  # restarted by the next pool that registers or reconnects

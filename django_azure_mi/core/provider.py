@@ -1,6 +1,7 @@
 """``TokenProvider``: cached, single-flight, background-refreshed tokens for one scope of one identity.
 
-What it adds to azure-identity (DESIGN.md §4), all through the one :class:`~.refresher.Refresher`:
+What it adds to azure-identity (docs/azure-behaviour.md §3), all through the one
+:class:`~.refresher.Refresher`:
 
 * **single-flight** - only the refresher's worker talks to the identity endpoint, so N callers on a cold
   provider cause one request, and there is never more than one request in flight per scope;
@@ -120,11 +121,6 @@ class TokenProvider:
     async def get_token_async(self, *scopes: str, claims: str | None = None) -> AccessToken:
         """Async: returns at once when cached, otherwise waits in a thread, not the loop."""
         return await AsyncTokenProvider(self).get_token(*scopes, claims=claims)
-
-    async def get_token_info_async(
-        self, *scopes: str, options: TokenRequestOptions | None = None
-    ) -> AccessTokenInfo:
-        return await AsyncTokenProvider(self).get_token_info(*scopes, options=options)
 
     def current(self) -> Token:
         """The hot path: the cached :class:`Token`, poking the worker when a refresh is due; else wait."""

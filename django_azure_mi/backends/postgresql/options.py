@@ -5,14 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from ... import runtime
 from ...diagnostics import SettingError
 from ...options import Bound, OptionSpec, ServiceBinding, bind, boolean, is_remote, require_tls
-
-if TYPE_CHECKING:
-    pass
 
 OPTION: Final = "managed_identity"
 SPEC: Final = OptionSpec(
@@ -40,10 +37,6 @@ class ManagedIdentity(Bound):
     binding: ServiceBinding
     tls: dict[str, str] = field(compare=False)  # sslmode/sslrootcert to add (verify-full off loopback)
     bounds: dict[str, str] = field(default_factory=dict, compare=False)  # connect_timeout to add
-
-    @property
-    def where(self) -> str:
-        return f"DATABASES[{self.alias!r}]"
 
     def token(self) -> str:
         return self.provider.get_token(self.scope).token
