@@ -2,50 +2,8 @@
 no network. ``manage.py azure_check`` talks to the services.
 
 The checks run the adapters' own validation, so a check and the error raised at runtime always agree; each
-:class:`~django_azure_mi.conf.SettingError` carries its id. The ids:
-
-========  =====================================================================================
-E001      ``AZURE_MANAGED_IDENTITY`` has an unknown key or a bad value
-E002      a client id is not a GUID
-E003      ``CREDENTIAL`` dotted path cannot be imported / is not callable
-E004      ``CREDENTIAL="workload_identity"`` without the AKS workload-identity environment
-E005      a ``scope`` option is not a scope
-E006      the extra an adapter needs is not installed
-E007      ``TOKEN_CACHE_DIR`` is not a directory, is open to other users, or sits under a parent others can
-          write without the sticky bit
-W007      ``TOKEN_CACHE_DIR`` cannot be written (read-only file system): tokens stay in memory only
-E010      ``DATABASES[…]['OPTIONS']['managed_identity']`` malformed
-E011      ``DATABASES[…]['PASSWORD']`` set with a managed identity
-E012      ``DATABASES[…]['USER']`` empty
-E013      an ``sslmode`` that may send the token in clear (disable/allow/prefer) or to an unverified
-          server (require/verify-ca without the ``verify_tls=False`` opt-out), judged on the effective
-          targets (HOST, OPTIONS host/hostaddr/service, PGHOST/PGHOSTADDR/PGSERVICE, multi-host lists)
-E014      ``OPTIONS['pool']`` with psycopg-pool < 3.3
-E015      the default ``sslrootcert='system'`` with libpq < 16
-W011      ``managed_identity['verify_tls'] = False``: the server is not verified
-W005      a ``scope`` that is another service's default scope (its tokens will be refused)
-W010      a Postgres on ``*.postgres.database.azure.com`` without a password, but not our ENGINE
-E020      ``CACHES[…]['OPTIONS']['MANAGED_IDENTITY']`` malformed
-E021      credentials in ``LOCATION`` or ``OPTIONS`` (PASSWORD/USERNAME)
-E022      no TLS, or TLS that does not verify the server, to a non-loopback host (judged on the connection
-          class and SSL options redis-py will use: URL, pool kwargs / OPTIONS, query string)
-E023      a pool class that cannot re-AUTH
-E024      ``MANAGED_IDENTITY`` on django-redis without ``CONNECTION_FACTORY`` (ignored)
-E025      ``EntraConnectionFactory`` without django-redis installed
-W020      ``MANAGED_IDENTITY['USERNAME']`` is not an object id (GUID)
-W022      ``MANAGED_IDENTITY['VERIFY_TLS'] = False``: the server is not verified
-W021      an Azure Redis ``LOCATION`` without our factory/backend and without a password
-E030      account key / SAS token / connection string / token_credential set
-E031      ``STORAGES[…]['OPTIONS']['managed_identity']`` malformed
-E032      http (no TLS), or ``connection_verify=False`` without the ``verify_tls=False`` opt-out, to a
-          non-loopback storage endpoint
-W032      ``managed_identity['verify_tls'] = False``: the storage endpoint is not verified
-E033      no storage account (``account_name`` / ``account_url``)
-E034      ``expiration_secs`` negative, not a number, or longer than a user delegation key lives
-E035      ``custom_domain`` is not a host name (a scheme - plain http would carry signed URLs - or a path)
-E036      no ``azure_container``
-E040      ``AZURE_KEY_VAULT_URL`` is not an https URL
-========  =====================================================================================
+:class:`~django_azure_mi.diagnostics.SettingError` carries its id. The ids, with what each means, are in
+:mod:`django_azure_mi.checkids` (the README's table is generated from it).
 """
 
 from __future__ import annotations

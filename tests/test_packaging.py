@@ -47,6 +47,8 @@ def test_the_sdist_carries_its_tests_and_runs_them(sdist, tmp_path):
         "tests/sample_project/pytest.ini",
         "example_project/demo.py",
         "tools/azurite/package-lock.json",
+        "docs/architecture.md",
+        "docs/security.md",
         "Makefile",
         "tox.ini",
     ):

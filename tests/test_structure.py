@@ -320,3 +320,19 @@ def test_the_design_the_code_cites_is_in_the_repository():
     assert cited, "no code cites docs/"
     missing = sorted(doc for doc in cited if not (root / doc).is_file())
     assert not missing, missing
+
+
+def test_one_check_id_registry_raised_ids_are_documented_and_documented_ids_raised():
+    """Every id the product raises is in ``checkids.CHECK_IDS`` and every listed id is raised somewhere; the
+    README's table is the registry's own rendering."""
+    from django_azure_mi.checkids import BY_ID, markdown_table
+
+    raised: set[str] = set()
+    for path in PRODUCT:
+        if path.name == "checkids.py":
+            continue
+        raised.update(re.findall(r"[\"'](?:django_azure_mi\.)?([EW]\d{3})[\"']", path.read_text()))
+    assert raised - set(BY_ID) == set(), "raised but not documented in checkids.CHECK_IDS"
+    assert set(BY_ID) - raised == set(), "documented in checkids.CHECK_IDS but never raised"
+    readme = (PACKAGE.parent / "README.md").read_text()
+    assert markdown_table() in readme, "README's check table differs: python -m django_azure_mi.checkids"
