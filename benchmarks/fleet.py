@@ -28,7 +28,7 @@ sys.path[:] = [str(HERE.parent), str(HERE.parent / "tests" / "fleet_site")] + [
 
 from harness import SCOPES, Load, Server, first_answers, migrate, site_env, stand_ins
 
-from django_azure_mi.testing.postgres import free_port
+from django_azure_mi.testing.net import free_port
 
 TTL = 20.0
 

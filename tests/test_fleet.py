@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from django_azure_mi.testing.postgres import free_port
+from django_azure_mi.testing.net import free_port
 
 sys.path.insert(0, str(Path(__file__).parent / "fleet_site"))
 from harness import SCOPES, Server, first_answers, load, migrate, site_env, threads_of, worker_stats

@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from django_azure_mi.testing.postgres import free_port
+from django_azure_mi.testing.net import free_port
 from django_azure_mi.views import ReadinessView
 
 from .test_azure_check import site  # noqa: F401 - the fixture

@@ -99,7 +99,7 @@ def test_vault_must_be_https(no_vault):
 
 
 def test_unreachable_vault(azure_imds, no_vault):
-    from django_azure_mi.testing.postgres import free_port
+    from django_azure_mi.testing.net import free_port
 
     with pytest.raises(SecretError, match="unreachable"):
         secret("x", vault_url=f"https://127.0.0.1:{free_port()}")

@@ -18,7 +18,8 @@ import pytest
 
 from django_azure_mi.testing.azurite import AzuriteStandIn
 from django_azure_mi.testing.imds import IMDSEmulator
-from django_azure_mi.testing.postgres import PostgresStandIn, free_port
+from django_azure_mi.testing.net import free_port
+from django_azure_mi.testing.postgres import PostgresStandIn
 from django_azure_mi.testing.redis import RedisStandIn
 
 sys.path.insert(0, str(Path(__file__).parent / "fleet_site"))

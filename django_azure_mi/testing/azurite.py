@@ -25,7 +25,7 @@ from typing import Any
 from .base import StandIn
 from .certs import TLSFiles, make_tls_files
 from .imds import IMDSEmulator
-from .postgres import free_port
+from .net import free_port
 
 STORAGE_RESOURCE = "https://storage.azure.com"
 

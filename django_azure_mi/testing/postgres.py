@@ -41,6 +41,7 @@ from typing import Any
 from .base import StandIn
 from .certs import TLSFiles, make_tls_files
 from .imds import IMDSEmulator, signing_public_key
+from .net import free_port
 from .pggateway import Gateway, Verdict, check_token
 
 POSTGRES_RESOURCE = "https://ossrdbms-aad.database.windows.net"
@@ -74,12 +75,6 @@ def _driver() -> tuple[Any, Any]:
         import psycopg2 as psycopg  # type: ignore[no-redef]
         from psycopg2 import sql  # type: ignore[no-redef]
     return psycopg, sql
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PostgresStandIn(StandIn):

@@ -38,7 +38,7 @@ import jwt
 from .base import StandIn
 from .certs import TLSFiles, make_tls_files
 from .imds import IMDSEmulator, IssuedToken
-from .postgres import free_port
+from .net import free_port
 
 REDIS_RESOURCE = "https://redis.azure.com"
 
@@ -240,8 +240,8 @@ class RedisStandIn(StandIn):
         _grant(self.admin(), object_id)
 
     def attach(self, imds: IMDSEmulator) -> Callable[[], None]:
-        """Accept the Redis-scope tokens ``imds`` issues to registered identities. Returns a "
-        "detach function."""
+        """Accept the Redis-scope tokens ``imds`` issues to registered identities. Returns a detach
+        function."""
         self._imds = imds  # its clock (clock_skew) judges expiry
         return imds.on_token(self._on_token)
 
@@ -263,7 +263,8 @@ class RedisStandIn(StandIn):
         timer = threading.Timer(delay, self._expire_token, args=(user, issued.token))
         timer.daemon = True
         timer.start()
-        self._timers.append(timer)
+        with self._lock:  # the ones that fired are done: keep only the pending (no pile-up until reset)
+            self._timers = [t for t in self._timers if t.is_alive()] + [timer]
 
     def _expire_token(self, user: str, token: str) -> None:
         with self._lock:
