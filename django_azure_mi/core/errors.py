@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import logging
 import re
@@ -75,13 +76,19 @@ _PLAIN = (str, bytes, int, float, bool, type(None), enum.Enum)
 
 
 def _plain(value: object, depth: int = 0) -> bool:
-    """Data that cannot lead anywhere: scalars, and tuples/lists/dicts of them."""
+    """Data that cannot lead anywhere: scalars, and tuples/lists/dicts/frozen dataclasses of them (a
+    diagnosis an adapter attached, a :class:`Problem`)."""
     if isinstance(value, _PLAIN):
         return True
-    if depth < 2 and isinstance(value, (tuple, list, frozenset, set)):
+    if depth >= 2:
+        return False
+    if isinstance(value, (tuple, list, frozenset, set)):
         return all(_plain(item, depth + 1) for item in value)
-    if depth < 2 and isinstance(value, dict):
+    if isinstance(value, dict):
         return all(_plain(k, depth + 1) and _plain(v, depth + 1) for k, v in value.items())
+    params = getattr(type(value), "__dataclass_params__", None)
+    if params is not None and params.frozen:
+        return all(_plain(getattr(value, f.name), depth + 1) for f in dataclasses.fields(value))  # type: ignore[arg-type]
     return False
 
 
@@ -110,7 +117,7 @@ def scrubbed(exc: BaseException) -> BaseException:
         for name, value in list(getattr(current, "__dict__", {}).items()):
             if isinstance(value, BaseException):
                 pending.append(value)
-            elif not _plain(value) and not isinstance(value, Problem):
+            elif not _plain(value):
                 with contextlib.suppress(AttributeError, TypeError):  # read-only: leave it
                     setattr(current, name, None)
         try:

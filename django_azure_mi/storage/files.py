@@ -57,7 +57,7 @@ def explain_errors(action: str) -> Callable[[Callable[..., T]], Callable[..., T]
             try:
                 return method(self, name, *args, **kwargs)
             except BaseException as exc:
-                error = _translated(exc, self, name, action)
+                error = _translated(exc, self, name, action)  # explained (the diagnosis stays on)
             raise scrubbed(error)  # outside the except: nothing chained back on
 
         return wrapper
@@ -71,7 +71,6 @@ def _translated(exc: BaseException, storage: Any, name: str, action: str) -> Bas
     if isinstance(exc, BlobNotFoundError) or not isinstance(exc, HttpResponseError):
         return exc
     if isinstance(exc, ResourceNotFoundError):
-        scrubbed(exc)
         return BlobNotFoundError(name, exc, getattr(storage, "azure_container", ""))
     return explained(exc, f"{action} {name!r}", storage.alias)
 
