@@ -287,3 +287,19 @@ class EntraAuth:
 def get_auth(settings: EntraSettings) -> EntraAuth:
     """The runtime's EntraAuth for ``settings``."""
     return runtime.get().component(("redis-auth", settings), lambda: EntraAuth(settings))
+
+
+class UsesEntra:
+    """For the objects that hold ``entra_settings`` (connections, pools, the django-redis factory): their
+    ``EntraAuth``, resolved once per runtime and again only when the runtime changes (a settings change)."""
+
+    entra_settings: EntraSettings
+    _entra_of: tuple[runtime.Runtime, EntraAuth] | None = None
+
+    @property
+    def entra(self) -> EntraAuth:
+        current = runtime.get()
+        resolved = self._entra_of
+        if resolved is None or resolved[0] is not current:
+            resolved = self._entra_of = (current, get_auth(self.entra_settings))
+        return resolved[1]

@@ -29,7 +29,7 @@ from .. import diagnostics, runtime
 from ..core.errors import scrubbed
 from ..core.token import Token
 from ..diagnostics import SettingError
-from .auth import TLS_DEFAULTS, EntraAuth, EntraSettings, check_transport, get_auth
+from .auth import TLS_DEFAULTS, EntraSettings, UsesEntra, check_transport
 
 logger = logging.getLogger("django_azure_mi.cache")
 
@@ -49,10 +49,9 @@ class _Credentials(redis.CredentialProvider):
         return f"<credentials user={self.username} token={self.token!r}>"
 
 
-class EntraConnectionMixin:
+class EntraConnectionMixin(UsesEntra):
     """Mixed into redis-py's Connection classes: AUTH with the token on connect, re-AUTH when due."""
 
-    entra_settings: EntraSettings
     credential_provider: redis.CredentialProvider | None
     _entra_exp = 0.0
     _entra_due = float("inf")
@@ -61,11 +60,6 @@ class EntraConnectionMixin:
     def __init__(self, *args: Any, entra_settings: EntraSettings, **kwargs: Any) -> None:
         self.entra_settings = entra_settings
         super().__init__(*args, **kwargs)
-
-    @property
-    def entra(self) -> EntraAuth:
-        """The current runtime's auth for these settings (a settings change gives a new one)."""
-        return get_auth(self.entra_settings)
 
     # redis-py 8 connects through on_connect_check_health; older versions through on_connect.
     def on_connect(self) -> None:
@@ -78,8 +72,9 @@ class EntraConnectionMixin:
         self._entra_connect(lambda: super(EntraConnectionMixin, self).on_connect_check_health(check_health))  # type: ignore[misc]
 
     def _entra_connect(self, connect: Any) -> None:
-        token = self.entra.token()
-        self.credential_provider = _Credentials(self.entra.username(token), token)
+        entra = self.entra  # resolved once per connect
+        token = entra.token()
+        self.credential_provider = _Credentials(entra.username(token), token)
         error: BaseException | None = None
         try:
             connect()
@@ -88,13 +83,13 @@ class EntraConnectionMixin:
         finally:
             self.credential_provider = None
         if isinstance(error, AuthenticationError):
-            message, failure = self.entra.explain(error, token)
+            message, failure = entra.explain(error, token)
             error = diagnostics.attach(AuthenticationError(message), failure)
         if error is not None:
             raise error
         self._entra_exp = token.expires_on
-        self._entra_due = self.entra.due(token)
-        self.entra.ensure_sweeper()
+        self._entra_due = entra.due(token)
+        entra.ensure_sweeper()
 
     def disconnect(self, *args: Any, **kwargs: Any) -> None:
         self._entra_due = float("inf")
@@ -118,32 +113,33 @@ class EntraConnectionMixin:
             # Azure closes it at expiry and redis-py reconnects and resubscribes.
             return
         now = time.time()
+        entra = self.entra  # resolved once per re-AUTH
         try:
-            token = self.entra.token()
+            token = entra.token()
         except RedisConnectionError:
             token = None
         if token is None or token.expires_on <= self._entra_exp:
             # No newer token yet (refresh pending, identity outage): try again soon, until expiry.
-            self._entra_due = min(now + self.entra.interval, self._entra_exp)
+            self._entra_due = min(now + entra.interval, self._entra_exp)
             return
         error: BaseException | None = None
         self._entra_busy = True
         try:
-            self._entra_send_auth(self.entra.username(token), token)
+            self._entra_send_auth(entra.username(token), token)
         except Exception as exc:  # redis-py's frames hold the packed AUTH command: keep none of them
             error = scrubbed(exc)
         finally:
             self._entra_busy = False
         if isinstance(error, AuthenticationError):
-            self.entra.reauth_failures += 1
-            self._entra_due = min(now + self.entra.interval, self._entra_exp)
-            logger.warning("%s", self.entra.explain(error, token)[0])
+            entra.reauth_failures += 1
+            self._entra_due = min(now + entra.interval, self._entra_exp)
+            logger.warning("%s", entra.explain(error, token)[0])
             return
         if error is not None:
             raise error
-        self.entra.reauths += 1
+        entra.reauths += 1
         self._entra_exp = token.expires_on
-        self._entra_due = self.entra.due(token)
+        self._entra_due = entra.due(token)
 
     def _entra_send_auth(self, username: str, token: Token) -> None:
         super().send_packed_command(self.pack_command("AUTH", username, token.value), False)  # type: ignore[misc,attr-defined]
@@ -176,7 +172,7 @@ def entra_connection_class(base: type) -> type:
     return _KNOWN.get(base) or type(f"Entra{base.__name__}", (EntraConnectionMixin, base), {})
 
 
-class EntraConnectionPool(redis.ConnectionPool):
+class EntraConnectionPool(UsesEntra, redis.ConnectionPool):
     """A redis-py ConnectionPool whose connections sign in with Entra tokens and re-AUTH before expiry."""
 
     def __init__(
@@ -203,10 +199,6 @@ class EntraConnectionPool(redis.ConnectionPool):
         connection_class = entra_connection_class(connection_class)
         super().__init__(connection_class=connection_class, entra_settings=entra_settings, **kwargs)
         self.entra_settings = entra_settings
-
-    @property
-    def entra(self) -> EntraAuth:
-        return get_auth(self.entra_settings)
 
     def make_connection(self) -> Any:
         self.entra.register(self)  # the current runtime's sweeper looks after this pool's idle connections

@@ -10,11 +10,10 @@ from ..options import alias_of
 from .auth import (
     OPTION,
     WHERE,
-    EntraAuth,
     EntraSettings,
+    UsesEntra,
     check_location,
     check_url_transport,
-    get_auth,
     parse_options,
     refuse_credentials,
 )
@@ -57,7 +56,7 @@ def validate_url(url: str, options: dict[str, Any], settings: EntraSettings) -> 
     check_url_transport(url, dict(options.get("CONNECTION_POOL_KWARGS") or {}), settings, where)
 
 
-class EntraConnectionFactory(_DjangoRedisFactory):  # type: ignore[misc]
+class EntraConnectionFactory(UsesEntra, _DjangoRedisFactory):  # type: ignore[misc]
     """django-redis ``CONNECTION_FACTORY``: pools of Entra-authenticated connections."""
 
     def __init__(self, options: dict[str, Any]) -> None:
@@ -66,11 +65,6 @@ class EntraConnectionFactory(_DjangoRedisFactory):  # type: ignore[misc]
         super().__init__(options)
         self.pool_cls = pool_class(options.get("CONNECTION_POOL_CLASS"), f"{where}['CONNECTION_POOL_CLASS']")
         self.entra_settings = settings
-
-    @property
-    def entra(self) -> EntraAuth:
-        """The current runtime's auth for this cache's identity."""
-        return get_auth(self.entra_settings)
 
     def make_connection_params(self, url: str) -> dict[str, Any]:
         validate_url(url, self.options, self.entra_settings)

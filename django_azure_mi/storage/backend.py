@@ -178,7 +178,7 @@ class AzureManagedIdentityStorage(BlobFiles):
             label = f"account={self.account_url} identity={self.token_credential.identity}"
             keys = rt.component(
                 ("delegation-keys", self.account_url, self.binding),
-                lambda: DelegationKeys(label, rt.config.timeout, self.alias),
+                lambda: DelegationKeys(label, rt.config.timeout, self._request_key, self.alias),
             )
             cached = self._keys_of = (rt, keys)
         return cached[1]
@@ -243,10 +243,17 @@ class AzureManagedIdentityStorage(BlobFiles):
         options.setdefault("audience", self.scope.removesuffix("/.default"))
         return BlobServiceClient(self.account_url, credential=self.token_credential, **options)
 
+    def _request_key(self, start: datetime, expiry: datetime) -> UserDelegationKey:
+        """One request for a user delegation key (the keys' fetch: the first instance of the account's)."""
+        key: UserDelegationKey = self.service_client.get_user_delegation_key(
+            key_start_time=start, key_expiry_time=expiry
+        )
+        return key
+
     def get_user_delegation_key(self, expiry: datetime) -> UserDelegationKey:
         if expiry.tzinfo is None:
             expiry = expiry.replace(tzinfo=timezone.utc)
-        return self._keys.get(self.service_client, expiry).key
+        return self._keys.get(expiry).key
 
     @explain_errors("sign a URL for")
     def url(
@@ -264,7 +271,7 @@ class AzureManagedIdentityStorage(BlobFiles):
         if not expire:
             return blob_url
         expiry = datetime.now(timezone.utc) + timedelta(seconds=expire)
-        key = self._keys.get(self.service_client, expiry)
+        key = self._keys.get(expiry)
         sas = generate_blob_sas(
             str(self.account_name),  # set by _resolve_account
             self.azure_container,

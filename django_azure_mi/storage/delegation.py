@@ -7,9 +7,10 @@ Unlike django-storages' cache: the key's start is backdated for clock skew, its 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Final
+from typing import Final
 
 from azure.core.exceptions import HttpResponseError
 from azure.storage.blob import UserDelegationKey
@@ -33,10 +34,17 @@ class DelegationKey:
 class DelegationKeys:
     """The user delegation key of one (account, identity). A runtime component."""
 
-    def __init__(self, label: str, timeout: float, where: str = "STORAGES[…]") -> None:
+    def __init__(
+        self,
+        label: str,
+        timeout: float,
+        request: Callable[[datetime, datetime], UserDelegationKey],
+        where: str = "STORAGES[…]",
+    ) -> None:
+        """``request(start, expiry)`` asks the service for a key (the SDK's ``get_user_delegation_key``)."""
         self.label, self.timeout, self.where = label, timeout, where
         self.requests = 0  # how many keys were requested (tests, benchmarks)
-        self._service_client: Any = None
+        self._request = request
         self.refresher: Refresher[DelegationKey] = Refresher(
             "user delegation key",
             self._fetch,
@@ -46,9 +54,8 @@ class DelegationKeys:
             describe=lambda key: f"expires={key.expiry.isoformat()}",
         )
 
-    def get(self, service_client: Any, needed_until: datetime) -> DelegationKey:
+    def get(self, needed_until: datetime) -> DelegationKey:
         """A key valid until at least ``needed_until``; warm, this takes no lock and makes no request."""
-        self._service_client = service_client
         refresher = self.refresher
         key = refresher.value
         if key is not None and needed_until <= key.expiry:
@@ -80,7 +87,7 @@ class DelegationKeys:
         start, expiry = now - KEY_BACKDATE, now + KEY_LIFETIME
         self.requests += 1
         try:
-            value = self._service_client.get_user_delegation_key(key_start_time=start, key_expiry_time=expiry)
+            value = self._request(start, expiry)
         except HttpResponseError as exc:
             raise explained(exc, "get a user delegation key (signed URLs)", self.where) from None
         renew_at = datetime.fromtimestamp(
