@@ -1,3 +1,5 @@
+# `make check` - the fast lane for every change: lint, types and the tests that start no server process
+# (pytest -m "not integration and not slow"; the markers are set in tests/conftest.py and pyproject.toml).
 # `make test` - everything CI runs: lint, types, the test suite on Django 5.2 / Python 3.11 (this venv), on
 # Django 6.1 / Python 3.13 and a smoke subset on Django 6.0 / Python 3.12 (tox), the Postgres tests on
 # psycopg2, and Django's own test suites against our backends (tests/django_suites).
@@ -15,9 +17,14 @@ PYENV_ROOT ?= $(shell pyenv root 2>/dev/null)
 PYENV_BINS := $(wildcard $(PYENV_ROOT)/versions/3.12*/bin $(PYENV_ROOT)/versions/3.13*/bin)
 tox django-suites: export PATH := $(subst $(space),:,$(strip $(PYENV_BINS) $(PATH)))
 
-.PHONY: test demo venv lint type pytest tox django-suites bench clean
+.PHONY: test check fast demo venv lint type pytest tox django-suites bench clean
 
 test: lint type pytest tox django-suites
+
+check: lint type fast
+
+fast: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS) -m "not integration and not slow"
 
 # `make demo` - the example site on local stand-ins; `make demo ARGS=--once` stops after the walkthrough.
 demo: $(STAMP) $(AZURITE)

@@ -25,6 +25,26 @@ VAULT = "https://vault.azure.net/.default"
 CLIENT_ID = "11111111-2222-3333-4444-555555555555"
 
 
+# Lanes (pyproject.toml's markers): a test that starts a server process (a stand-in, a rogue host) or real
+# workers is "integration"; `make check` runs the rest (the fast lane), `make test` everything.
+INTEGRATION_FIXTURES = {
+    "azure_postgres_server",
+    "azure_redis_server",
+    "azure_storage_server",
+    "azure_keyvault_server",
+    "rogue_host",
+}
+PROCESS_MODULES = {"test_fleet", "test_outages", "test_demo", "test_sample_project", "test_packaging"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = getattr(item, "module", None)
+        name = module.__name__.rsplit(".", 1)[-1] if module is not None else ""
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())) or name in PROCESS_MODULES:
+            item.add_marker(pytest.mark.integration)
+
+
 def pytest_report_header() -> str:
     import django
 
