@@ -41,7 +41,11 @@ def unpack(cache: Path, workdir: Path) -> Path:
     return tests
 
 
-def run(tests: Path, name: str, target: dict[str, Any]) -> tuple[int, set[str], str]:
+def run(
+    tests: Path, name: str, target: dict[str, Any], only: list[str] | None = None
+) -> tuple[int, set[str], str]:
+    """django-redis's suite (or ``only`` these test ids, one process) on ``target``: (tests run or -1, the
+    failed test ids, the output)."""
     env = {**os.environ, "DJANGO_REDIS_SUITE": json.dumps(target), "PYTHONPATH": str(HERE)}
     env.pop("DJANGO_SETTINGS_MODULE", None)
     started = time.monotonic()
@@ -53,7 +57,7 @@ def run(tests: Path, name: str, target: dict[str, Any]) -> tuple[int, set[str], 
             "-q",
             "-rfE",
             "-n",
-            "2",
+            "0" if only else "2",
             "-o",
             "addopts=",
             "-o",
@@ -66,10 +70,15 @@ def run(tests: Path, name: str, target: dict[str, Any]) -> tuple[int, set[str], 
             "no:django_azure_mi",
             "-p",
             "no:randomly",
-            "-k",
-            " and ".join(f"not {s}" for s in SKIPPED_SETTINGS),
-            *[f"--deselect={d}" for d in DESELECTED],
-            "tests",
+            *(
+                only
+                or [
+                    "-k",
+                    " and ".join(f"not {s}" for s in SKIPPED_SETTINGS),
+                    *[f"--deselect={d}" for d in DESELECTED],
+                    "tests",
+                ]
+            ),
         ],
         cwd=tests.parent,
         env=env,
@@ -81,9 +90,28 @@ def run(tests: Path, name: str, target: dict[str, Any]) -> tuple[int, set[str], 
     counts = {kind: int(n) for n, kind in COUNTS.findall(output.splitlines()[-1] if output else "")}
     failures = set(FAILED.findall(output))
     ran = counts.get("passed", 0) + counts.get("failed", 0) if counts else -1
+    if only:
+        return ran, failures, output
     print(
         f"{name:<17} ran {ran:>5} tests in {time.monotonic() - started:5.0f} s, "
         f"{len(failures)} failures/errors",
         flush=True,
     )
     return ran, failures, output
+
+
+def explain(output: str, test: str) -> str:
+    """pytest's short summary line for ``test`` in ``output`` (what failed and why), or ''."""
+    for line in output.splitlines():
+        if line.startswith(("FAILED ", "ERROR ")) and test in line:
+            return line
+    return ""
+
+
+def rerun(tests: Path, target: dict[str, Any], failed: list[str], times: int = 3) -> list[str]:
+    """The tests of ``failed`` that fail again in any of ``times`` runs of their own (one process)."""
+    again: set[str] = set()
+    for _ in range(times):
+        ran, failures, _ = run(tests, "rerun", target, only=failed)
+        again |= failures if ran > 0 else set(failed)
+    return sorted(again)

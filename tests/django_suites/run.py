@@ -183,8 +183,23 @@ def configurations(pg: PostgresStandIn, redis: RedisStandIn, imds: IMDSEmulator)
     }
 
 
-def verdict(results: dict[str, tuple[int, set[str], str]], stock: str, ours: list[str]) -> int:
-    """0 when ``ours`` fail nothing that ``stock`` passes (but ALLOWED) and every run completed."""
+def explain(output: str, test: str) -> str:
+    """The lines of ``output`` that say why ``test`` failed (at most 20)."""
+    short = test.rsplit(".", 1)[-1].split("::")[-1]
+    lines = [
+        line for line in output.splitlines() if short in line or line.startswith(("FAILED", "AssertionError"))
+    ]
+    return "\n    ".join(lines[:20])
+
+
+def verdict(
+    results: dict[str, tuple[int, set[str], str]],
+    stock: str,
+    ours: list[str],
+    flaky: dict[str, str] | None = None,
+) -> int:
+    """0 when ``ours`` fail nothing that ``stock`` passes (but ALLOWED, and ``flaky``: tests that failed once
+    and passed three reruns of their own, printed with the first failure) and every run completed."""
     stock_ran, stock_failures, _ = results[stock]
     status = 0
     for name in ours:
@@ -196,9 +211,11 @@ def verdict(results: dict[str, tuple[int, set[str], str]], stock: str, ours: lis
         extra = failures - stock_failures
         for test, reason in ALLOWED.items():
             print(f"{name}: allowed: {test} ({'fails' if test in extra else 'passes'} here): {reason}")
-        unexpected = sorted(extra - set(ALLOWED))
+        for test, failure in (flaky or {}).items():
+            print(f"{name}: FLAKY, failed once and passed 3 reruns on its own: {test}\n    {failure}")
+        unexpected = sorted(extra - set(ALLOWED) - set(flaky or {}))
         for test in unexpected:
-            print(f"{name}: FAILS, passes on stock: {test}")
+            print(f"{name}: FAILS, passes on stock: {test}\n    {explain(output, test)}")
         status |= bool(unexpected)
     if stock_ran <= 0:
         print(f"{stock}: the run did not complete")
@@ -224,6 +241,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="django-suites-"))
     print(f"Django {django.__version__}: {', '.join(args.apps)} + Redis cache; tokens live {args.ttl:g} s")
     results = {}
+    flaky: dict[str, str] = {}
     try:
         tests = django_tests(cache, workdir)
         with (
@@ -240,12 +258,22 @@ def main() -> int:
             if args.django_redis:
                 redis_tests = redis_suite.unpack(cache, workdir)
                 url = f"rediss://127.0.0.1:{redis.port}"
-                for name, target in {
+                targets = {
                     "django-redis stock": {"url": url.replace("://", f"://admin:{redis.admin_password}@")},
                     "django-redis ours": {"url": url, "ours": True},
-                }.items():
-                    target = {"ours": False, "ca_file": redis.ca_file, **target}
+                }
+                for name, target in targets.items():
+                    targets[name] = target = {"ours": False, "ca_file": redis.ca_file, **target}
                     results[name] = redis_suite.run(redis_tests, name, target)
+                    if args.keep:
+                        (workdir / f"{name.replace(' ', '-')}.log").write_text(results[name][2])
+                # A test that fails with ours alone runs three more times on its own, so that a one-off (xdist
+                # timing, a loaded CI machine) is told apart from a difference; verdict() reports both.
+                ran, failures, output = results["django-redis ours"]
+                unexpected = sorted(failures - results["django-redis stock"][1])
+                if unexpected and ran > 0:
+                    again = redis_suite.rerun(redis_tests, targets["django-redis ours"], unexpected)
+                    flaky = {t: redis_suite.explain(output, t) for t in unexpected if t not in again}
             print(
                 f"tokens issued by the identity endpoint: {len(imds.issued)}; "
                 f"Redis connections closed at expiry: {redis.closed_connections}"
@@ -257,7 +285,7 @@ def main() -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     status = verdict(results, "stock", ["ours", "ours-pool"])
     if args.django_redis:
-        status |= verdict(results, "django-redis stock", ["django-redis ours"])
+        status |= verdict(results, "django-redis stock", ["django-redis ours"], flaky)
     print("django suites: " + ("ok" if status == 0 else "FAILED"))
     return status
 
