@@ -21,45 +21,17 @@ SETTING: Final = "AZURE_MANAGED_IDENTITY"
 
 @dataclass(frozen=True)
 class Cloud:
-    """Default scopes and hosts of one Azure cloud."""
+    """One Azure cloud: its name and its Entra ID authority. Each service's default scope in it is the
+    service's own (``services.get(name).scope(cloud.name)``)."""
 
     name: str
     authority_host: str
-    postgres_scope: str
-    redis_scope: str
-    storage_scope: str
-    keyvault_scope: str
-    storage_suffix: str  # blob endpoint: https://{account}.blob.{storage_suffix}
 
 
 CLOUDS: Final[dict[str, Cloud]] = {
-    "public": Cloud(
-        name="public",
-        authority_host="login.microsoftonline.com",
-        postgres_scope="https://ossrdbms-aad.database.windows.net/.default",
-        redis_scope="https://redis.azure.com/.default",
-        storage_scope="https://storage.azure.com/.default",
-        keyvault_scope="https://vault.azure.net/.default",
-        storage_suffix="core.windows.net",
-    ),
-    "usgovernment": Cloud(
-        name="usgovernment",
-        authority_host="login.microsoftonline.us",
-        postgres_scope="https://ossrdbms-aad.database.usgovcloudapi.net/.default",
-        redis_scope="https://redis.azure.us/.default",
-        storage_scope="https://storage.azure.com/.default",
-        keyvault_scope="https://vault.usgovcloudapi.net/.default",
-        storage_suffix="core.usgovcloudapi.net",
-    ),
-    "china": Cloud(
-        name="china",
-        authority_host="login.chinacloudapi.cn",
-        postgres_scope="https://ossrdbms-aad.database.chinacloudapi.cn/.default",
-        redis_scope="https://redis.azure.cn/.default",
-        storage_scope="https://storage.azure.com/.default",
-        keyvault_scope="https://vault.azure.cn/.default",
-        storage_suffix="core.chinacloudapi.cn",
-    ),
+    "public": Cloud("public", "login.microsoftonline.com"),
+    "usgovernment": Cloud("usgovernment", "login.microsoftonline.us"),
+    "china": Cloud("china", "login.chinacloudapi.cn"),
 }
 
 DEFAULTS: Final[dict[str, Any]] = {

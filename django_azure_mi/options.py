@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from azure.core.credentials import AccessToken, AccessTokenInfo, TokenRequestOptions
 
-from . import conf, runtime
+from . import conf, runtime, services
 from .core.errors import ScopeRefusedError
 from .diagnostics import SettingError
 
@@ -57,7 +57,7 @@ class OptionSpec:
     """The identity option dict of one service: its name, the check id of a malformed dict, its casing,
     and the keys beyond ``client_id``/``scope`` (with their validators and defaults)."""
 
-    service: str  # "postgres" | "redis" | "storage" | "keyvault": picks the cloud's default scope
+    service: str  # a registered service's name (django_azure_mi.services): picks the cloud's default scope
     name: str  # the option's key, e.g. "managed_identity"
     check_id: str
     example: str
@@ -172,7 +172,7 @@ def bind(spec: OptionSpec, raw: Any, where: str) -> ServiceBinding:
             )
     client_key, scope_key = spec.key("client_id"), spec.key("scope")
     client_id = conf.validate_client_id(raw.get(client_key), f"{where}['{client_key}']")
-    default: str = getattr(runtime.get().config.cloud, f"{spec.service}_scope")
+    default = services.get(spec.service).scope(runtime.get().config.cloud.name)
     scope = raw.get(scope_key) or default
     if not isinstance(scope, str) or not scope.startswith("https://"):
         raise SettingError(
@@ -190,18 +190,6 @@ def bind(spec: OptionSpec, raw: Any, where: str) -> ServiceBinding:
                 spec.check_id, f"{where}['{key}'] {exc}", f"Remove it for the default ({fallback!r})."
             ) from None
     return ServiceBinding(spec.service, where, client_id, scope, values)
-
-
-_SCOPE_OWNERS: dict[str, str] = {  # every cloud's default scope -> its service
-    getattr(cloud, f"{service}_scope").rstrip("/"): service
-    for cloud in conf.CLOUDS.values()
-    for service in ("postgres", "redis", "storage", "keyvault")
-}
-
-
-def scope_owner(scope: Any) -> str | None:
-    """The service whose default scope (in any cloud) ``scope`` is, or None."""
-    return _SCOPE_OWNERS.get(scope.rstrip("/")) if isinstance(scope, str) else None
 
 
 def alias_of(setting: str, options: Any) -> str:

@@ -3,14 +3,14 @@
     urlpatterns = [path("health/", include("django_azure_mi.urls")), ...]
 
 * ``health/live`` - liveness: the process answers (no I/O). 200 ``{"status": "ok"}``.
-* ``health/ready`` - readiness: each configured service's token and a light probe (Postgres ``select``,
-  Redis ``PING``, the storage container's properties, Key Vault). 200 when all pass, 503 otherwise, with a
-  JSON body that says which service (and alias) failed - and nothing else an anonymous caller could use:
-  no diagnosis (role names, identity names, object ids), no timings. An authenticated staff user, or a view
-  built with ``details=True`` (behind your own protection), also gets each check's time and diagnosis;
-  ``manage.py azure_check`` always shows everything. Results are cached for ``cache_seconds`` (5) and
-  probes share one run, so a burst of probes costs one round of checks; each run is bounded by
-  ``timeout`` (5 s).
+* ``health/ready`` - readiness: each configured service's token and a light probe (a ``select``, a
+  ``PING``, a container's properties: each service's ``service.py`` says which). 200 when all pass, 503
+  otherwise, with a JSON body that says which service (and alias) failed - and nothing else an
+  anonymous caller could use: no diagnosis (role names, identity names, object ids), no timings. An
+  authenticated staff user, or a view built with ``details=True`` (behind your own protection), also
+  gets each check's time and diagnosis; ``manage.py azure_check`` always shows everything. Results are
+  cached for ``cache_seconds`` (5) and probes share one run, so a burst of probes costs one round of
+  checks; each run is bounded by ``timeout`` (5 s).
 
 ``ReadinessView.as_view(cache_seconds=10, timeout=3, details=False)`` changes the defaults.
 """
@@ -73,7 +73,7 @@ class ReadinessView(View):
             last = state.last
             if last is not None and time.monotonic() - last[0] < self.cache_seconds:
                 return (*last, True)
-            results = probes.run(probes.targets(celery=False), timeout=self.timeout, deep=False)
+            results = probes.run(probes.targets(purpose="ready"), timeout=self.timeout, deep=False)
             last = (time.monotonic(), time.time(), results)
             state.last = last
             return (*last, False)

@@ -6,9 +6,9 @@
 * ``"tokens"``: when the app is ready, a background thread fetches each configured service's token (one
   request per scope and identity). Safe in a gunicorn ``--preload`` master: forked workers inherit the
   tokens and make no request of their own;
-* ``True``: the tokens, then the first connections, as ``azure_check``'s shallow probe makes them (a
-  database connection, or the pool's, a Redis ``PING`` into the cache's pool, the storage container's
-  properties). Not in a process that forks afterwards: a pooled connection must not be shared across
+* ``True``: the tokens, then the first connections, as the readiness probe makes them (a database
+  connection, or the pool's, a ``PING`` into a cache's pool, a container's properties: each service's
+  ``service.py`` says). Not in a process that forks afterwards: a pooled connection must not be shared across
   fork. With ``--preload`` use ``"tokens"`` and call :func:`warm_up` from gunicorn's ``post_fork`` hook.
 
 A warm-up failure is logged (``django_azure_mi.warmup``) and changes nothing else: the first request then
@@ -40,30 +40,16 @@ class WarmUp:
 
 
 def providers() -> dict[str, Any]:
-    """``{"database 'default'": provider, ...}``: the token provider of each configured service (no network;
-    building them constructs no connection)."""
-    from django.conf import settings
-    from django.core.files.storage import storages
-    from django.db import connections
-
-    from . import probes
+    """``{"postgres 'default'": provider, ...}``: the token provider of each configured service that is
+    warmed up (no network; building them constructs no connection)."""
+    from . import probes, services
 
     found: dict[str, Any] = {}
-    for target in probes.targets(keyvault=False, celery=False):
-        name = f"{target.service} {target.alias!r}"
-        if target.service == "database":
-            database: Any = connections[target.alias]  # our DatabaseWrapper (ENGINE checked by targets())
-            identity = database.managed_identity
-            if identity is not None:
-                found[name] = identity.provider
-        elif target.service == "cache":
-            from .cache.auth import OPTION, parse_options
-
-            raw = (settings.CACHES[target.alias].get("OPTIONS") or {}).get(OPTION)
-            found[name] = parse_options(raw, f"CACHES[{target.alias!r}]['OPTIONS']").provider
-        elif target.service == "storage":
-            storage: Any = storages[target.alias]  # our backend (BACKEND checked by targets())
-            found[name] = storage.binding.provider
+    for target in probes.targets(purpose="warm"):
+        provide = services.get(target.service).provider
+        provider = provide(target) if provide is not None else None
+        if provider is not None:
+            found[f"{target.service} {target.alias!r}"] = provider
     return found
 
 
@@ -88,7 +74,7 @@ def warm_up(*, connections: bool = True, wait: bool = False, timeout: float | No
         if provider.expires_on is None:  # none cached (nor inherited from a warmed-up parent)
             provider.refresh()
     if connections and found:
-        selected = probes.targets(keyvault=False, celery=False)
+        selected = probes.targets(purpose="warm")
 
         def finished(probed: list[probes.Result]) -> None:
             failed = {f"{r.service} {r.alias!r}": r.error or "failed" for r in probed if not r.ok}

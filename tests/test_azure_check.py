@@ -60,7 +60,7 @@ def test_healthy_site(site, azure_imds, caplog):
     caplog.set_level(logging.DEBUG)  # urllib3 logs every URL it fetches at DEBUG, signed ones included
     output, error = azure_check()
     assert error is None, output
-    for service in ("database", "cache", "storage", "keyvault"):
+    for service in ("postgres", "redis", "storage", "keyvault"):
         assert any(line.startswith(f"✓  {service}") for line in output.splitlines()), output
     assert "user app-identity, TLS" in output  # psycopg2 names the version too (TLSv1.3)
     assert "PING, SET/GET/DEL ok, ACL WHOAMI " + azure_imds.object_id() in output
@@ -81,7 +81,7 @@ def test_json_document(site, azure_imds):
     document = json.loads(output)
     assert document["ok"] is True and isinstance(document["elapsed_ms"], float)
     by_service = {r["service"]: r for r in document["results"]}
-    assert set(by_service) == {"database", "cache", "storage", "keyvault"}
+    assert set(by_service) == {"postgres", "redis", "storage", "keyvault"}
     for result in document["results"]:
         assert set(result) == {
             "service", "alias", "ok", "elapsed_ms", "identity", "details", "error", "diagnosis", "fix"
@@ -90,19 +90,19 @@ def test_json_document(site, azure_imds):
         identity = result["identity"]
         assert identity["oid"] == azure_imds.object_id() and identity["tid"] == azure_imds.tenant_id
         assert identity["expires_in_s"] > 0 and identity["credential"] == "system-assigned managed identity"
-    assert by_service["database"]["details"]["current_user"] == "app-identity"
-    assert by_service["database"]["details"]["tls"] is True
-    assert by_service["cache"]["details"]["user"] == azure_imds.object_id()
+    assert by_service["postgres"]["details"]["current_user"] == "app-identity"
+    assert by_service["postgres"]["details"]["tls"] is True
+    assert by_service["redis"]["details"]["user"] == azure_imds.object_id()
     assert by_service["storage"]["details"]["signed_url"] is True
     assert by_service["keyvault"]["details"]["secrets"][0]["name"] == "django-secret-key"
-    assert by_service["database"]["identity"]["audience"] == "https://ossrdbms-aad.database.windows.net"
+    assert by_service["postgres"]["identity"]["audience"] == "https://ossrdbms-aad.database.windows.net"
     assert_no_tokens(output, azure_imds)
 
 
 def test_limit_to_aliases(site):
     output, error = azure_check("--json", "--cache", "default", "--storage", "media")
     assert error is None
-    assert [r["service"] for r in json.loads(output)["results"]] == ["cache", "storage"]
+    assert [r["service"] for r in json.loads(output)["results"]] == ["redis", "storage"]
     output, error = azure_check("--database", "nope")
     assert "there is no DATABASES['nope']" in str(error)
     site.CACHES = {**site.CACHES, "local": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
@@ -141,7 +141,7 @@ def test_wrong_database_user(site, azure_postgres, use_databases, azure_imds):
     use_databases(default=azure_postgres.database_settings("somebody-else"))
     output, error = azure_check("--database", "default")
     assert error is not None
-    assert "✗ database 'default'" in output
+    assert "✗ postgres 'default'" in output
     assert "DATABASES['default']['USER'] must be the identity's Postgres role" in output
     assert "pgaadauth_create_principal" in output
     assert_no_tokens(output, azure_imds)
@@ -265,8 +265,10 @@ def test_celery_broker_and_result_backend(azure_redis, azure_imds, settings):
         setattr(settings, f"CELERY_{name.upper()}", value)
     output, error = azure_check("--celery")
     assert error is None, output
-    for service in ("celery-broker", "celery-results"):
-        assert any(line.startswith(f"✓  {service}") for line in output.splitlines()), output
+    for setting in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
+        assert any(line.startswith("✓  celery") and f" {setting} " in line for line in output.splitlines()), (
+            output
+        )
     assert output.count("PING, SET/GET/DEL ok, ACL WHOAMI " + azure_imds.object_id()) == 2, output
     assert "2 of 2 healthy." in output
     assert_no_tokens(output, azure_imds)

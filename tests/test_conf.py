@@ -8,7 +8,7 @@ import stat
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from django_azure_mi import conf, get_token_provider, runtime
+from django_azure_mi import conf, get_token_provider, runtime, services
 from django_azure_mi.testing import reset_state
 
 from .conftest import CLIENT_ID, STORAGE
@@ -27,10 +27,12 @@ def test_defaults():
     assert config.credential == "managed_identity"
     assert config.client_id is None
     assert config.cloud.name == "public"
-    assert config.cloud.postgres_scope == "https://ossrdbms-aad.database.windows.net/.default"
-    assert config.cloud.redis_scope == "https://redis.azure.com/.default"
-    assert config.cloud.storage_scope == "https://storage.azure.com/.default"
-    assert config.cloud.keyvault_scope == "https://vault.azure.net/.default"
+    assert services.get("postgres").scope(config.cloud.name) == (
+        "https://ossrdbms-aad.database.windows.net/.default"
+    )
+    assert services.get("redis").scope(config.cloud.name) == "https://redis.azure.com/.default"
+    assert services.get("storage").scope(config.cloud.name) == "https://storage.azure.com/.default"
+    assert services.get("keyvault").scope(config.cloud.name) == "https://vault.azure.net/.default"
     assert config.refresh_margin == 300
     assert config.token_cache_dir is None
 
@@ -45,8 +47,8 @@ def test_client_id_from_environment_and_setting_wins():
 def test_sovereign_clouds_have_their_own_hosts(cloud):
     config = conf.build_config({"CLOUD": cloud}, environ={})
     suffix = "usgovcloudapi.net" if cloud == "usgovernment" else "chinacloudapi.cn"
-    assert config.cloud.postgres_scope.endswith(f"{suffix}/.default")
-    assert "windows.net" not in config.cloud.keyvault_scope
+    assert services.get("postgres").scope(config.cloud.name).endswith(f"{suffix}/.default")
+    assert "windows.net" not in services.get("keyvault").scope(config.cloud.name)
 
 
 @pytest.mark.parametrize(

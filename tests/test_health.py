@@ -25,7 +25,7 @@ def test_readiness_ok_then_cached(site, client, azure_imds, azure_keyvault):  # 
     assert response.status_code == 200, response.content
     body = response.json()
     assert body["status"] == "ok" and body["cached"] is False
-    assert [c["service"] for c in body["checks"]] == ["database", "cache", "storage", "keyvault"]
+    assert [c["service"] for c in body["checks"]] == ["postgres", "redis", "storage", "keyvault"]
     assert all(c["ok"] for c in body["checks"])
     requests_before = azure_keyvault.requests
     again = client.get("/health/ready").json()
@@ -51,7 +51,7 @@ def test_readiness_fails_with_503(site, rf, azure_redis, azure_imds, broken):  #
     failed = [c for c in body["checks"] if not c["ok"]]
     assert failed and all(c["diagnosis"] for c in failed)
     if broken == "cache":
-        assert [c["service"] for c in failed] == ["cache"]
+        assert [c["service"] for c in failed] == ["redis"]
         assert "unreachable" in failed[0]["diagnosis"]
 
 
@@ -70,7 +70,7 @@ def test_anonymous_callers_learn_which_service_failed_and_nothing_else(
     response = client.get("/health/ready")
     assert response.status_code == 503
     body = response.json()
-    assert [(c["service"], c["alias"]) for c in body["checks"] if not c["ok"]] == [("database", "default")]
+    assert [(c["service"], c["alias"]) for c in body["checks"] if not c["ok"]] == [("postgres", "default")]
     text = response.content.decode()
     claims = __import__("jwt").decode(azure_imds.issued[0].token, options={"verify_signature": False})
     for secret in ("No-Such-Role", "app-system", claims["oid"], "diagnosis", "elapsed_ms"):

@@ -305,7 +305,7 @@ def test_probe_and_error_give_the_same_diagnosis(azure_postgres, use_databases, 
         connections["default"].ensure_connection()
     raised = diagnostics.failure_of(info.value)
     assert raised is not None and raised.kind == "auth-refused"
-    (result,) = probes.run(probes.targets(databases=["default"], caches=[], storages=[], keyvault=False))
+    (result,) = probes.run(probes.targets({"database": ["default"]}))
     assert (result.diagnosis, result.fix) == (raised.diagnosis, raised.fix)
 
 
@@ -323,16 +323,96 @@ def test_the_design_the_code_cites_is_in_the_repository():
 
 
 def test_one_check_id_registry_raised_ids_are_documented_and_documented_ids_raised():
-    """Every id the product raises is in ``checkids.CHECK_IDS`` and every listed id is raised somewhere; the
-    README's table is the registry's own rendering."""
-    from django_azure_mi.checkids import BY_ID, markdown_table
+    """Every id the product raises is in the registry (checkids.SHARED and each service's check_ids) and
+    every listed id is raised somewhere; the README's table is the registry's own rendering."""
+    from django_azure_mi.checkids import by_id, markdown_table
 
+    listed = by_id()
     raised: set[str] = set()
     for path in PRODUCT:
         if path.name == "checkids.py":
             continue
-        raised.update(re.findall(r"[\"'](?:django_azure_mi\.)?([EW]\d{3})[\"']", path.read_text()))
-    assert raised - set(BY_ID) == set(), "raised but not documented in checkids.CHECK_IDS"
-    assert set(BY_ID) - raised == set(), "documented in checkids.CHECK_IDS but never raised"
+        raised.update(
+            re.findall(r"(?<!CheckId\()[\"'](?:django_azure_mi\.)?([EW]\d{3})[\"']", path.read_text())
+        )
+    assert raised - set(listed) == set(), "raised but not in the check-id registry"
+    assert set(listed) - raised == set(), "in the check-id registry but never raised"
     readme = (PACKAGE.parent / "README.md").read_text()
     assert markdown_table() in readme, "README's check table differs: python -m django_azure_mi.checkids"
+
+
+# The modules every service goes through: they loop over django_azure_mi.services and name none.
+SHARED = ["apps", "checks", "conf", "diagnostics", "options", "probes", "runtime", "services", "urls",
+          "views", "warmup", "management/commands/azure_check"]  # fmt: skip
+SERVICE_WORDS = re.compile(r"postgres|psycopg|redis|celery|kombu|blob|storage|vault|azurite|database", re.I)
+
+
+def code_words(path: Path) -> list[str]:
+    """The names, attributes, imported modules and string constants of ``path`` (docstrings left out)."""
+    parsed = tree(path)
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(parsed)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    words: list[str] = []
+    for node in ast.walk(parsed):
+        if isinstance(node, ast.Name):
+            words.append(node.id)
+        elif isinstance(node, ast.Attribute):
+            words.append(node.attr)
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.arg)):
+            words.append(getattr(node, "name", None) or getattr(node, "arg", ""))
+        elif isinstance(node, ast.ImportFrom):
+            words += [node.module or "", *(a.name for a in node.names)]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            words.append(node.value)
+    return words
+
+
+def test_shared_modules_name_no_service():
+    """checks, probes, warm-up, the views, azure_check, diagnostics, options, conf and the runtime loop over
+    the registry (django_azure_mi.services) and know no service; only REGISTERED names their packages."""
+    found = {}
+    for name in SHARED:
+        path = PACKAGE / f"{name}.py"
+        words = [w for w in code_words(path) if SERVICE_WORDS.search(w)]
+        if name == "services":  # the registry's list of packages
+            from django_azure_mi.services import REGISTERED
+
+            words = [w for w in words if w not in REGISTERED]
+        if words:
+            found[name] = sorted(set(words))
+    assert found == {}
+
+
+def test_every_service_is_one_package_with_one_descriptor():
+    """Each registered service: a package whose service.py holds SERVICE, with a unique name, its scopes in
+    every cloud (or another service's), its azure_check options and probes; loading the registry imports no
+    driver or SDK."""
+    import subprocess
+    import sys
+
+    from django_azure_mi import conf, services
+
+    names = [s.name for s in services.registered()]
+    assert len(set(names)) == len(names)
+    for path, service in zip(services.REGISTERED, services.registered(), strict=True):
+        assert (
+            path.endswith(".service")
+            and (PACKAGE.parent / path.replace(".", "/")).with_suffix(".py").is_file()
+        )
+        for cloud in conf.CLOUDS:
+            assert services.get(service.name).scope(cloud).startswith("https://")
+    options = [a.name for s in services.registered() for a in s.arguments]
+    assert len(set(options)) == len(options)
+    code = (
+        "import sys, django_azure_mi.services as s; s.registered(); "
+        "print(sorted(m for m in ('psycopg', 'psycopg2', 'redis', 'kombu', 'celery', 'azure.storage.blob', "
+        "'azure.keyvault.secrets', 'storages') if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr

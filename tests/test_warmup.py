@@ -17,8 +17,8 @@ from django_azure_mi.warmup import warm_up
 from .conftest import in_child
 
 RESOURCES = {
-    "database": "https://ossrdbms-aad.database.windows.net",
-    "cache": "https://redis.azure.com",
+    "postgres": "https://ossrdbms-aad.database.windows.net",
+    "redis": "https://redis.azure.com",
     "storage": "https://storage.azure.com",
 }
 
@@ -37,9 +37,9 @@ def services(azure_postgres, azure_redis, azure_storage, use_databases, settings
 def test_warm_up_fetches_each_token_and_opens_the_first_connections(services, azure_imds, azure_redis):
     result = warm_up(wait=True)
     assert result.done.is_set() and result.errors == {}
-    assert set(result.tokens) == {"database 'default'", "cache 'default'", "storage 'default'"}
+    assert set(result.tokens) == {"postgres 'default'", "redis 'default'", "storage 'default'"}
     before = {service: azure_imds.request_count(resource) for service, resource in RESOURCES.items()}
-    assert before == {"database": 1, "cache": 1, "storage": 1}
+    assert before == {"postgres": 1, "redis": 1, "storage": 1}
     assert azure_redis.client_count >= 1  # a connection waits in the cache's pool
     # the first "request": no identity-endpoint call, no new Redis connection
     clients = azure_redis.client_count
@@ -81,7 +81,7 @@ def test_a_failed_warm_up_is_a_log_line(services, azure_imds, caplog):
     azure_imds.fail_always(Fault.error(500))
     result = warm_up(wait=True, timeout=2)
     # (the storage token was fetched before the outage, when the fixture created the container)
-    assert {"database 'default'", "cache 'default'"} <= set(result.errors)
+    assert {"postgres 'default'", "redis 'default'"} <= set(result.errors)
     assert "warm-up:" in caplog.text and "failed" in caplog.text
 
 

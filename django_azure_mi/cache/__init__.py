@@ -16,10 +16,35 @@ pools per identity (Django's RedisCache makes one per thread), which redis-py's 
 replaced transparently (retries on ConnectionError).
 """
 
-from .auth import OPTION, EntraAuth, EntraSettings, check_location, get_auth, parse_options
-from .backend import RedisCache
-from .connection import EntraConnectionMixin, EntraConnectionPool, entra_connection_class
-from .factory import EntraConnectionFactory
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..services import lazy_exports
+
+if TYPE_CHECKING:
+    from .auth import OPTION, EntraAuth, EntraSettings, check_location, get_auth, parse_options
+    from .backend import RedisCache
+    from .connection import EntraConnectionMixin, EntraConnectionPool, entra_connection_class
+    from .factory import EntraConnectionFactory
+
+# Loaded on first use, so that the package's light modules (service.py, spec.py) import without redis-py.
+_LAZY = {
+    "OPTION": "spec",
+    "EntraAuth": "auth",
+    "EntraSettings": "auth",
+    "check_location": "auth",
+    "get_auth": "auth",
+    "parse_options": "auth",
+    "RedisCache": "backend",
+    "EntraConnectionMixin": "connection",
+    "EntraConnectionPool": "connection",
+    "entra_connection_class": "connection",
+    "EntraConnectionFactory": "factory",
+}
+
+
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 __all__ = [
     "OPTION",

@@ -25,30 +25,17 @@ from ..core.errors import TokenUnavailableError, describe_error
 from ..core.refresher import Refresher
 from ..core.token import Token
 from ..diagnostics import SettingError
-from ..options import Bound, OptionSpec, ServiceBinding, bind, boolean, require_tls, text, verifies
+from ..options import Bound, OptionSpec, ServiceBinding, bind, require_tls, verifies
+from .diagnosis import diagnose_error
+from .spec import OPTION as OPTION
+from .spec import SPEC as SPEC
+from .spec import WHERE as WHERE
 
 if TYPE_CHECKING:
     from ..core.provider import TokenProvider
     from .connection import EntraConnectionPool
 
 logger = logging.getLogger("django_azure_mi.cache")
-
-OPTION: Final = "MANAGED_IDENTITY"
-WHERE: Final = "CACHES[…]['OPTIONS']"
-SPEC: Final = OptionSpec(
-    "redis",
-    OPTION,
-    "E020",
-    "{'USERNAME': '<object id of the identity>'}",
-    upper=True,
-    extra={"username": (text("the identity's object id (a string)"), None), "verify_tls": (boolean, True)},
-)
-
-
-# Celery's transport options are lower case: the same keys, spelled as the dict they sit in.
-CELERY_SPEC: Final = OptionSpec(
-    "redis", "managed_identity", "E050", "{'username': '<object id of the identity>'}", extra=SPEC.extra
-)
 
 
 @dataclass(frozen=True)
@@ -237,7 +224,7 @@ class EntraAuth:
         """The message (and failure) for a refused AUTH - never the token."""
         oid = token.claims.get("oid")
         username = self.username(token)
-        failure = diagnostics.diagnose_redis(exc, self.settings, self.settings.username, oid)
+        failure = diagnose_error(exc, self.settings, self.settings.username, oid)
         message = (
             f"Redis refused AUTH as {username!r} with a token for {self.settings.scope} "
             f"({self.provider.identity}, oid {oid}): {describe_error(exc)}. {failure.diagnosis} {failure.fix}"

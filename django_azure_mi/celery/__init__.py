@@ -15,8 +15,11 @@ Nothing is patched: these are kombu's and Celery's own extension points (a trans
 
 from __future__ import annotations
 
-TRANSPORT = "django_azure_mi.celery.transport:Transport"
-BACKEND = "django_azure_mi.celery.backend:RedisBackend"
+from typing import Final
+
+from ..cache.spec import SPEC as _CACHE_SPEC
+from ..options import OptionSpec
+from .service import BACKEND, TRANSPORT
 
 
 def result_backend(url: str) -> str:
@@ -24,4 +27,14 @@ def result_backend(url: str) -> str:
     return f"{BACKEND}+{url}"
 
 
-__all__ = ["BACKEND", "TRANSPORT", "result_backend"]
+# The transport options' identity dict: the cache's keys (a Redis identity, its scope), spelled in lower
+# case as the dict it sits in, with its own check id.
+SPEC: Final = OptionSpec(
+    _CACHE_SPEC.service,
+    "managed_identity",
+    "E050",
+    "{'username': '<object id of the identity>'}",
+    extra=_CACHE_SPEC.extra,
+)
+
+__all__ = ["BACKEND", "SPEC", "TRANSPORT", "result_backend"]

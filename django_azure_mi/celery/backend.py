@@ -25,9 +25,10 @@ from typing import Any, Final
 import redis
 from celery.backends import redis as celery_redis
 
-from ..cache.auth import CELERY_SPEC, check_location, check_transport, parse_options
+from ..cache.auth import check_location, check_transport, parse_options
 from ..cache.connection import EntraConnectionMixin, EntraConnectionPool
 from ..diagnostics import SettingError
+from . import SPEC
 
 WHERE: Final = "CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS"
 
@@ -70,7 +71,7 @@ class RedisBackend(celery_redis.RedisBackend):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         options = self.app.conf.get("result_backend_transport_options") or {}
         self.entra_settings = parse_options(
-            options.get("managed_identity"), WHERE, CELERY_SPEC, "CELERY_RESULT_BACKEND"
+            options.get("managed_identity"), WHERE, SPEC, "CELERY_RESULT_BACKEND"
         )
         for key, setting in (("password", "redis_password"), ("username", "redis_username")):
             if self.connparams.get(key):

@@ -27,9 +27,10 @@ from typing import Any, Final
 import redis
 from kombu.transport import redis as kombu_redis
 
-from ..cache.auth import CELERY_SPEC, EntraSettings, check_location, parse_options
+from ..cache.auth import EntraSettings, check_location, parse_options
 from ..cache.connection import EntraConnectionMixin, EntraConnectionPool
 from ..diagnostics import SettingError
+from . import SPEC
 
 WHERE: Final = "CELERY_BROKER_TRANSPORT_OPTIONS"
 REAUTH_CHECK_INTERVAL: Final = 1.0  # seconds; kombu's default (10 s) is too coarse for short test tokens
@@ -39,9 +40,7 @@ logger = logging.getLogger("django_azure_mi.celery")
 
 def broker_settings(transport_options: dict[str, Any] | None) -> EntraSettings:
     """The validated ``managed_identity`` option of the broker's transport options."""
-    return parse_options(
-        (transport_options or {}).get("managed_identity"), WHERE, CELERY_SPEC, "CELERY_BROKER_URL"
-    )
+    return parse_options((transport_options or {}).get("managed_identity"), WHERE, SPEC, "CELERY_BROKER_URL")
 
 
 def _url_params(url: str, where: str) -> dict[str, Any]:

@@ -50,7 +50,7 @@ from .delegation import KEY_BACKDATE, KEY_LIFETIME, DelegationKeys
 from .files import BlobFiles, explain_errors
 
 SPEC: Final = OptionSpec(
-    "storage",
+    "storage",  # its service (services.py)
     "managed_identity",
     "E031",
     "{'client_id': '<client id>', 'scope': 'https://storage.azure.com/.default'}",
@@ -100,6 +100,13 @@ def bounded(options: dict[str, Any], timeout: float) -> dict[str, Any]:
             initial_backoff=1, increment_base=2, retry_total=RETRIES, random_jitter_range=1
         )
     return options
+
+
+SUFFIXES: Final = {  # each cloud's blob endpoint: https://{account}.blob.{suffix}
+    "public": "core.windows.net",
+    "usgovernment": "core.usgovcloudapi.net",
+    "china": "core.chinacloudapi.cn",
+}
 
 
 @deconstructible
@@ -222,7 +229,7 @@ class AzureManagedIdentityStorage(BlobFiles):
         suffix = self.endpoint_suffix
         cloud = runtime.get().config.cloud
         if suffix == "core.windows.net" and cloud.name != "public":
-            suffix = cloud.storage_suffix
+            suffix = SUFFIXES[cloud.name]
         host = f"{self.account_name}.blob.{suffix}"
         require_tls(
             "E032",

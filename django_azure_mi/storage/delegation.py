@@ -18,6 +18,7 @@ from azure.storage.blob import UserDelegationKey
 from .. import diagnostics
 from ..core import policy
 from ..core.refresher import NotReady, Refresher
+from .diagnosis import diagnose
 
 KEY_LIFETIME: Final = timedelta(days=6)  # Azure allows 7 days at most; some servers reject exactly 7
 KEY_BACKDATE: Final = timedelta(minutes=15)  # start in the past: clocks differ
@@ -106,7 +107,7 @@ def explained(exc: HttpResponseError, action: str, where: str) -> HttpResponseEr
     """The same error with what to do about it (RBAC, audience), never a token."""
     from ..core.errors import describe_error
 
-    failure = diagnostics.diagnose_storage(exc, where)
+    failure = diagnose(exc, where)
     if failure.kind not in ("token-refused", "no-role"):
         return exc
     code = failure.facts.get("code") or ""

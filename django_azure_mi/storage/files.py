@@ -27,6 +27,7 @@ from storages.utils import clean_name, setting
 from .. import diagnostics
 from ..core.errors import scrubbed
 from .delegation import explained
+from .diagnosis import diagnose
 
 T = TypeVar("T")
 
@@ -67,7 +68,7 @@ def explain_errors(action: str) -> Callable[[Callable[..., T]], Callable[..., T]
 
 def _translated(exc: BaseException, storage: Any, name: str, action: str) -> BaseException:
     if isinstance(exc, AzureError) and not isinstance(exc, HttpResponseError):  # unreachable, hung up, ...
-        return diagnostics.attach(exc, diagnostics.diagnose_storage(exc, storage.alias))
+        return diagnostics.attach(exc, diagnose(exc, storage.alias))
     if isinstance(exc, BlobNotFoundError) or not isinstance(exc, HttpResponseError):
         return exc
     if isinstance(exc, ResourceNotFoundError):

@@ -27,6 +27,7 @@ from ... import diagnostics
 from ...core.errors import TokenUnavailableError, redact, scrubbed
 from ...core.token import Token
 from .client import DatabaseClient
+from .diagnosis import AUTH_KINDS, diagnose, refusal_message
 from .options import OPTION, ManagedIdentity, managed_identity
 
 logger = logging.getLogger("django_azure_mi.postgres")
@@ -122,12 +123,10 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         if error is None:
             return connection
         if not isinstance(error, self.Database.OperationalError):  # any other class: already scrubbed
-            raise diagnostics.attach(
-                error, diagnostics.diagnose_postgres(error, params.identity, params.token)
-            )
-        failure = diagnostics.diagnose_postgres(error, params.identity, params.token)
-        if failure.kind in diagnostics.POSTGRES_AUTH_KINDS:
-            message = diagnostics.postgres_message(failure, params.identity, error)
+            raise diagnostics.attach(error, diagnose(error, params.identity, params.token))
+        failure = diagnose(error, params.identity, params.token)
+        if failure.kind in AUTH_KINDS:
+            message = refusal_message(failure, params.identity, error)
             logger.warning("%s", message)
         else:
             message = redact(str(error))

@@ -13,7 +13,7 @@ from ...options import Bound, OptionSpec, ServiceBinding, bind, boolean, is_remo
 
 OPTION: Final = "managed_identity"
 SPEC: Final = OptionSpec(
-    "postgres",
+    "postgres",  # its service (services.py)
     OPTION,
     "E010",
     "{'client_id': '<client id of a user-assigned identity>', 'enabled': True}",

@@ -12,49 +12,39 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ... import probes, runtime
+from ... import probes, runtime, services
 
 
 class Command(BaseCommand):
     help = (
-        "Check every database, cache, storage and Key Vault configured for a managed identity: acquire its "
-        "token, report the identity, probe the service, and explain failures. Exit 0 only when all are "
-        "healthy."
+        "Check every service configured for a managed identity: acquire its token, report the identity, "
+        "probe the service, and explain failures. Exit 0 only when all are healthy."
     )
     requires_system_checks: Any = []  # report misconfiguration as results, not as a SystemCheckError
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--json", action="store_true", help="print one JSON document")
-        parser.add_argument("--database", action="append", metavar="ALIAS", help="only this database alias")
-        parser.add_argument("--cache", action="append", metavar="ALIAS", help="only this cache alias")
-        parser.add_argument("--storage", action="append", metavar="ALIAS", help="only this storage alias")
-        parser.add_argument("--keyvault", action="store_true", help="only Key Vault (AZURE_KEY_VAULT_URL)")
-        parser.add_argument(
-            "--celery",
-            action="store_true",
-            help="only Celery's broker and result backend (CELERY_* settings)",
-        )
-        parser.add_argument(
-            "--secret",
-            action="append",
-            metavar="NAME",
-            help="Key Vault secret whose metadata to read (default: the secrets settings.py read)",
-        )
+        for argument in _arguments():  # each service's own (--database ALIAS, --keyvault, …)
+            if argument.setting is not None:
+                parser.add_argument(
+                    f"--{argument.name}", action="append", metavar="ALIAS", help=argument.help
+                )
+            elif not argument.selects:
+                parser.add_argument(
+                    f"--{argument.name}", action="append", metavar=argument.name.upper(), help=argument.help
+                )
+            else:
+                parser.add_argument(f"--{argument.name}", action="store_true", help=argument.help)
         parser.add_argument(
             "--timeout", type=float, default=20.0, help="seconds before a probe counts as failed (default 20)"
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        limited = any(options[k] for k in ("database", "cache", "storage", "keyvault", "celery"))
-        selected = probes.targets(
-            databases=options["database"] or ([] if limited else None),
-            caches=options["cache"] or ([] if limited else None),
-            storages=options["storage"] or ([] if limited else None),
-            keyvault=options["keyvault"] or not limited,
-            secrets=options["secret"],
-            celery=options["celery"] or not limited,
-        )
-        self._check_aliases(options, selected)
+        selecting = [a for a in _arguments() if a.selects]
+        only = {a.name: options[a.name] for a in selecting if options[a.name]} or None
+        arguments = {a.name: options[a.name] for a in _arguments() if not a.selects}
+        selected = probes.targets(only, arguments=arguments)
+        self._check_selection(only or {}, selected)
         started = time.monotonic()
         results = probes.run(selected, timeout=options["timeout"])
         healthy = all(r.ok for r in results)
@@ -81,28 +71,38 @@ class Command(BaseCommand):
             failed = sum(not r.ok for r in results)
             raise CommandError(f"{failed} of {len(results)} checks failed", returncode=1)
 
-    def _check_aliases(self, options: dict[str, Any], selected: list[probes.Target]) -> None:
-        """Every alias named on the command line exists and uses django-azure-mi."""
+    def _check_selection(self, only: dict[str, Any], selected: list[probes.Target]) -> None:
+        """Every alias named on the command line exists and uses django-azure-mi; a service selected by a
+        switch is configured."""
         from django.conf import settings
 
-        if options["keyvault"]:
-            from ...keyvault import VAULT_URL_ENV, vault_url
-
-            if not vault_url():
-                raise CommandError(f"--keyvault: no Key Vault is configured ({VAULT_URL_ENV} is not set).")
-        for option, setting in (("database", "DATABASES"), ("cache", "CACHES"), ("storage", "STORAGES")):
-            for alias in options[option] or ():
-                if alias not in (getattr(settings, setting, None) or {}):
-                    raise CommandError(f"--{option} {alias}: there is no {setting}[{alias!r}].")
-                if not any(t.service == option and t.alias == alias for t in selected):
-                    raise CommandError(f"--{option} {alias}: it does not use django-azure-mi (see README).")
+        for service in services.registered():
+            chosen = [t for t in selected if t.service == service.name]
+            for argument in service.arguments:
+                value = only.get(argument.name)
+                if not value:
+                    continue
+                if argument.setting is None:
+                    if not chosen and service.unconfigured:
+                        raise CommandError(f"--{argument.name}: {service.unconfigured}")
+                    continue
+                for alias in value:
+                    if alias not in (getattr(settings, argument.setting, None) or {}):
+                        raise CommandError(
+                            f"--{argument.name} {alias}: there is no {argument.setting}[{alias!r}]."
+                        )
+                    if not any(t.alias == alias for t in chosen):
+                        raise CommandError(
+                            f"--{argument.name} {alias}: it does not use django-azure-mi (see README)."
+                        )
 
     def _table(self, results: list[probes.Result]) -> None:
         write = self.stdout.write
         if not results:
             write(
-                "Nothing to check: no database, cache, storage, Celery broker or Key Vault uses "
-                "django-azure-mi here."
+                "Nothing to check: no "
+                + ", ".join(s.title for s in services.registered())
+                + " uses django-azure-mi here."
             )
             return
         rows = [("", "SERVICE", "ALIAS", "TIME", "DETAILS")]
@@ -136,22 +136,13 @@ class Command(BaseCommand):
 
 
 def _summary(r: probes.Result) -> str:
-    d = r.details
     if not r.ok:
         return r.diagnosis or "failed"
-    if r.service == "database":
-        tls = " ".join(filter(None, ["TLS", d.get("tls_version")])) if d.get("tls") else "no TLS (loopback)"
-        return f"user {d.get('current_user')}, {tls}, {d.get('server')}"
-    if r.service in ("cache", "celery-broker", "celery-results"):
-        steps = "PING, SET/GET/DEL" if d.get("set_get_del") else "PING"
-        return f"{steps} ok, ACL WHOAMI {d.get('user')}"
-    if r.service == "storage":
-        done = "write/read/delete" + (", signed URL" if d.get("signed_url") else "")
-        return f"{done} ok in {d.get('container')} at {d.get('account_url')}"
-    secrets = d.get("secrets") or []
-    if not secrets:
-        return "token ok (no secret read by settings to probe)"
-    return ", ".join(f"secret {s['name']} ({'enabled' if s['enabled'] else 'disabled'})" for s in secrets)
+    return services.get(r.service).summary(r.details)
+
+
+def _arguments() -> list[services.Argument]:
+    return [argument for service in services.registered() for argument in service.arguments]
 
 
 def _duration(seconds: Any) -> str:

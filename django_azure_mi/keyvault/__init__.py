@@ -28,15 +28,17 @@ from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
-from . import conf, diagnostics, runtime
-from .core.errors import Problem, install_log_redaction
-from .options import BindingCredential, ServiceBinding, is_loopback
+from .. import conf, diagnostics, runtime, services
+from ..core.errors import Problem, install_log_redaction
+from ..options import BindingCredential, ServiceBinding, is_loopback
+from .diagnosis import diagnose_error
 
 if TYPE_CHECKING:
     from azure.keyvault.secrets import KeyVaultSecret, SecretClient
 
 logger = logging.getLogger("django_azure_mi.keyvault")
 
+NAME: Final = "keyvault"  # its service (services.py)
 VAULT_URL_ENV: Final = "AZURE_KEY_VAULT_URL"
 _NAME = re.compile(r"^[0-9A-Za-z-]{1,127}$")
 
@@ -257,7 +259,7 @@ def _from_vault(
 def _not_found(url: str, name: str, version: str | None) -> SecretError:
     from azure.core.exceptions import ResourceNotFoundError
 
-    failure = diagnostics.diagnose_keyvault(ResourceNotFoundError(), url, name)
+    failure = diagnose_error(ResourceNotFoundError(), url, name)
     where = f" (version {version})" if version else ""
     message = (
         f"Key Vault secret {name!r} does not exist in {url}{where}. {failure.fix}, or pass default=... to "
@@ -273,7 +275,7 @@ def _get(
     escapes is :func:`~django_azure_mi.core.errors.scrubbed` (the SDK's frames held the bearer token)."""
     from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
-    from .core.errors import ScopeRefusedError, TokenUnavailableError, describe_error, scrubbed
+    from ..core.errors import ScopeRefusedError, TokenUnavailableError, describe_error, scrubbed
 
     client = _client(url, config, timeout)
     identity = _identity_label(config)
@@ -283,7 +285,7 @@ def _get(
         error = exc
     if isinstance(error, ResourceNotFoundError) or not isinstance(error, Exception):
         raise scrubbed(error)
-    failure = diagnostics.diagnose_identity(error) or diagnostics.diagnose_keyvault(error, url, name)
+    failure = diagnostics.diagnose_identity(error) or diagnose_error(error, url, name)
     if isinstance(error, TokenUnavailableError):
         message = f"Key Vault secret {name!r}: no token for {identity}: {error}"
     elif isinstance(error, ScopeRefusedError):
@@ -319,9 +321,9 @@ def _client(url: str, config: conf.Config, timeout: float | None) -> SecretClien
     from azure.keyvault.secrets import SecretClient
 
     # the vault's credential serves the vault's scope only, whatever resource a challenge names
-    scope = config.cloud.keyvault_scope
+    scope = services.get(NAME).scope(config.cloud.name)
     credential = BindingCredential(
-        ServiceBinding("keyvault", VAULT_URL_ENV, None, scope),
+        ServiceBinding(NAME, VAULT_URL_ENV, None, scope),
         lambda: runtime.get().provider(scope, None, config),
     )
     read_timeout = min(config.timeout, timeout) if timeout else config.timeout

@@ -1,0 +1,81 @@
+"""What a Postgres error means and what to do about it (the ENGINE's connect errors and the probe's)."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, Final
+
+from ...diagnostics import ServiceFailure, generic, text_of
+
+AUTH_KINDS: Final = frozenset({"no-role", "auth-refused", "token-expired"})
+_AUTH = ("password authentication failed", "access token", "no password supplied")
+_NO_ROLE = re.compile(r'role "[^"]*" does not exist')
+
+
+def diagnose(exc: BaseException, identity: Any, token: Any = None) -> ServiceFailure:
+    """A Postgres connect error. ``identity``: the alias's ManagedIdentity; ``token``: the core Token used."""
+    server = text_of(exc)
+    lowered = server.lower()
+    where = f"DATABASES[{identity.alias!r}]"
+    claims = token.claims if token is not None else {}
+    resource_id = str(claims.get("xms_mirid") or "")
+    facts: dict[str, Any] = {
+        "aud": claims.get("aud"),
+        "oid": claims.get("oid"),
+        "expires_in": int(token.expires_on - time.time()) if token is not None else None,
+        "name": resource_id.rstrip("/").rsplit("/", 1)[-1] or None,
+    }
+    create = "pgaadauth_create_principal('<identity name>', false, false)"
+    role = (
+        f"{where}['USER'] must be the identity's Postgres role exactly as created with {create} by a "
+        "Microsoft Entra admin (case-sensitive; usually the managed identity's name)"
+    )
+    refused = f"Postgres refused the token for role {identity.user!r}" + (
+        f" (the identity's name is {facts['name']!r})" if facts["name"] else ""
+    )
+    if _NO_ROLE.search(lowered):
+        return ServiceFailure("no-role", f"{refused}: the role does not exist.", f"{role}.", facts)
+    if "expired" in lowered and any(needle in lowered for needle in _AUTH):
+        return ServiceFailure(
+            "token-expired",
+            "The token expired before Postgres checked it.",
+            "Check the machine's clock (NTP).",
+            facts,
+        )
+    if any(needle in lowered for needle in _AUTH):
+        return ServiceFailure(
+            "auth-refused",
+            f"{refused}.",
+            f"{role}; check too that the server has Microsoft Entra authentication enabled, that the scope "
+            f"matches the server's cloud (AZURE_MANAGED_IDENTITY['CLOUD'] or "
+            f"{where}['OPTIONS']['managed_identity']['scope']), and that a read replica has the same "
+            "principal.",
+            facts,
+        )
+    if "ssl" in lowered or "tls" in lowered or "no encryption" in lowered:
+        return tls_failure(identity.alias)
+    return generic("Postgres", where, exc)
+
+
+def tls_failure(alias: str) -> ServiceFailure:
+    return ServiceFailure(
+        "tls",
+        "TLS problem between Django and Postgres.",
+        f"Azure requires TLS: keep DATABASES[{alias!r}]['OPTIONS']['sslmode'] at 'require' or 'verify-full' "
+        "(with 'sslrootcert').",
+    )
+
+
+def refusal_message(failure: ServiceFailure, identity: Any, exc: BaseException) -> str:
+    """The message of the OperationalError raised for a refused sign-in (never the token)."""
+    facts = ", ".join(
+        f"{name}={failure.facts.get(name)}"
+        for name in ("aud", "oid", "expires_in")
+        if failure.facts.get(name) is not None
+    )
+    return (
+        f"Postgres at {identity.host or 'localhost'}:{identity.port or 5432} rejected the Microsoft Entra "
+        f"token for role {identity.user!r} ({identity.provider.identity}; scope {identity.scope}; {facts}). "
+        f"Server said: {text_of(exc)} {failure.diagnosis} {failure.fix}"
+    )

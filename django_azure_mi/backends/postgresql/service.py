@@ -1,0 +1,156 @@
+"""Postgres as a service of django-azure-mi (:mod:`django_azure_mi.services`): its scopes, checks, probe,
+diagnosis and warm-up. Imports no driver: the checks report a missing one (E006)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Final
+
+from django.core import checks
+
+from ...services import Argument, CheckId, Selection, Service, Target, aliases
+
+NAME: Final = "postgres"
+ENGINE: Final = "django_azure_mi.backends.postgresql"
+SCOPES: Final = {
+    "public": "https://ossrdbms-aad.database.windows.net/.default",
+    "usgovernment": "https://ossrdbms-aad.database.usgovcloudapi.net/.default",
+    "china": "https://ossrdbms-aad.database.chinacloudapi.cn/.default",
+}
+_AZURE_HOSTS: Final = (".postgres.database.azure.com", ".postgres.database.usgovcloudapi.net",
+                       ".postgres.database.chinacloudapi.cn")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+
+def check(errors: list[checks.CheckMessage]) -> None:
+    from django.conf import settings
+
+    from ...checks import run_check, warn_foreign_scope, warn_unverified
+
+    for alias, database in (getattr(settings, "DATABASES", None) or {}).items():
+        engine = database.get("ENGINE", "")
+        obj = f"DATABASES[{alias!r}]"
+        if engine == ENGINE:
+            run_check(errors, obj, _validate, alias, database)
+            identity = (database.get("OPTIONS") or {}).get("managed_identity")
+            warn_unverified(errors, obj, identity, "verify_tls", "W011")
+            warn_foreign_scope(errors, obj, identity, "scope", NAME)
+        elif engine.endswith("postgresql") and not database.get("PASSWORD"):
+            host = str(database.get("HOST") or "")
+            if host.endswith(_AZURE_HOSTS):
+                errors.append(
+                    checks.Warning(
+                        f"{obj} points at Azure Database for PostgreSQL ({host}) without a PASSWORD, with "
+                        f"ENGINE {engine!r}.",
+                        hint=f"To sign in with the managed identity, set ENGINE to {ENGINE!r}.",
+                        obj=obj,
+                        id="django_azure_mi.W010",
+                    )
+                )
+
+
+def _validate(alias: str, database: dict[str, Any]) -> None:
+    from .options import managed_identity
+
+    managed_identity(database, alias)
+
+
+# ----------------------------------------------------------------------------------------------- probe
+
+
+def targets(selection: Selection) -> list[Target]:
+    uses = lambda entry: entry.get("ENGINE") == ENGINE  # noqa: E731
+    return [
+        Target(NAME, alias, f"DATABASES[{alias!r}]", probe)
+        for alias in aliases("DATABASES", "database", selection, uses)
+    ]
+
+
+def probe(result: Any, deep: bool) -> None:
+    """``select current_user, version()`` over a new connection; TLS as the client (libpq) sees it."""
+    from django.db import connections
+
+    from ...diagnostics import attach
+    from ...options import is_remote
+    from ...probes import identity_facts
+    from .diagnosis import tls_failure
+    from .options import targets as hosts
+
+    connection: Any = connections[result.alias]
+    identity = connection.managed_identity
+    if identity is not None:
+        result.identity = identity_facts(identity.scope, identity.client_id)
+    result.details["user"] = connection.settings_dict.get("USER")
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("select current_user, version()")
+            user, version = cursor.fetchone()
+            tls, tls_version = _client_tls(connection.connection)
+    finally:
+        connection.close()
+    result.details.update(
+        current_user=user, server=" ".join(str(version).split()[:2]), tls=tls, tls_version=tls_version
+    )
+    if identity is not None and not tls and is_remote(hosts(connection.settings_dict, os.environ)):
+        raise attach(RuntimeError("connected without TLS"), tls_failure(identity.alias))
+
+
+def _client_tls(raw: Any) -> tuple[bool, str | None]:
+    """Does this driver connection use TLS, and which version? Asked of the client (libpq), which sees the
+    link it signed in over; the server's pg_stat_ssl would describe a pooler's or gateway's link instead."""
+    pgconn = getattr(raw, "pgconn", None)  # psycopg 3 (its PGconn has no ssl_attribute: no version)
+    if pgconn is not None:
+        return bool(pgconn.ssl_in_use), None
+    info = raw.info  # psycopg2
+    used = bool(info.ssl_in_use)
+    return used, info.ssl_attribute("protocol") if used else None
+
+
+def summary(details: dict[str, Any]) -> str:
+    tls = (
+        " ".join(filter(None, ["TLS", details.get("tls_version")]))
+        if details.get("tls")
+        else "no TLS (loopback)"
+    )
+    return f"user {details.get('current_user')}, {tls}, {details.get('server')}"
+
+
+def provider(target: Target) -> Any:
+    from django.db import connections
+
+    database: Any = connections[target.alias]  # our DatabaseWrapper (ENGINE checked by targets())
+    identity = database.managed_identity
+    return identity.provider if identity is not None else None
+
+
+CHECK_IDS: Final = (
+    CheckId("E010", "`DATABASES[…]['OPTIONS']['managed_identity']` malformed"),
+    CheckId("E011", "`PASSWORD` (or `OPTIONS['password']`) set with a managed identity"),
+    CheckId("E012", "`USER` empty"),
+    CheckId(
+        "E013",
+        "an `sslmode` that is clear or unverified toward a non-loopback target (judged on the "
+        "effective targets), or a libpq parameter dbshell cannot hand to psql",
+    ),
+    CheckId("E014", "`OPTIONS['pool']` with psycopg-pool < 3.3"),
+    CheckId("E015", "`sslrootcert='system'` (the default) with libpq < 16 (the driver's or psql's)"),
+    CheckId("E016", "a password in a database URL, or `register_scheme()` without dj-database-url"),
+    CheckId("W010", "a `*.postgres.database.azure.com` host without password, not using our ENGINE"),
+    CheckId("W011", "`managed_identity['verify_tls'] = False`: the server is not verified"),
+)
+
+
+SERVICE: Final = Service(
+    name=NAME,
+    check_ids=CHECK_IDS,
+    title="Postgres",
+    extra="postgres",
+    scopes=SCOPES,
+    check=check,
+    targets=targets,
+    summary=summary,
+    provider=provider,
+    arguments=(Argument("database", "only this database alias", setting="DATABASES"),),
+)

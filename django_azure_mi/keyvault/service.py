@@ -1,0 +1,85 @@
+"""Key Vault as a service of django-azure-mi (:mod:`django_azure_mi.services`): its scopes, the check of
+``AZURE_KEY_VAULT_URL``, the probe (the vault token, then the metadata of the secrets settings.py read)
+and the diagnosis of Key Vault errors. Part of readiness, not of warm-up (settings.py read its secrets)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Final
+
+from ..services import Argument, CheckId, Selection, Service, Target
+
+NAME: Final = "keyvault"
+SETTING: Final = "AZURE_KEY_VAULT_URL"
+SCOPES: Final = {
+    "public": "https://vault.azure.net/.default",
+    "usgovernment": "https://vault.usgovcloudapi.net/.default",
+    "china": "https://vault.azure.cn/.default",
+}
+
+
+def check(errors: list[Any]) -> None:
+    from ..checks import run_check
+    from . import check_url, vault_url
+
+    url = vault_url()
+    if url:
+        run_check(errors, SETTING, check_url, url)
+
+
+def targets(selection: Selection) -> list[Target]:
+    from . import vault_url
+
+    url = vault_url() if selection.wants("keyvault") else None
+    names = selection.arguments.get("secret")
+    return (
+        [Target(NAME, url, SETTING, functools.partial(probe, names=names) if names else probe)] if url else []
+    )
+
+
+def probe(result: Any, deep: bool, names: list[str] | None = None) -> None:
+    """The vault token, then the metadata of ``names`` (default: the secrets settings.py read)."""
+    from .. import runtime
+    from ..probes import identity_facts
+    from . import secret_info, secrets_read
+
+    config = runtime.get().config
+    result.identity = identity_facts(SERVICE.scope(config.cloud.name), None)
+    names = names or secrets_read()
+    result.details["secrets"] = []
+    for name in names if deep else names[:1]:
+        info = secret_info(name, result.alias, timeout=10)
+        result.details["secrets"].append(dataclasses.asdict(info))
+
+
+def summary(details: dict[str, Any]) -> str:
+    secrets = details.get("secrets") or []
+    if not secrets:
+        return "token ok (no secret read by settings to probe)"
+    return ", ".join(f"secret {s['name']} ({'enabled' if s['enabled'] else 'disabled'})" for s in secrets)
+
+
+CHECK_IDS: Final = (CheckId("E040", "`AZURE_KEY_VAULT_URL` is not an https URL"),)
+
+
+SERVICE: Final = Service(
+    name=NAME,
+    check_ids=CHECK_IDS,
+    title="Key Vault",
+    extra="keyvault",
+    scopes=SCOPES,
+    check=check,
+    targets=targets,
+    summary=summary,
+    arguments=(
+        Argument("keyvault", f"only Key Vault ({SETTING})"),
+        Argument(
+            "secret",
+            "Key Vault secret whose metadata to read (default: the secrets settings.py read)",
+            selects=False,
+        ),
+    ),
+    purposes=frozenset({"check", "ready"}),
+    unconfigured=f"no Key Vault is configured ({SETTING} is not set).",
+)
