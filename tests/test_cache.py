@@ -135,6 +135,7 @@ def test_load_across_three_rotations_no_failures_no_closures(use_cache, backend,
     assert azure_redis.auth_count > azure_imds.issued_count(REDIS_RESOURCE)  # live connections re-AUTHed
 
 
+@pytest.mark.slow
 @pytest.mark.azure_imds(ttl=20)
 def test_identity_outage_during_load(use_cache, azure_redis, azure_imds):
     """The endpoint fails across a scheduled refresh: ops keep working on the cached token, renewal resumes
@@ -365,6 +366,7 @@ def test_no_token_in_logs(use_cache, backend, azure_redis, azure_imds, caplog):
         assert issued.token not in caplog.text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("protocol", [2, 3])
 @pytest.mark.azure_imds(ttl=5)
 def test_pubsub_on_an_entra_pool_survives_token_expiry(use_cache, azure_redis, protocol):

@@ -70,6 +70,7 @@ def send(env: dict[str, str], seconds: float, minimum: int = 0) -> dict[str, int
 
 
 @pytest.mark.slow
+@pytest.mark.once
 @pytest.mark.azure_imds(ttl=TTL)
 @pytest.mark.parametrize("pool", ["prefork", "solo", "threads"])
 def test_a_real_worker_runs_every_task_once_through_three_rotations(
@@ -129,6 +130,7 @@ def test_settings_are_checked_and_name_the_setting(azure_redis, azure_imds):
 
 
 @pytest.mark.slow
+@pytest.mark.once
 @pytest.mark.azure_imds(ttl=120)
 def test_a_worker_started_while_the_identity_endpoint_is_down_waits_and_recovers(
     celery_env, azure_imds, azure_redis, tmp_path
@@ -151,6 +153,7 @@ def test_a_worker_started_while_the_identity_endpoint_is_down_waits_and_recovers
 
 
 @pytest.mark.slow
+@pytest.mark.once
 @pytest.mark.azure_imds(ttl=TTL)
 def test_beat_sends_to_the_broker_across_rotations(celery_env, azure_imds, azure_redis, tmp_path):
     """``celery beat`` sends a task every second for 3.2 token lifetimes while a worker runs them: its

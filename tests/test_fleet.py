@@ -23,6 +23,7 @@ WORKERS = 4
 
 
 @pytest.mark.slow
+@pytest.mark.once
 @pytest.mark.azure_imds(ttl=TTL)
 @pytest.mark.parametrize(
     ("server", "cache_dir"), [("gunicorn", False), ("gunicorn", True), ("uvicorn", False)],
@@ -80,6 +81,7 @@ HERD = 16
 
 
 @pytest.mark.slow
+@pytest.mark.once
 @pytest.mark.parametrize("cache_dir", [False, True], ids=["per-worker", "TOKEN_CACHE_DIR"])
 def test_a_cold_herd_of_16_workers_under_the_identity_endpoints_limits(
     cache_dir, azure_imds, azure_postgres, azure_redis, tmp_path

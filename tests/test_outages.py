@@ -25,7 +25,7 @@ from django_azure_mi.testing.redis import RedisStandIn
 sys.path.insert(0, str(Path(__file__).parent / "fleet_site"))
 from harness import SCOPES, Load, Request, Server, failures_outside, migrate, site_env
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.once]
 
 WORKERS = 4
 GRACE = 3.0  # seconds after a server is back within which a request may still fail

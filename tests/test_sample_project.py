@@ -14,6 +14,7 @@ from .conftest import run_fresh
 SAMPLE = Path(__file__).parent / "sample_project"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one process", "xdist -n 2"])
 def test_sample_project_passes(workers):
     done = run_fresh(["-m", "pytest", "-q", *workers], cwd=SAMPLE, timeout=300)

@@ -264,6 +264,7 @@ def test_storage_failures(azure_storage, azure_imds, reporter):
     assert_out_of_reach(info.value, reporter, issued(azure_imds, "https://vault.azure.net"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("operation", ["save", "open", "exists", "listdir", "size", "url", "delete"])
 def test_storage_server_hanging_up_leaves_no_token(operation, azure_imds, reporter, settings, tmp_path):
     """A server that reads the request (the bearer token in it) and hangs up: the SDK's error keeps the

@@ -119,6 +119,7 @@ def test_warm_url_makes_no_network_call(make_storage, azure_storage, azure_imds)
     assert azure_imds.request_count() == requests_before
 
 
+@pytest.mark.slow
 @pytest.mark.azure_imds(ttl=6)
 def test_tokens_rotating_mid_run(make_storage, azure_imds):
     storage = make_storage()

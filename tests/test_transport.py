@@ -229,6 +229,7 @@ def test_redis_token_never_reaches_a_rogue(route, backend, rogue_sniffer, azure_
         assert "certificate" in str(info.value).lower() or "ssl" in str(info.value).lower(), info.value
 
 
+@pytest.mark.slow
 def test_redis_opt_out_is_explicit_and_reported(rogue_sniffer, azure_imds, settings):
     from django_azure_mi.checks import check_settings
 
