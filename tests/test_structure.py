@@ -416,3 +416,16 @@ def test_every_service_is_one_package_with_one_descriptor():
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr
+
+
+def test_the_core_reads_time_through_its_clock():
+    """Renewal, backoff, idleness and token checks read the injectable clock (core/clock.py), so they can be
+    tested on a fake one. Allowed: the clock itself, a token's default ``now`` and repr, the file cache's
+    and the identity request's real-time waits (other processes and sockets don't run on a fake clock)."""
+    allowed = {"clock.py": 99, "token.py": 2, "filecache.py": 3, "http.py": 3}
+    found = {}
+    for path in (PACKAGE / "core").glob("*.py"):
+        count = len(re.findall(r"\btime\.(?:time|monotonic|sleep)\(|\b_cond\.wait\(", path.read_text()))
+        if count > allowed.get(path.name, 0):
+            found[path.name] = count
+    assert found == {}

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 
 from azure.core.credentials import AccessTokenInfo
 
+from .clock import SYSTEM, Clock
 from .errors import Problem, TokenCacheError
 from .token import MAX_TOKEN_LENGTH, Token, checked
 
@@ -47,8 +48,8 @@ class FileCache:
     """One token per file in a 0700 directory: 0600 files, atomic replace, a process-owned lock against
     stampedes, and a fallback to memory when the directory can't be used."""
 
-    def __init__(self, directory: str, key: str) -> None:
-        self.directory = directory
+    def __init__(self, directory: str, key: str, clock: Clock = SYSTEM) -> None:
+        self.directory, self.clock = directory, clock  # the clock judges tokens; the lock waits in real time
         self.hits = 0  # tokens another process had renewed
         self.unusable: str | None = None  # why this process keeps its tokens in memory only
         name = hashlib.sha256(key.encode()).hexdigest()[:32]
@@ -78,7 +79,7 @@ class FileCache:
             candidate = self._read(margin)
             if candidate is not None:
                 fresher = current is None or candidate.expires_on > current.expires_on
-                if fresher and time.time() < candidate.refresh_due:
+                if fresher and self.clock.time() < candidate.refresh_due:
                     self.hits += 1
                     return candidate
             token = fetch(current)
@@ -172,7 +173,9 @@ class FileCache:
             data = json.loads(raw, parse_constant=_no_constant)
             refresh_on = data.get("refresh_on")
             info = AccessTokenInfo(data["token"], data["expires_on"], refresh_on=refresh_on)
-            return checked(info, data["acquired_at"], "file", margin, "the token cache file")
+            return checked(
+                info, data["acquired_at"], "file", margin, "the token cache file", self.clock.time()
+            )
         except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
             reason = str(exc) if isinstance(exc, ValueError) else type(exc).__name__
             logger.warning("token cache file %s refused (%s); it will be replaced", self.path, reason[:200])

@@ -25,7 +25,6 @@ import asyncio
 import functools
 import logging
 import threading
-import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 from azure.core.credentials import AccessToken, AccessTokenInfo, TokenCredential, TokenRequestOptions
 
 from . import policy
+from .clock import SYSTEM, Clock
 from .errors import TokenUnavailableError, describe_error, install_log_redaction
 from .filecache import FileCache
 from .refresher import Defer, Idleness, NotReady, Refresher
@@ -67,17 +67,19 @@ class TokenProvider:
         credential_factory: Callable[[], TokenCredential] | None = None,
         siblings: Callable[[str], TokenProvider] | None = None,
         idle_lifetimes: float = 0.0,
+        clock: Clock = SYSTEM,
     ) -> None:
         if not isinstance(scope, str) or not scope:
             raise ValueError("scope must be a non-empty string, e.g. 'https://storage.azure.com/.default'")
         self.scope, self.identity, self.source, self._scopes = scope, identity, source, (scope,)
-        self._upstream = Upstream(credential, credential_factory, scope, source, refresh_margin)
+        self.clock = clock
+        self._upstream = Upstream(credential, credential_factory, scope, source, refresh_margin, clock)
         self._refresh_margin, self._timeout = float(refresh_margin), float(timeout)
-        self._file = FileCache(cache_dir, f"{identity}\0{scope}") if cache_dir else None
+        self._file = FileCache(cache_dir, f"{identity}\0{scope}", clock) if cache_dir else None
         self._options: dict[str, Any] = dict(  # what a sibling for another scope is built with
             identity=identity, source=source, refresh_margin=refresh_margin, timeout=timeout,
             cache_dir=cache_dir, idle_lifetimes=idle_lifetimes,
-            retry_base=retry_base, retry_cap=retry_cap, credential_factory=credential_factory,
+            retry_base=retry_base, retry_cap=retry_cap, credential_factory=credential_factory, clock=clock,
         )  # fmt: skip
         self._siblings = siblings or self._own_siblings
         self._sibling_map: dict[str, TokenProvider] = {}
@@ -88,11 +90,12 @@ class TokenProvider:
             label=f"scope={scope} identity={identity}",
             schedule=lambda token: token.refresh_due - policy.jitter(token.expires_on, token.acquired_at),
             usable_until=lambda token: token.usable_until,
-            describe=_describe,
+            describe=lambda token: _describe(token, clock.time()),
             retry_base=retry_base,
             retry_cap=retry_cap,
             on_fork=self._upstream.after_fork,
             idleness=_idleness(self, idle_lifetimes),
+            clock=clock,
         )
 
     # ------------------------------------------------------------------ TokenCredential API (hot path)
@@ -126,7 +129,7 @@ class TokenProvider:
         """The hot path: the cached :class:`Token`, poking the worker when a refresh is due; else wait."""
         refresher = self._refresher
         token = refresher.value
-        now = time.time()
+        now = self.clock.time()
         if token is not None and now < token.usable_until:
             self._hits += 1
             if now >= refresher.poke_after:
@@ -233,7 +236,7 @@ class TokenProvider:
             message += f" Last error: {last.rstrip('.')}."
         token = self._refresher.value
         if token is not None:
-            message += f" The last token expired {time.time() - token.expires_on:.0f}s ago."
+            message += f" The last token expired {self.clock.time() - token.expires_on:.0f}s ago."
         return TokenUnavailableError(message, scope=self.scope, identity=self.identity, last_error=last)
 
     def _claims_challenge(self, claims: str) -> Token:
@@ -266,11 +269,12 @@ class Upstream:
         scope: str,
         source: str,
         refresh_margin: float,
+        clock: Clock = SYSTEM,
     ) -> None:
         if credential is None and factory is None:
             raise ValueError("pass a credential or a credential_factory")
         self.credential, self.factory = credential, factory
-        self.scope, self.source, self.refresh_margin = scope, source, refresh_margin
+        self.scope, self.source, self.refresh_margin, self.clock = scope, source, refresh_margin, clock
         self.requests = 0
         install_log_redaction()  # the credential's loggers exist once it is built (lazy imports)
         self._lock = threading.Lock()
@@ -285,7 +289,7 @@ class Upstream:
                 credential = self.credential = self.factory()
                 install_log_redaction()
             self.requests += 1
-            started = time.time()
+            started = self.clock.time()
             get_info = getattr(credential, "get_token_info", None)
             if get_info is not None:
                 options: TokenRequestOptions = {"claims": claims} if claims else {}
@@ -293,10 +297,10 @@ class Upstream:
             else:
                 access = credential.get_token(self.scope, claims=claims)
                 info = AccessTokenInfo(access.token, access.expires_on)
-        token = checked(info, started, self.source, self.refresh_margin, "the credential")
+        now = self.clock.time()
+        token = checked(info, started, self.source, self.refresh_margin, "the credential", now)
         info = token.info
         if current is not None and (info.token == current.value or info.expires_on < current.expires_on):
-            now = time.time()
             at = policy.upstream_cache_retry(now, current.expires_on, current.usable_until, retry_base)
             valid_for = current.usable_until - now
             raise Defer(at, f"the credential still serves its cached token (valid for {valid_for:.0f}s)")
@@ -308,9 +312,9 @@ class Upstream:
             self.credential = None
 
 
-def _describe(token: Token) -> str:
+def _describe(token: Token, now: float) -> str:
     """What the logs say of a token."""
-    return f"source={token.source} expires_in={token.expires_on - time.time():.0f}s length={len(token.value)}"
+    return f"source={token.source} expires_in={token.expires_on - now:.0f}s length={len(token.value)}"
 
 
 def _idleness(provider: TokenProvider, lifetimes: float) -> Idleness[Token] | None:
@@ -321,6 +325,7 @@ def _idleness(provider: TokenProvider, lifetimes: float) -> Idleness[Token] | No
     return Idleness(
         lambda: provider._hits + provider._refresher.waits,
         lambda token: lifetimes * max(1.0, token.expires_on - token.acquired_at),
+        provider.clock,
     )
 
 
@@ -359,7 +364,7 @@ class AsyncTokenProvider:
         provider = self.provider
         refresher = provider._refresher
         token = refresher.value
-        now = time.time()
+        now = provider.clock.time()
         fresh = token is not None and now < token.usable_until and now < refresher.poke_after
         if fresh and scopes == provider._scopes:
             provider._hits += 1

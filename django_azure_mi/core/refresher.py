@@ -39,11 +39,11 @@ import logging
 import math
 import os
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from . import policy
+from .clock import SYSTEM, Clock
 from .errors import describe_error
 
 logger = logging.getLogger("django_azure_mi.tokens")
@@ -89,19 +89,19 @@ class Refresher(Generic[T]):
         log_level: int = logging.INFO,
         label: str = "",  # what the logs say it is for, e.g. "scope=... identity=..."
         idleness: Idleness[T] | None = None,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.name, self._fetch, self._schedule, self._usable_until = name, fetch, schedule, usable_until
         self._describe, self._on_fork, self.label, self.idleness = describe, on_fork, label, idleness
-        self._log_level = log_level  # of "acquired" lines (a frequent periodic task logs at DEBUG)
+        self._log_level, self.clock = log_level, clock  # "acquired" lines' level; time and waits (.clock)
         self.retry_base, self.retry_cap = float(retry_base), float(retry_cap)
         self.value: T | None = None
         self.last_error: str | None = None  # class and redacted message of the last failure, until a success
         self.last_exception: BaseException | None = None
-        self.closed, self._failures = False, 0  # _failures: consecutive
+        self.closed, self._failures, self._next_at = False, 0, math.inf  # _failures: consecutive
         self._subscribers: list[Callable[[T], None]] = []
         # finished attempts (value, Defer or failure), values installed, failed attempts, callers that waited
         self.attempts = self.acquired = self.failed = self.waits = 0
-        self._next_at = math.inf
         self._reset_sync()
 
     def _reset_sync(self) -> None:
@@ -120,19 +120,19 @@ class Refresher(Generic[T]):
         self._check_fork()
         with self._cond:
             self._ensure_worker()
-            if time.time() >= self._next_at:
+            if self.clock.time() >= self._next_at:
                 self._cond.notify_all()
 
     def get(self, timeout: float) -> T:
         """A usable value, waiting at most ``timeout`` seconds for the worker. A caller who finds none asks
         for an attempt now, unless the source is failing (then the backoff decides when)."""
         self._check_fork()
-        deadline = time.time() + timeout
+        deadline = self.clock.time() + timeout
         with self._cond:
             self._ensure_worker()
             seen = self.attempts
             while True:
-                value, now = self.value, time.time()
+                value, now = self.value, self.clock.time()
                 if value is not None and now < self._usable_until(value):
                     self.waits += 1
                     return value
@@ -149,7 +149,7 @@ class Refresher(Generic[T]):
                 remaining = deadline - now
                 if remaining <= 0:
                     raise NotReady("timeout")
-                self._cond.wait(remaining)
+                self.clock.wait(self._cond, remaining)
 
     def refresh(self, *, wait: bool = False, timeout: float = 15.0) -> bool:
         """Ask for an attempt now. With ``wait``, block until it finished and return whether a new value
@@ -163,12 +163,12 @@ class Refresher(Generic[T]):
             self._cond.notify_all()
             if not wait:
                 return True
-            deadline = time.monotonic() + timeout
+            deadline = self.clock.monotonic() + timeout
             while self.attempts <= seen and not self.closed:
-                remaining = deadline - time.monotonic()
+                remaining = deadline - self.clock.monotonic()
                 if remaining <= 0:
                     return False
-                self._cond.wait(remaining)
+                self.clock.wait(self._cond, remaining)
             return self.acquired > acquired
 
     def install(self, value: T) -> None:
@@ -220,8 +220,8 @@ class Refresher(Generic[T]):
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self.closed and not self._wanted and time.time() < self._next_at:
-                    self._cond.wait(min(self._next_at - time.time(), 3600.0))
+                while not self.closed and not self._wanted and self.clock.time() < self._next_at:
+                    self.clock.wait(self._cond, min(self._next_at - self.clock.time(), 3600.0))
                 if self.closed:
                     return
                 if not self._wanted and self.idleness is not None and self.idleness.idle(self.value, self):
@@ -242,7 +242,7 @@ class Refresher(Generic[T]):
     def _settle(self, outcome: T | Exception, counted: bool = True) -> None:
         """End an attempt: install a value; or schedule the next one (``Defer``: at its time; a failure:
         after a backoff). ``counted``: an attempt of the worker (not a value installed from outside)."""
-        now = time.time()
+        now = self.clock.time()
         deferred = outcome if isinstance(outcome, Defer) else None
         failure = outcome if isinstance(outcome, Exception) and deferred is None else None
         error, valid_for, subscribers = "", 0.0, []
@@ -286,13 +286,15 @@ class Idleness(Generic[T]):
     of the readers' calls (``activity``) each time a renewal comes due (invariant 7). ``idled``: how often
     the worker went idle."""
 
-    def __init__(self, activity: Callable[[], int], idle_after: Callable[[T], float]) -> None:
-        self.activity, self.idle_after = activity, idle_after
-        self.seen, self.active_at, self.idled = -1, time.time(), 0
+    def __init__(
+        self, activity: Callable[[], int], idle_after: Callable[[T], float], clock: Clock = SYSTEM
+    ) -> None:
+        self.activity, self.idle_after, self.clock = activity, idle_after, clock
+        self.seen, self.active_at, self.idled = -1, clock.time(), 0
 
     def idle(self, value: T | None, owner: Refresher[T]) -> bool:
         """Called by ``owner``'s worker (``_cond`` held) when a renewal of ``value`` is due."""
-        now, count = time.time(), self.activity()
+        now, count = self.clock.time(), self.activity()
         if value is None or count != self.seen:
             self.seen, self.active_at = count, now
             return False

@@ -44,12 +44,15 @@ MAX_TOKEN_LENGTH: Final = 64 * 1024  # Entra tokens are a few kB; anything this 
 MAX_LIFETIME: Final = 25 * 3600.0  # Entra issues managed identity tokens for up to 24 h
 
 
-def checked(info: AccessTokenInfo, asked_at: float, source: str, margin: float, origin: str) -> Token:
+def checked(
+    info: AccessTokenInfo, asked_at: float, source: str, margin: float, origin: str, now: float | None = None
+) -> Token:
     """THE checks every token passes before it is served, wherever it came from (the identity endpoint,
     the file cache): a JWT of sane size with an expiry; ``expires_on`` not beyond the lifetime the JWT
     itself claims (``exp - iat``, skew-free) counted from ``asked_at``; at least ``policy.MIN_LIFETIME``
-    and at most ``MAX_LIFETIME`` left. Raises ValueError saying what ``origin`` returned (never the
-    token)."""
+    and at most ``MAX_LIFETIME`` left (from ``now``, default the system clock's). Raises ValueError saying
+    what ``origin`` returned (never the token)."""
+    now = time.time() if now is None else now
     value = info.token
     if not isinstance(value, str) or not value:
         raise ValueError(f"{origin} returned an empty token")
@@ -70,7 +73,7 @@ def checked(info: AccessTokenInfo, asked_at: float, source: str, margin: float, 
     span = claimed_lifetime(claims)
     if span is not None and asked_at + span < expires_on:
         expires_on = int(asked_at + span)
-    lifetime = expires_on - time.time()
+    lifetime = expires_on - now
     if lifetime <= 0:
         raise ValueError(f"{origin} returned an already expired token")
     if lifetime < policy.MIN_LIFETIME:
@@ -83,7 +86,7 @@ def checked(info: AccessTokenInfo, asked_at: float, source: str, margin: float, 
     if refresh_on is not None and not (_finite(refresh_on) and 0 < refresh_on < expires_on):
         refresh_on = None
     info = AccessTokenInfo(value, int(expires_on), token_type=info.token_type, refresh_on=refresh_on)
-    token = Token(info, min(asked_at, time.time()), source, margin)
+    token = Token(info, min(asked_at, now), source, margin)
     token._claims = claims
     return token
 

@@ -1,0 +1,37 @@
+"""Where the core reads the time and how it waits: one injectable :class:`Clock`.
+
+The :class:`~django_azure_mi.core.refresher.Refresher` (and so every renewal: tokens, Redis re-AUTH sweeps,
+delegation keys), :class:`~django_azure_mi.core.provider.TokenProvider`, the token checks and the file
+cache take a ``clock`` (default :data:`SYSTEM`). Tests pass a fake one
+(:class:`django_azure_mi.testing.clock.FakeClock`) and walk a token's whole life, backoff and idleness in
+milliseconds instead of waiting them out.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Final
+
+
+class Clock:
+    """The system's clock: ``time()`` (epoch seconds: token expiries), ``monotonic()`` (deadlines),
+    ``wait(cond, timeout)`` (a condition wait, ``cond`` held) and ``sleep()``."""
+
+    def time(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wait(self, cond: threading.Condition, timeout: float) -> bool:
+        return cond.wait(timeout)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}>"
+
+
+SYSTEM: Final = Clock()
