@@ -22,7 +22,9 @@ from . import diagnostics, get_token_provider, runtime, services
 from .core.errors import describe_error
 from .services import Selection, Target
 
-__all__ = ["InFlight", "Result", "Target", "identity_facts", "run", "start", "targets"]
+__all__ = ["PROBE_PREFIX", "InFlight", "Result", "Target", "identity_facts", "run", "start", "targets"]
+
+PROBE_PREFIX = "django-azure-mi-probe"  # the names of the keys and blobs a deep probe writes and deletes
 
 
 @dataclass

@@ -342,8 +342,8 @@ def test_one_check_id_registry_raised_ids_are_documented_and_documented_ids_rais
 
 
 # The modules every service goes through: they loop over django_azure_mi.services and name none.
-SHARED = ["apps", "checks", "conf", "diagnostics", "options", "probes", "runtime", "services", "urls",
-          "views", "warmup", "management/commands/azure_check"]  # fmt: skip
+SHARED = ["apps", "checkids", "checks", "conf", "diagnostics", "options", "probes", "runtime", "services",
+          "urls", "views", "warmup", "management/commands/azure_check"]  # fmt: skip
 SERVICE_WORDS = re.compile(r"postgres|psycopg|redis|celery|kombu|blob|storage|vault|azurite|database", re.I)
 
 
@@ -409,6 +409,14 @@ def test_every_service_is_one_package_with_one_descriptor():
             assert services.get(service.name).scope(cloud).startswith("https://")
     options = [a.name for s in services.registered() for a in s.arguments]
     assert len(set(options)) == len(options)
+    # the adapters' option specs (and Key Vault's binding) name a registered service (their scope's owner)
+    from django_azure_mi import keyvault
+    from django_azure_mi.backends.postgresql.options import SPEC as POSTGRES
+    from django_azure_mi.cache.spec import SPEC as REDIS
+    from django_azure_mi.celery import SPEC as CELERY
+    from django_azure_mi.storage.backend import SPEC as STORAGE
+
+    assert {POSTGRES.service, REDIS.service, CELERY.service, STORAGE.service, keyvault.NAME} <= set(names)
     code = (
         "import sys, django_azure_mi.services as s; s.registered(); "
         "print(sorted(m for m in ('psycopg', 'psycopg2', 'redis', 'kombu', 'celery', 'azure.storage.blob', "

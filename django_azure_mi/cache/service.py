@@ -22,7 +22,6 @@ SCOPES: Final = {
     "usgovernment": "https://redis.azure.us/.default",
     "china": "https://redis.azure.cn/.default",
 }
-PROBE_PREFIX: Final = "django-azure-mi-probe"
 _AZURE_HOSTS: Final = (".redis.cache.windows.net", ".redis.azure.net", ".redis.cache.usgovcloudapi.net",
                        ".redis.cache.chinacloudapi.cn")  # fmt: skip
 
@@ -139,7 +138,7 @@ def probe_client(result: Any, auth: Any, client: Any, deep: bool, where: Any) ->
     from redis.exceptions import ResponseError
 
     from ..diagnostics import attach
-    from ..probes import identity_facts
+    from ..probes import PROBE_PREFIX, identity_facts
 
     entra = auth.settings
     result.identity = identity_facts(entra.scope, entra.client_id)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from ..cache.diagnosis import diagnose
+from ..cache.service import summary
 from ..services import Argument, CheckId, Selection, Service, Target
 
 NAME: Final = "celery"
@@ -64,18 +66,6 @@ def probe_results(result: Any, deep: bool) -> None:
     backend = _app().backend
     settings = backend.entra_settings
     probe_client(result, get_auth(settings), backend.client, deep, settings)
-
-
-def diagnose(exc: BaseException, where: str) -> Any:
-    from ..cache.diagnosis import diagnose_error
-
-    return diagnose_error(exc, where)
-
-
-def summary(details: dict[str, Any]) -> str:
-    from ..cache.service import summary as redis_summary
-
-    return redis_summary(details)
 
 
 CHECK_IDS: Final = (

@@ -10,7 +10,7 @@ milliseconds instead of waiting them out.
 from __future__ import annotations
 
 import threading
-import time
+import time as _time
 from typing import Final
 
 
@@ -18,17 +18,15 @@ class Clock:
     """The system's clock: ``time()`` (epoch seconds: token expiries), ``monotonic()`` (deadlines),
     ``wait(cond, timeout)`` (a condition wait, ``cond`` held) and ``sleep()``."""
 
-    def time(self) -> float:
-        return time.time()
-
-    def monotonic(self) -> float:
-        return time.monotonic()
+    # the builtins themselves: TokenProvider.current() reads the clock on every call (no extra frame)
+    time = staticmethod(_time.time)
+    monotonic = staticmethod(_time.monotonic)
 
     def wait(self, cond: threading.Condition, timeout: float) -> bool:
         return cond.wait(timeout)
 
     def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
+        _time.sleep(seconds)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}>"

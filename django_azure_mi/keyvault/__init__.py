@@ -31,6 +31,7 @@ from django.core.exceptions import ImproperlyConfigured
 from .. import conf, diagnostics, runtime, services
 from ..core.errors import Problem, install_log_redaction
 from ..options import BindingCredential, ServiceBinding, is_loopback
+from .diagnosis import VAULT_URL_ENV as VAULT_URL_ENV
 from .diagnosis import diagnose_error
 
 if TYPE_CHECKING:
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("django_azure_mi.keyvault")
 
 NAME: Final = "keyvault"  # its service (services.py)
-VAULT_URL_ENV: Final = "AZURE_KEY_VAULT_URL"
 _NAME = re.compile(r"^[0-9A-Za-z-]{1,127}$")
 
 

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from ..diagnostics import ServiceFailure, generic
 
-SETTING: Final = "AZURE_KEY_VAULT_URL"
+VAULT_URL_ENV: Final = "AZURE_KEY_VAULT_URL"  # the setting (environment or .env); the package exports it
 
 
 def diagnose_error(exc: BaseException, url: str, name: str | None = None) -> ServiceFailure:
@@ -47,6 +47,6 @@ def diagnose_error(exc: BaseException, url: str, name: str | None = None) -> Ser
         return ServiceFailure(
             "unreachable",
             "Key Vault is unreachable.",
-            f"Check {SETTING}, DNS/private endpoint and the vault's firewall.",
+            f"Check {VAULT_URL_ENV}, DNS/private endpoint and the vault's firewall.",
         )
-    return generic("Key Vault", SETTING, exc)
+    return generic("Key Vault", VAULT_URL_ENV, exc)

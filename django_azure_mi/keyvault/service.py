@@ -9,9 +9,9 @@ import functools
 from typing import Any, Final
 
 from ..services import Argument, CheckId, Selection, Service, Target
+from .diagnosis import VAULT_URL_ENV
 
 NAME: Final = "keyvault"
-SETTING: Final = "AZURE_KEY_VAULT_URL"
 SCOPES: Final = {
     "public": "https://vault.azure.net/.default",
     "usgovernment": "https://vault.usgovcloudapi.net/.default",
@@ -25,17 +25,17 @@ def check(errors: list[Any]) -> None:
 
     url = vault_url()
     if url:
-        run_check(errors, SETTING, check_url, url)
+        run_check(errors, VAULT_URL_ENV, check_url, url)
 
 
 def targets(selection: Selection) -> list[Target]:
     from . import vault_url
 
     url = vault_url() if selection.wants("keyvault") else None
+    if not url:
+        return []
     names = selection.arguments.get("secret")
-    return (
-        [Target(NAME, url, SETTING, functools.partial(probe, names=names) if names else probe)] if url else []
-    )
+    return [Target(NAME, url, VAULT_URL_ENV, functools.partial(probe, names=names) if names else probe)]
 
 
 def probe(result: Any, deep: bool, names: list[str] | None = None) -> None:
@@ -73,7 +73,7 @@ SERVICE: Final = Service(
     targets=targets,
     summary=summary,
     arguments=(
-        Argument("keyvault", f"only Key Vault ({SETTING})"),
+        Argument("keyvault", f"only Key Vault ({VAULT_URL_ENV})"),
         Argument(
             "secret",
             "Key Vault secret whose metadata to read (default: the secrets settings.py read)",
@@ -81,5 +81,5 @@ SERVICE: Final = Service(
         ),
     ),
     purposes=frozenset({"check", "ready"}),
-    unconfigured=f"no Key Vault is configured ({SETTING} is not set).",
+    unconfigured=f"no Key Vault is configured ({VAULT_URL_ENV} is not set).",
 )

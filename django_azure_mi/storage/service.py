@@ -17,7 +17,6 @@ from .diagnosis import diagnose
 NAME: Final = "storage"
 BACKEND: Final = "django_azure_mi.storage.AzureManagedIdentityStorage"
 SCOPES: Final = dict.fromkeys(("public", "usgovernment", "china"), "https://storage.azure.com/.default")
-PROBE_PREFIX: Final = "django-azure-mi-probe"
 
 
 def check(errors: list[checks.CheckMessage]) -> None:
@@ -53,7 +52,7 @@ def probe(result: Any, deep: bool) -> None:
     from django.core.files.base import ContentFile
     from django.core.files.storage import storages
 
-    from ..probes import identity_facts
+    from ..probes import PROBE_PREFIX, identity_facts
 
     storage: Any = storages[result.alias]
     result.identity = identity_facts(storage.scope, storage.client_id)
