@@ -72,6 +72,10 @@ class OptionSpec:
         return (*(self.key(k) for k in self.extra), self.key("client_id"), self.key("scope"))
 
 
+def _closed(provider: TokenProvider) -> bool:  # closed by its user (``with get_token_provider(…)``)
+    return provider.closed
+
+
 @dataclass(frozen=True)
 class ServiceBinding:
     """One service's validated identity: resolved once, used for every connection. ``where`` names the
@@ -83,16 +87,16 @@ class ServiceBinding:
     scope: str
     values: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
-    @property
-    def provider(self) -> TokenProvider:
+    @runtime.per_runtime_unless(_closed)
+    def provider(self, rt: runtime.Runtime) -> TokenProvider:
         """The current runtime's provider (a settings change gives a new one)."""
-        return runtime.get().provider(self.scope, self.client_id)
+        return rt.provider(self.scope, self.client_id)
 
-    @property
-    def credential(self) -> BindingCredential:
+    @runtime.per_runtime
+    def credential(self, rt: runtime.Runtime) -> BindingCredential:
         """A TokenCredential for SDK clients that asks the current provider on every call (one per binding
         in a runtime, so that every storage of an identity shares it)."""
-        return runtime.get().component(("credential", self), lambda: BindingCredential(self))
+        return rt.component(("credential", self), lambda: BindingCredential(self))
 
 
 class BindingCredential:

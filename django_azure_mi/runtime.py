@@ -25,11 +25,12 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Hashable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, overload
 
 from azure.core.credentials import TokenCredential
 
 from . import conf
+from .core.clock import SYSTEM, Clock
 from .core.credentials import IdentityKey, build_credential
 from .core.provider import TokenProvider
 from .diagnostics import setting_errors
@@ -37,6 +38,7 @@ from .diagnostics import setting_errors
 logger = logging.getLogger("django_azure_mi")
 
 C = TypeVar("C", bound="Component")
+T = TypeVar("T")
 
 
 class Component(Protocol):
@@ -44,15 +46,17 @@ class Component(Protocol):
 
 
 class Runtime:
-    """Process-wide objects for one ``AZURE_MANAGED_IDENTITY`` setting."""
+    """Process-wide objects for one ``AZURE_MANAGED_IDENTITY`` setting. ``clock``: where every provider and
+    component of this runtime reads the time (tests: a fake one, :func:`reset`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = SYSTEM) -> None:
+        self.clock = clock
         self._lock = threading.RLock()
         self._config: conf.Config | None = None
         self._provisional = False  # config read before Django's settings were configured
         self._credentials: dict[tuple[IdentityKey, float], TokenCredential] = {}
+        # THE provider map: one provider per (identity, settings, scope); adapters hold theirs (per_runtime)
         self._providers: dict[tuple[IdentityKey, conf.Config, str], TokenProvider] = {}
-        self._requests: dict[tuple[str, str | None], TokenProvider] = {}  # get_token_provider's shortcut
         self._components: dict[Hashable, Any] = {}
         self.closed = False
 
@@ -72,7 +76,6 @@ class Runtime:
                     raw = conf.read_setting(settings) if configured else None
                     self._config = conf.build_config(raw)
                     self._provisional = not configured
-                    self._requests.clear()
                 config = self._config
         return config
 
@@ -97,17 +100,11 @@ class Runtime:
     def provider(
         self, scope: str, client_id: str | None = None, config: conf.Config | None = None
     ) -> TokenProvider:
-        """The provider for ``scope`` of the identity ``client_id`` (None: the configured one)."""
-        if config is None:
-            provider = self._requests.get((scope, client_id))
-            if provider is not None and not provider.closed:
-                return provider
+        """The provider for ``scope`` of the identity ``client_id`` (None: the configured one). Adapters hold
+        theirs (:class:`per_runtime`) instead of asking on every use."""
         resolved = conf.validate_client_id(client_id, "get_token_provider(client_id=...)")
         chosen = config or self.config
-        provider = self._provider(self.identity(resolved, chosen), chosen, scope)
-        if config is None:
-            self._requests[(scope, client_id)] = provider
-        return provider
+        return self._provider(self.identity(resolved, chosen), chosen, scope)
 
     def _provider(self, key: IdentityKey, config: conf.Config, scope: str) -> TokenProvider:
         provider = self._providers.get((key, config, scope))
@@ -130,6 +127,7 @@ class Runtime:
                             idle_lifetimes=config.idle_lifetimes,
                             credential_factory=lambda: self.credential(key, config.timeout),
                             siblings=lambda other: self._provider(key, config, other),
+                            clock=self.clock,
                         )
                     self._providers[(key, config, scope)] = provider
         return provider
@@ -170,7 +168,6 @@ class Runtime:
             credentials = list(self._credentials.values())
             self._components.clear()
             self._providers.clear()
-            self._requests.clear()
             self._credentials.clear()
         for component in components:
             try:
@@ -197,6 +194,43 @@ class Runtime:
                 after_fork()
 
 
+class per_runtime(Generic[T]):  # lower case: used like @property
+    """A property resolved from the current runtime once, and again only when the runtime changes (a settings
+    change, a reset) or when ``stale(value)`` says so: what adapters hold instead of looking a provider or
+    component up on every use.
+
+        class Pool:
+            @per_runtime
+            def entra(self, rt: Runtime) -> EntraAuth:
+                return rt.component(("redis-auth", self.settings), lambda: EntraAuth(self.settings, rt.clock))
+    """
+
+    def __init__(
+        self, resolve: Callable[[Any, Runtime], T], stale: Callable[[T], bool] | None = None
+    ) -> None:
+        self._resolve, self._stale = resolve, stale
+        self._slot = f"_per_runtime_{resolve.__name__}"
+        self.__doc__ = resolve.__doc__
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> per_runtime[T]: ...
+    @overload
+    def __get__(self, obj: object, owner: type) -> T: ...
+    def __get__(self, obj: Any, owner: type) -> Any:
+        if obj is None:
+            return self
+        current = get()
+        held = obj.__dict__.get(self._slot)  # (runtime, value); frozen dataclasses too
+        if held is None or held[0] is not current or (self._stale is not None and self._stale(held[1])):
+            held = obj.__dict__[self._slot] = (current, self._resolve(obj, current))
+        return held[1]
+
+
+def per_runtime_unless(stale: Callable[[T], bool]) -> Callable[[Callable[[Any, Runtime], T]], per_runtime[T]]:
+    """:class:`per_runtime`, also re-resolved when ``stale(value)`` (a provider closed by its user)."""
+    return lambda resolve: per_runtime(resolve, stale)
+
+
 _lock = threading.Lock()
 _current: Runtime | None = None
 
@@ -213,11 +247,12 @@ def get() -> Runtime:
     return runtime
 
 
-def reset() -> None:
-    """Close the current runtime; the next :func:`get` builds a new one."""
+def reset(clock: Clock | None = None) -> None:
+    """Close the current runtime; the next :func:`get` builds a new one (with ``clock``, when given: tests
+    run the adapters' schedules on a fake clock, ``django_azure_mi.testing.clock.fake_runtime``)."""
     global _current
     with _lock:
-        runtime, _current = _current, None
+        runtime, _current = _current, (None if clock is None else Runtime(clock))
     if runtime is not None:
         runtime.close()
 

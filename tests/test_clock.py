@@ -147,3 +147,87 @@ def _catch(call: Any) -> Any:
         return call()
     except Exception as exc:
         return exc
+
+
+# ---------------------------------------------------------------------------------------------- adapters
+
+
+def test_delegation_keys_are_backdated_renewed_ahead_and_fetched_once(clock):
+    from datetime import datetime, timedelta, timezone
+
+    from azure.storage.blob import UserDelegationKey
+
+    from django_azure_mi.storage.delegation import KEY_BACKDATE, KEY_LIFETIME, DelegationKeys
+
+    asked: list[tuple[datetime, datetime]] = []
+
+    def request(start: datetime, expiry: datetime) -> UserDelegationKey:
+        asked.append((start, expiry))
+        key = UserDelegationKey()
+        key.signed_start, key.signed_expiry, key.value = start.isoformat(), expiry.isoformat(), "k"
+        return key
+
+    def at(seconds: float) -> datetime:
+        return datetime.fromtimestamp(clock.time() + seconds, timezone.utc)
+
+    keys = DelegationKeys("test", 5.0, request, clock=clock)
+    try:
+        results: list[Any] = []
+        burst = [threading.Thread(target=lambda: results.append(keys.get(at(3600)))) for _ in range(20)]
+        for t in burst:
+            t.start()
+        for t in burst:
+            t.join(5)
+        assert len(asked) == 1 and len({id(r) for r in results}) == 1  # 20 callers, one request
+        first = results[0]
+        now = datetime.fromtimestamp(clock.time(), timezone.utc)
+        assert first.start == now - KEY_BACKDATE and first.expiry == now + KEY_LIFETIME
+        assert first.renew_at < first.expiry
+        step(clock, first.renew_at.timestamp() - clock.time() - 60, by=3600)
+        assert keys.get(at(3600)) is first and len(asked) == 1  # not due yet: no request
+        step(clock, 120, by=10)
+        keys.get(at(60))  # past renew_at: served at once, renewed in the background
+        assert wait_for(lambda: len(asked) == 2)
+        assert wait_for(lambda: keys.get(at(60)) is not first)
+        # a URL that outlives the key in hand gets a new key now
+        latest = keys.get(at(60))
+        step(clock, timedelta(days=1).total_seconds(), by=3600)
+        assert keys.get(latest.expiry - timedelta(seconds=1) + timedelta(days=1)).expiry > latest.expiry
+    finally:
+        keys.close()
+
+
+@pytest.mark.parametrize("backend", ["django-redis", "django"])
+def test_idle_redis_connections_live_through_a_token_lifetime_on_a_fake_clock(
+    backend, azure_redis, azure_imds, settings
+):
+    """The sweeper re-AUTHs idle pooled connections before their token expires: a whole token lifetime
+    (an hour) passes in about a second, and the enforcer - judging expiry on the same fake clock as the
+    identity endpoint that stamped the tokens - closes nothing."""
+    from django.core.cache import caches
+
+    from django_azure_mi import runtime
+    from django_azure_mi.cache.auth import EntraAuth
+    from django_azure_mi.testing.clock import on_fake_clock
+
+    from .test_cache import cache_settings
+
+    settings.AZURE_MANAGED_IDENTITY = {"CREDENTIAL": "django_azure_mi.testing.clock.endpoint_credential"}
+    with on_fake_clock(FakeClock(time.time()), azure_imds) as clock:
+        settings.CACHES = {"default": cache_settings(azure_redis, backend)}
+        cache = caches["default"]
+        cache.set("warm", 1)
+        threads = [threading.Thread(target=cache.get, args=("warm",)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        clients = azure_redis.client_count
+        (entra,) = [c for c in runtime.get().components() if isinstance(c, EntraAuth)]
+        step(clock, 3600 + 120, by=10)  # past the first token's expiry, no command sent
+        assert entra.reauths >= clients  # each idle connection re-AUTHed by the sweeper
+        assert azure_redis.closed_connections == 0
+        assert azure_redis.client_count == clients  # the same connections, still open
+        assert cache.get("warm") == 1
+        step(clock, 3600, by=10)  # and a second lifetime
+        assert azure_redis.closed_connections == 0 and cache.get("warm") == 1

@@ -4,6 +4,7 @@ Django-free core, no import cycles, small classes, side-effect-free checks, no l
 from __future__ import annotations
 
 import ast
+import importlib
 import itertools
 import re
 import threading
@@ -20,6 +21,7 @@ from .conftest import CLIENT_ID, STORAGE
 
 PACKAGE = Path(__file__).resolve().parent.parent / "django_azure_mi"
 PRODUCT = sorted(p for p in PACKAGE.rglob("*.py") if "testing" not in p.relative_to(PACKAGE).parts)
+STAND_INS = sorted((PACKAGE / "testing").glob("*.py"))  # shipped too: held to the same standard
 MUTABLE_CALLS = {"dict", "list", "set", "defaultdict", "OrderedDict", "WeakSet", "WeakValueDictionary",
                  "WeakKeyDictionary", "Lock", "RLock", "Condition", "Event", "local"}  # fmt: skip
 
@@ -59,7 +61,7 @@ def test_process_state_lives_in_the_runtime_only():
     """Mutable module or class attributes (other than constant tables: UPPER_CASE names) only in
     runtime.py; no ``global`` statement elsewhere."""
     offenders = []
-    for path in PRODUCT:
+    for path in PRODUCT + STAND_INS:
         if path.name == "runtime.py" and path.parent == PACKAGE:
             continue
         for node in tree(path).body:
@@ -173,11 +175,35 @@ def test_no_product_module_imports_the_stand_ins():
 def test_no_class_over_about_200_lines():
     sizes = {
         f"{module_name(p)}.{n.name}": n.end_lineno - n.lineno + 1
-        for p in PRODUCT
+        for p in PRODUCT + STAND_INS
         for n in ast.walk(tree(p))
         if isinstance(n, ast.ClassDef) and n.end_lineno is not None
     }
     assert {name: size for name, size in sizes.items() if size > 210} == {}
+
+
+def test_every_stand_in_server_is_a_stand_in():
+    """Every class of ``testing/`` that starts a server (has ``start`` and ``stop``) subclasses StandIn (one
+    lifecycle: a start that fails partway stops what it started), and the network helpers live in net.py."""
+    from django_azure_mi.testing.base import StandIn
+
+    servers = []
+    for path in STAND_INS:
+        module = importlib.import_module(module_name(path))
+        for node in tree(path).body:
+            if isinstance(node, ast.ClassDef):
+                methods = {n.name for n in node.body if isinstance(n, ast.FunctionDef)}
+                cls = getattr(module, node.name)
+                if {"start", "stop"} <= methods and cls is not StandIn:
+                    servers.append((node.name, issubclass(cls, StandIn)))
+    assert len(servers) >= 5 and all(ok for _, ok in servers), servers
+    helpers = {
+        module_name(p)
+        for p in STAND_INS
+        for n in tree(p).body
+        if isinstance(n, ast.FunctionDef) and n.name in ("free_port", "wait_port")
+    }
+    assert helpers <= {"django_azure_mi.testing.net"}
 
 
 def test_refresher_states_its_state_machine_and_invariants():

@@ -53,6 +53,18 @@ def test_other_scopes_route_to_the_sibling_provider(azure_imds):
         provider.get_token(STORAGE, VAULT)
 
 
+def test_a_provider_built_directly_serves_its_own_scope_only(make_provider, azure_imds):
+    """Siblings come from the runtime's one provider map; a TokenProvider built around a credential has none
+    and refuses another audience before anything is fetched."""
+    from django_azure_mi.core.errors import ScopeRefusedError
+
+    provider = make_provider(STORAGE)
+    with pytest.raises(ScopeRefusedError, match="serves 'https://storage.azure.com/.default' only"):
+        provider.get_token(VAULT)
+    assert azure_imds.request_count() == 0
+    assert claims(provider.get_token(STORAGE).token)["aud"] == "https://storage.azure.com"
+
+
 def test_system_and_user_assigned_identities_get_their_own_object_ids(azure_imds):
     system = claims(get_token_provider(STORAGE).get_token(STORAGE).token)
     user = claims(get_token_provider(STORAGE, client_id=CLIENT_ID).get_token(STORAGE).token)

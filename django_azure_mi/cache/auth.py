@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -21,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .. import diagnostics, runtime
 from ..core import policy
+from ..core.clock import SYSTEM, Clock
 from ..core.errors import TokenUnavailableError, describe_error
 from ..core.refresher import Refresher
 from ..core.token import Token
@@ -166,8 +166,8 @@ class EntraAuth:
     """Tokens and user name for one identity/scope, and the sweep that re-AUTHs its pools' idle
     connections. A runtime component: :func:`get_auth`."""
 
-    def __init__(self, settings: EntraSettings) -> None:
-        self.settings = settings
+    def __init__(self, settings: EntraSettings, clock: Clock = SYSTEM) -> None:
+        self.settings, self.clock = settings, clock
         self._pools: weakref.WeakSet[EntraConnectionPool] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._unsubscribe: Any = None
@@ -180,6 +180,7 @@ class EntraAuth:
             schedule=lambda next_at: next_at,
             describe=lambda _: "idle connections swept",
             log_level=logging.DEBUG,
+            clock=clock,
         )
 
     @property
@@ -248,7 +249,7 @@ class EntraAuth:
         self.sweeper.refresh()
 
     def _sweep(self, previous: float | None) -> float:
-        now = time.time()
+        now = self.clock.time()
         with self._lock:
             pools = list(self._pools)
         for pool in pools:
@@ -258,7 +259,7 @@ class EntraAuth:
                 pool.reauth_idle(now)
             except Exception as exc:
                 logger.warning("redis re-AUTH sweep failed: %s", describe_error(exc))
-        return time.time() + self.interval
+        return self.clock.time() + self.interval
 
     def close(self) -> None:
         """Stop the sweeper and wait (briefly) for a sweep in progress to finish."""
@@ -271,9 +272,10 @@ class EntraAuth:
         self.sweeper.after_fork()  # restarted by the next pool that registers or reconnects
 
 
-def get_auth(settings: EntraSettings) -> EntraAuth:
+def get_auth(settings: EntraSettings, rt: runtime.Runtime | None = None) -> EntraAuth:
     """The runtime's EntraAuth for ``settings``."""
-    return runtime.get().component(("redis-auth", settings), lambda: EntraAuth(settings))
+    rt = rt or runtime.get()
+    return rt.component(("redis-auth", settings), lambda: EntraAuth(settings, rt.clock))
 
 
 class UsesEntra:
@@ -281,12 +283,7 @@ class UsesEntra:
     ``EntraAuth``, resolved once per runtime and again only when the runtime changes (a settings change)."""
 
     entra_settings: EntraSettings
-    _entra_of: tuple[runtime.Runtime, EntraAuth] | None = None
 
-    @property
-    def entra(self) -> EntraAuth:
-        current = runtime.get()
-        resolved = self._entra_of
-        if resolved is None or resolved[0] is not current:
-            resolved = self._entra_of = (current, get_auth(self.entra_settings))
-        return resolved[1]
+    @runtime.per_runtime
+    def entra(self, rt: runtime.Runtime) -> EntraAuth:
+        return get_auth(self.entra_settings, rt)

@@ -14,7 +14,6 @@ re-AUTHed before that:
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import redis
@@ -26,6 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from .. import diagnostics, runtime
+from ..core.clock import SYSTEM, Clock
 from ..core.errors import scrubbed
 from ..core.token import Token
 from ..diagnostics import SettingError
@@ -56,6 +56,7 @@ class EntraConnectionMixin(UsesEntra):
     _entra_exp = 0.0
     _entra_due = float("inf")
     _entra_busy = False
+    _entra_clock: Clock = SYSTEM  # the runtime's, set on connect
 
     def __init__(self, *args: Any, entra_settings: EntraSettings, **kwargs: Any) -> None:
         self.entra_settings = entra_settings
@@ -89,6 +90,7 @@ class EntraConnectionMixin(UsesEntra):
             raise error
         self._entra_exp = token.expires_on
         self._entra_due = entra.due(token)
+        self._entra_clock = entra.clock
         entra.ensure_sweeper()
 
     def disconnect(self, *args: Any, **kwargs: Any) -> None:
@@ -96,12 +98,13 @@ class EntraConnectionMixin(UsesEntra):
         super().disconnect(*args, **kwargs)  # type: ignore[misc]
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        if time.time() >= self._entra_due and not self._entra_busy:
+        if self._entra_clock.time() >= self._entra_due and not self._entra_busy:
             self.entra_reauth()
         super().send_packed_command(command, check_health)  # type: ignore[misc]
 
-    def entra_due(self, now: float) -> bool:
-        return now >= self._entra_due
+    def entra_due(self, now: float | None = None) -> bool:
+        """Due to re-AUTH at ``now`` (default: now on the runtime's clock)."""
+        return (self._entra_clock.time() if now is None else now) >= self._entra_due
 
     def entra_reauth(self) -> None:
         """AUTH again with the current token if it is newer than the one this connection used."""
@@ -112,8 +115,8 @@ class EntraConnectionMixin(UsesEntra):
             # while it is due (the Celery transport and result backend do; entra_due() tells them), else
             # Azure closes it at expiry and redis-py reconnects and resubscribes.
             return
-        now = time.time()
         entra = self.entra  # resolved once per re-AUTH
+        now = entra.clock.time()
         try:
             token = entra.token()
         except RedisConnectionError:

@@ -19,7 +19,6 @@ verified by default (Azure's verify against the default trust store).
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Final
 
 import redis
@@ -53,7 +52,7 @@ class ResultConsumer(celery_redis.ResultConsumer):  # type: ignore[misc]
     def _replace_if_due(self) -> None:
         old = self._pubsub
         connection = getattr(old, "connection", None)
-        if isinstance(connection, EntraConnectionMixin) and connection.entra_due(time.time()):
+        if isinstance(connection, EntraConnectionMixin) and connection.entra_due():
             logger.info("Celery results: replacing the pub/sub connection before its token expires")
             # Celery's reconnect resets the pool, which forgets its connections without closing them:
             # close the idle ones (and the old subscription) so that no socket outlives its token unseen

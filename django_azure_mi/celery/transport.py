@@ -21,7 +21,6 @@ expiry like the cache's:
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Final
 
 import redis
@@ -56,12 +55,12 @@ def _url_params(url: str, where: str) -> dict[str, Any]:
     return params
 
 
-def _due(connection: Any, now: float) -> bool:
+def _due(connection: Any) -> bool:
     """An open connection of ours that is due to re-AUTH."""
     return (
         isinstance(connection, EntraConnectionMixin)
         and getattr(connection, "_sock", None) is not None
-        and connection.entra_due(now)
+        and connection.entra_due()
     )
 
 
@@ -97,12 +96,11 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         subscribes again with a fresh token, instead of Azure closing it at expiry, which stalls kombu's
         consumer."""
         super().maybe_reauth()
-        now = time.time()
         brpop: Any = getattr(self.__dict__.get("client"), "connection", None)
-        if not self._in_poll and _due(brpop, now):
+        if not self._in_poll and _due(brpop):
             brpop.entra_reauth()
         listen: Any = getattr(self.__dict__.get("subclient"), "connection", None)
-        if _due(listen, now):
+        if _due(listen):
             logger.info("Celery broker: replacing the pub/sub connection before its token expires")
             self._in_listen = None
             listen.disconnect()

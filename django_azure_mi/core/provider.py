@@ -33,7 +33,7 @@ from azure.core.credentials import AccessToken, AccessTokenInfo, TokenCredential
 
 from . import policy
 from .clock import SYSTEM, Clock
-from .errors import TokenUnavailableError, describe_error, install_log_redaction
+from .errors import ScopeRefusedError, TokenUnavailableError, describe_error, install_log_redaction
 from .filecache import FileCache
 from .refresher import Defer, Idleness, NotReady, Refresher
 from .token import Token, checked
@@ -76,13 +76,7 @@ class TokenProvider:
         self._upstream = Upstream(credential, credential_factory, scope, source, refresh_margin, clock)
         self._refresh_margin, self._timeout = float(refresh_margin), float(timeout)
         self._file = FileCache(cache_dir, f"{identity}\0{scope}", clock) if cache_dir else None
-        self._options: dict[str, Any] = dict(  # what a sibling for another scope is built with
-            identity=identity, source=source, refresh_margin=refresh_margin, timeout=timeout,
-            cache_dir=cache_dir, idle_lifetimes=idle_lifetimes,
-            retry_base=retry_base, retry_cap=retry_cap, credential_factory=credential_factory, clock=clock,
-        )  # fmt: skip
-        self._siblings = siblings or self._own_siblings
-        self._sibling_map: dict[str, TokenProvider] = {}
+        self._siblings = siblings  # the runtime's lookup of this identity's provider for another scope
         self._hits = 0  # approximate under heavy contention
         self._refresher: Refresher[Token] = Refresher(
             "token",
@@ -195,8 +189,6 @@ class TokenProvider:
     def close(self) -> None:
         """Stop the worker; waiting callers get TokenUnavailableError. Used on reset and in tests."""
         self._refresher.close()
-        for sibling in list(self._sibling_map.values()):
-            sibling.close()
 
     def after_fork(self) -> None:
         """In a forked child: new locks and worker, and no HTTP connection shared with the parent."""
@@ -218,16 +210,15 @@ class TokenProvider:
     def _for_scopes(self, scopes: tuple[str, ...]) -> TokenProvider:
         if len(scopes) != 1:
             raise ValueError(f"a token is for exactly one scope; got {len(scopes)}: {scopes!r}")
-        return self._siblings(scopes[0])
-
-    def _own_siblings(self, scope: str) -> TokenProvider:
-        """Siblings of a provider built directly (the runtime passes its own lookup instead)."""
-        sibling = self._sibling_map.get(scope)
-        if sibling is None or sibling.closed:
-            sibling = self._sibling_map[scope] = TokenProvider(
-                self._upstream.credential, scope, **self._options
+        if self._siblings is None:  # built directly: one credential, one audience
+            raise ScopeRefusedError(
+                f"this TokenProvider serves {self.scope!r} only; asked for {scopes[0]!r}. No token was "
+                "fetched. Use get_token_provider(scope) (its providers route every scope of the identity), "
+                "or build one TokenProvider per scope.",
+                scope=scopes[0],
+                binding=f"TokenProvider({self.scope!r})",
             )
-        return sibling
+        return self._siblings(scopes[0])
 
     def _unavailable(self, why: str) -> TokenUnavailableError:
         last = self._refresher.last_error

@@ -174,21 +174,14 @@ class AzureManagedIdentityStorage(BlobFiles):
         self.token_credential: BindingCredential = self.binding.credential
         self._container_url: str | None = None
 
-    _keys_of: tuple[runtime.Runtime, DelegationKeys] | None = None
-
-    @property
-    def _keys(self) -> DelegationKeys:
+    @runtime.per_runtime
+    def _keys(self, rt: runtime.Runtime) -> DelegationKeys:
         """The delegation keys of this account and identity (shared by every instance; runtime-owned)."""
-        rt = runtime.get()
-        cached = self._keys_of
-        if cached is None or cached[0] is not rt:
-            label = f"account={self.account_url} identity={self.token_credential.identity}"
-            keys = rt.component(
-                ("delegation-keys", self.account_url, self.binding),
-                lambda: DelegationKeys(label, rt.config.timeout, self._request_key, self.alias),
-            )
-            cached = self._keys_of = (rt, keys)
-        return cached[1]
+        label = f"account={self.account_url} identity={self.token_credential.identity}"
+        return rt.component(
+            ("delegation-keys", self.account_url, self.binding),
+            lambda: DelegationKeys(label, rt.config.timeout, self._request_key, self.alias, rt.clock),
+        )
 
     def _resolve_account(self) -> None:
         if self.account_url:
@@ -277,8 +270,9 @@ class AzureManagedIdentityStorage(BlobFiles):
             expire = self.expiration_secs
         if not expire:
             return blob_url
-        expiry = datetime.now(timezone.utc) + timedelta(seconds=expire)
-        key = self._keys.get(expiry)
+        keys = self._keys
+        expiry = datetime.fromtimestamp(keys.clock.time(), timezone.utc) + timedelta(seconds=expire)
+        key = keys.get(expiry)
         sas = generate_blob_sas(
             str(self.account_name),  # set by _resolve_account
             self.azure_container,

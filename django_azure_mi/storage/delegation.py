@@ -17,6 +17,7 @@ from azure.storage.blob import UserDelegationKey
 
 from .. import diagnostics
 from ..core import policy
+from ..core.clock import SYSTEM, Clock
 from ..core.refresher import NotReady, Refresher
 from .diagnosis import diagnose
 
@@ -41,9 +42,10 @@ class DelegationKeys:
         timeout: float,
         request: Callable[[datetime, datetime], UserDelegationKey],
         where: str = "STORAGES[…]",
+        clock: Clock = SYSTEM,
     ) -> None:
         """``request(start, expiry)`` asks the service for a key (the SDK's ``get_user_delegation_key``)."""
-        self.label, self.timeout, self.where = label, timeout, where
+        self.label, self.timeout, self.where, self.clock = label, timeout, where, clock
         self.requests = 0  # how many keys were requested (tests, benchmarks)
         self._request = request
         self.refresher: Refresher[DelegationKey] = Refresher(
@@ -53,6 +55,7 @@ class DelegationKeys:
             schedule=lambda key: key.renew_at.timestamp(),
             usable_until=lambda key: key.expiry.timestamp(),
             describe=lambda key: f"expires={key.expiry.isoformat()}",
+            clock=clock,
         )
 
     def get(self, needed_until: datetime) -> DelegationKey:
@@ -60,7 +63,7 @@ class DelegationKeys:
         refresher = self.refresher
         key = refresher.value
         if key is not None and needed_until <= key.expiry:
-            if datetime.now(timezone.utc).timestamp() >= refresher.poke_after:
+            if self.clock.time() >= refresher.poke_after:
                 refresher.poke()
             return key
         try:
@@ -84,7 +87,7 @@ class DelegationKeys:
         return key
 
     def _fetch(self, previous: DelegationKey | None) -> DelegationKey:
-        now = datetime.now(timezone.utc)
+        now = datetime.fromtimestamp(self.clock.time(), timezone.utc)
         start, expiry = now - KEY_BACKDATE, now + KEY_LIFETIME
         self.requests += 1
         try:

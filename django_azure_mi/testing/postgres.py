@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import hmac
 import os
 import pwd
 import shutil
@@ -34,15 +33,15 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .base import StandIn
 from .certs import TLSFiles, make_tls_files
-from .imds import IMDSEmulator, signing_public_key
+from .imds import IMDSEmulator
 from .net import free_port
-from .pggateway import Gateway, Verdict, check_token
+from .pggateway import Gateway
+from .pgsignin import SignIns
 
 POSTGRES_RESOURCE = "https://ossrdbms-aad.database.windows.net"
 ENGINE = "django_azure_mi.backends.postgresql"
@@ -77,7 +76,7 @@ def _driver() -> tuple[Any, Any]:
     return psycopg, sql
 
 
-class PostgresStandIn(StandIn):
+class PostgresStandIn(SignIns, StandIn):
     """See the module docstring. Context manager; thread-safe."""
 
     def __init__(
@@ -252,77 +251,6 @@ class PostgresStandIn(StandIn):
             self.execute(sql.SQL("CREATE ROLE {} LOGIN" + (" CREATEDB" if createdb else "")).format(role))
             self.execute(sql.SQL("GRANT ALL ON DATABASE {} TO {}").format(sql.Identifier(self.dbname), role))
             self.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(role), dbname=self.dbname)
-
-    def attach(self, imds: IMDSEmulator) -> Callable[[], None]:
-        """Check tokens against ``imds`` (its signing key and identities) until the returned function is
-        called. Attachments stack: the latest one decides, and detaching it brings back the one before (a
-        test's emulator over the session's)."""
-        with self._lock:
-            self._attached.append(imds)
-
-        def detach() -> None:
-            with self._lock:
-                if imds in self._attached:
-                    self._attached.reverse()
-                    self._attached.remove(imds)  # the latest attachment of it
-                    self._attached.reverse()
-
-        return detach
-
-    def set_password(self, role: str, password: str | None) -> None:
-        """Make ``role`` sign in with ``password`` instead of a token (Azure's built-in PostgreSQL
-        authentication); None: back to tokens."""
-        with self._lock:
-            if password is None:
-                self._passwords.pop(role, None)
-            else:
-                self._passwords[role] = password
-
-    def reset_passwords(self) -> None:
-        """Back to token sign-in for every role (between tests)."""
-        with self._lock:
-            self._passwords.clear()
-
-    @property
-    def sign_ins(self) -> int:
-        """How many sign-ins the gateway accepted."""
-        return self._gateway.sign_ins if self._gateway else 0
-
-    @property
-    def direct_port(self) -> int:
-        """The real server's own TCP port (``direct=True`` only)."""
-        assert self.direct, "start the stand-in with direct=True"
-        return self._server_port
-
-    def accepted_fingerprints(self) -> list[str]:
-        """What signed in, oldest first, as :func:`~.pggateway.fingerprint` s (never the tokens)."""
-        return list(self._gateway.accepted) if self._gateway else []
-
-    @property
-    def refusals(self) -> list[str]:
-        """The FATAL messages of refused sign-ins, oldest first."""
-        return list(self._gateway.refusals) if self._gateway else []
-
-    def _check(self, user: str, password: str) -> Verdict:
-        with self._lock:
-            static = self._passwords.get(user)
-            known = user in self._roles
-            client_id = self._roles.get(user)
-            imds = self._attached[-1] if self._attached else None
-        refused = f'password authentication failed for user "{user}"'
-        if static is not None:
-            return Verdict(None if hmac.compare_digest(static.encode(), password.encode()) else refused)
-        if not known:
-            return Verdict(refused)
-        if imds is None:
-            return Verdict(f"{refused} (no identity endpoint attached to the stand-in)")
-        try:
-            oid: str | None = imds.object_id(client_id)
-        except KeyError:
-            oid = None
-        return check_token(
-            password, key=signing_public_key(), resource=self.resource, oid=oid, user=user, now=imds.now()
-        )
 
     def terminate_sessions(self, role: str | None = None, *, dbname: str | None = None) -> None:
         """Kill the sessions of ``role`` (all client sessions if None) on ``dbname`` (every database if

@@ -1,0 +1,235 @@
+"""The Redis stand-in's enforcer: a TLS-terminating, RESP-aware proxy in front of ``redis-server`` that reads
+every ``AUTH`` and ``HELLO … AUTH``, remembers the ``exp`` of the token each connection last authenticated
+with and closes the connection when it expires (as Azure does unless the client re-AUTHs in time); and the
+token passwords: each token the attached identity endpoint issues for the Redis scope is a password of its
+identity's ACL user until it expires. Part of :class:`~django_azure_mi.testing.redis.RedisStandIn`."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import jwt
+
+if TYPE_CHECKING:
+    from .imds import IMDSEmulator, IssuedToken
+
+
+class Enforcer:
+    """Token passwords and the enforcing proxy (a mixin of RedisStandIn; ``_lock`` is the stand-in's)."""
+
+    resource: str
+    host: str
+    redis_port: int
+    closed_connections: int
+    closures: list[str]
+    auth_count: int
+    _lock: threading.Lock
+    _users: set[str]
+    _conns: dict[socket.socket, float]
+    _last_command: weakref.WeakKeyDictionary[socket.socket, str]
+    _listener: socket.socket | None
+    _context: ssl.SSLContext | None
+    _stopping: threading.Event
+    _imds: IMDSEmulator | None
+    _tokens: dict[tuple[str, str], float]  # (user, token) -> its exp, on Azure's clock
+
+    def admin(self) -> Any:
+        raise NotImplementedError
+
+    def add_identity(self, object_id: str) -> None:
+        """Give an identity access (Azure: a data access policy assignment for its object id)."""
+        with self._lock:
+            self._users.add(object_id)
+        _grant(self.admin(), object_id)
+
+    def reset_counters(self) -> None:
+        with self._lock:
+            self.closed_connections = 0
+            self.closures.clear()
+            self.auth_count = 0
+
+    @property
+    def client_count(self) -> int:
+        with self._lock:
+            return len(self._conns)
+
+    def attach(self, imds: IMDSEmulator) -> Callable[[], None]:
+        """Accept the Redis-scope tokens ``imds`` issues to registered identities. Returns a detach
+        function."""
+        self._imds = imds  # its clock (a fake one, clock_skew) is Azure's: it judges expiry
+        return imds.on_token(self._on_token)
+
+    def _now(self) -> float:
+        """Azure's clock: the attached identity endpoint's."""
+        return self._imds.now() if self._imds is not None else time.time()
+
+    def _on_token(self, issued: IssuedToken) -> None:
+        if issued.resource.rstrip("/") != self.resource.rstrip("/"):
+            return
+        user = issued.identity.object_id
+        with self._lock:
+            if user not in self._users:
+                return
+            self._tokens[(user, issued.token)] = issued.expires_on
+        with contextlib.suppress(Exception):  # down for a restart(), which adds it when back
+            self.admin().execute_command("ACL", "SETUSER", user, f">{issued.token}")
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        while not self._stopping.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, raw_client: socket.socket) -> None:
+        try:
+            client = self._context.wrap_socket(raw_client, server_side=True) if self._context else raw_client
+            upstream = socket.create_connection((self.host, self.redis_port))
+        except (OSError, ssl.SSLError):
+            _close(raw_client)
+            return
+        with self._lock:
+            self._conns[client] = float("inf")
+        threading.Thread(target=self._pump, args=(upstream, client, None), daemon=True).start()
+        self._pump(client, upstream, _CommandReader())
+
+    def _pump(self, src: socket.socket, dst: socket.socket, reader: _CommandReader | None) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if reader is not None:
+                    for command in reader.feed(data):
+                        self._observe(src, command)
+                dst.sendall(data)
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            _close(src)
+            _close(dst)
+            with self._lock:
+                self._conns.pop(src, None)
+                self._conns.pop(dst, None)
+
+    def _observe(self, client: socket.socket, command: list[bytes]) -> None:
+        """Note the expiry of the token an AUTH / HELLO … AUTH carries (if it is one the server accepts)."""
+        name = command[0].upper() if command else b""
+        self._last_command[client] = name.decode(errors="replace")
+        if name == b"AUTH" and len(command) >= 2:
+            token = command[-1]
+        elif name == b"HELLO" and b"AUTH" in (arg.upper() for arg in command):
+            index = [arg.upper() for arg in command].index(b"AUTH")
+            if len(command) < index + 3:
+                return
+            token = command[index + 2]
+        else:
+            return
+        try:
+            exp = float(jwt.decode(token, options={"verify_signature": False})["exp"])
+        except (jwt.PyJWTError, KeyError, TypeError, ValueError):
+            return  # a password, not a token: no expiry
+        with self._lock:
+            self.auth_count += 1
+            if exp > self._now() and client in self._conns:
+                self._conns[client] = exp
+
+    def _expiry_loop(self) -> None:
+        """Every 20 ms: close the connections whose token expired and drop expired tokens' passwords (one
+        loop, no timer per token)."""
+        while not self._stopping.wait(0.02):
+            now = self._now()
+            with self._lock:
+                expired = [conn for conn, exp in self._conns.items() if exp <= now]
+                for conn in expired:
+                    del self._conns[conn]
+                    self.closures.append(self._last_command.get(conn, ""))
+                self.closed_connections += len(expired)
+                stale = [key for key, exp in self._tokens.items() if exp <= now]
+                for key in stale:
+                    del self._tokens[key]
+            for conn in expired:
+                _close(conn)
+            for user, token in stale:
+                with contextlib.suppress(Exception):
+                    self.admin().execute_command("ACL", "SETUSER", user, f"<{token}")
+
+
+class _CommandReader:
+    """Incremental parser of client → server RESP: arrays of bulk strings, and inline commands.
+
+    It only watches: the bytes go to redis-server whatever it makes of them. Input it can't parse (``*abc``,
+    a bulk without ``$``) stops the watching for that connection and leaves the answer to redis-server,
+    which replies ``-ERR Protocol error: …`` and closes the connection, as Azure's Redis does."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self.broken = False
+
+    def feed(self, data: bytes) -> list[list[bytes]]:
+        if self.broken:
+            return []
+        self._buf += data
+        commands: list[list[bytes]] = []
+        while True:
+            try:
+                parsed = self._parse_one()
+            except ValueError:
+                self.broken = True
+                self._buf.clear()
+                return commands
+            if parsed is None:
+                return commands
+            commands.append(parsed)
+
+    def _parse_one(self) -> list[bytes] | None:
+        buf = self._buf
+        if not buf:
+            return None
+        end = buf.find(b"\r\n")
+        if end < 0:
+            return None
+        if buf[0:1] != b"*":  # inline command
+            line = bytes(buf[:end])
+            del buf[: end + 2]
+            return line.split()
+        count = int(buf[1:end])  # ValueError: not a multibulk length
+        pos = end + 2
+        args = []
+        for _ in range(count):
+            if len(buf) > pos and buf[pos : pos + 1] != b"$":
+                raise ValueError("expected '$'")
+            end = buf.find(b"\r\n", pos)
+            if end < 0:
+                return None
+            length = int(buf[pos + 1 : end])
+            if length < 0:
+                raise ValueError("invalid bulk length")
+            start = end + 2
+            if len(buf) < start + length + 2:
+                return None
+            args.append(bytes(buf[start : start + length]))
+            pos = start + length + 2
+        del buf[:pos]
+        return args
+
+
+def _close(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+def _grant(admin: Any, user: str) -> None:
+    """An ACL user with full access and no password yet (its tokens are added as they are issued)."""
+    admin.execute_command("ACL", "SETUSER", user, "on", "resetpass", "~*", "&*", "+@all")
