@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # two pytest workers (pytest-xdist), each with its own stand-ins: the suite mostly waits on servers and timers
-PYTEST_ARGS ?= -n 2
+PYTEST_ARGS ?= -n 2 --dist worksteal
 AZURITE := tools/azurite/node_modules/.bin/azurite-blob
 # Python 3.12 and 3.13 for tox's envs come from pyenv (`pyenv versions`): put them on PATH
 empty :=

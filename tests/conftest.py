@@ -43,6 +43,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         name = module.__name__.rsplit(".", 1)[-1] if module is not None else ""
         if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())) or name in PROCESS_MODULES:
             item.add_marker(pytest.mark.integration)
+    # Longest first (the once-lane tests, then the slow ones): under xdist's worksteal they start at once
+    # and the short tests fill the gaps, instead of a 2-minute test starting last and running alone.
+    items.sort(
+        key=lambda item: 0 if item.get_closest_marker("once") else 1 if item.get_closest_marker("slow") else 2
+    )
 
 
 def pytest_report_header() -> str:

@@ -463,3 +463,16 @@ def test_the_core_reads_time_through_its_clock():
         if count > allowed.get(path.name, 0):
             found[path.name] = count
     assert found == {}
+
+
+def test_the_renewal_schedules_of_the_adapters_read_the_runtimes_clock():
+    """The Redis re-AUTH schedule and sweeper, Celery's due checks and the delegation keys read the
+    runtime's clock (``on_fake_clock`` moves them all); none reads the system clock itself."""
+    found = {}
+    for package in ("cache", "celery", "storage"):
+        for path in (PACKAGE / package).glob("*.py"):
+            text = path.read_text()
+            count = len(re.findall(r"\btime\.(?:time|monotonic)\(|datetime\.now\(", text))
+            if count:
+                found[module_name(path)] = count
+    assert found == {}
