@@ -81,7 +81,7 @@ class Runtime:
 
     # ------------------------------------------------------------------ identity
 
-    def identity(self, client_id: str | None = None, config: conf.Config | None = None) -> IdentityKey:
+    def identity_key(self, client_id: str | None = None, config: conf.Config | None = None) -> IdentityKey:
         config = config or self.config
         return IdentityKey(config.credential, client_id or config.client_id, config.cloud.authority_host)
 
@@ -104,7 +104,7 @@ class Runtime:
         theirs (:class:`per_runtime`) instead of asking on every use."""
         resolved = conf.validate_client_id(client_id, "get_token_provider(client_id=...)")
         chosen = config or self.config
-        return self._provider(self.identity(resolved, chosen), chosen, scope)
+        return self._provider(self.identity_key(resolved, chosen), chosen, scope)
 
     def _provider(self, key: IdentityKey, config: conf.Config, scope: str) -> TokenProvider:
         provider = self._providers.get((key, config, scope))

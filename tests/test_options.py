@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from django_azure_mi.backends.postgresql.options import SPEC as POSTGRES
+from django_azure_mi.backends.postgresql.config import SPEC as POSTGRES
 from django_azure_mi.cache.auth import SPEC as REDIS
 from django_azure_mi.diagnostics import SettingError
 from django_azure_mi.options import bind, require_tls

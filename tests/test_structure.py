@@ -295,8 +295,8 @@ def test_postgres_takes_the_token_once_per_connection_and_validates_once(
     if pooled and not is_psycopg3:
         pytest.skip("Django's pool needs psycopg 3")
     validations, takes = [], []
-    validate, current = base.managed_identity, TokenProvider.current
-    monkeypatch.setattr(base, "managed_identity", lambda *a: validations.append(a) or validate(*a))
+    validate, current = base.alias_config, TokenProvider.current
+    monkeypatch.setattr(base, "alias_config", lambda *a: validations.append(a) or validate(*a))
 
     def take(self):  # Postgres only: a storage test's in-flight background fetch may still be running
         if "ossrdbms" in self.scope:
@@ -437,7 +437,7 @@ def test_every_service_is_one_package_with_one_descriptor():
     assert len(set(options)) == len(options)
     # the adapters' option specs (and Key Vault's binding) name a registered service (their scope's owner)
     from django_azure_mi import keyvault
-    from django_azure_mi.backends.postgresql.options import SPEC as POSTGRES
+    from django_azure_mi.backends.postgresql.config import SPEC as POSTGRES
     from django_azure_mi.cache.spec import SPEC as REDIS
     from django_azure_mi.celery import SPEC as CELERY
     from django_azure_mi.storage.backend import SPEC as STORAGE

@@ -59,7 +59,7 @@ def test_a_provider_built_directly_serves_its_own_scope_only(make_provider, azur
     from django_azure_mi.core.errors import ScopeRefusedError
 
     provider = make_provider(STORAGE)
-    with pytest.raises(ScopeRefusedError, match="serves 'https://storage.azure.com/.default' only"):
+    with pytest.raises(ScopeRefusedError, match=r"serves 'https://storage\.azure\.com/\.default' only"):
         provider.get_token(VAULT)
     assert azure_imds.request_count() == 0
     assert claims(provider.get_token(STORAGE).token)["aud"] == "https://storage.azure.com"

@@ -357,7 +357,7 @@ def check_url(url: str) -> None:
 
 
 def _identity_label(config: conf.Config) -> str:
-    return runtime.get().identity(None, config).label
+    return runtime.get().identity_key(None, config).label
 
 
 def _reason(exc: Any) -> str:

@@ -1,7 +1,7 @@
-"""The identity endpoint emulator's tokens: RS256 JWTs shaped like Entra's, signed with what the stand-ins take
-for Entra's key (a fixed test key shipped beside this module, the same for every emulator), stamped on its clock
-(``clock``, plus ``clock_skew``: Azure's clock minus this host's), counted and announced to subscribers (the
-Postgres and Redis stand-ins accept exactly these tokens). Part of
+"""The identity endpoint emulator's tokens: RS256 JWTs shaped like Entra's, signed with what the stand-ins
+take for Entra's key (a fixed test key shipped beside this module, the same for every emulator), stamped on
+its clock (``clock``, plus ``clock_skew``: Azure's clock minus this host's), counted and announced to
+subscribers (the Postgres and Redis stand-ins accept exactly these tokens). Part of
 :class:`~django_azure_mi.testing.imds.IMDSEmulator`."""
 
 from __future__ import annotations

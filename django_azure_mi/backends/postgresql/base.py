@@ -27,8 +27,8 @@ from ... import diagnostics
 from ...core.errors import TokenUnavailableError, redact, scrubbed
 from ...core.token import Token
 from .client import DatabaseClient
+from .config import OPTION, AliasConfig, alias_config
 from .diagnosis import AUTH_KINDS, diagnose, refusal_message
-from .options import OPTION, ManagedIdentity, managed_identity
 
 logger = logging.getLogger("django_azure_mi.postgres")
 
@@ -42,11 +42,11 @@ class TokenConnectParams(dict[str, Any]):
     token: psycopg_pool (>= 3.3) calls its ``kwargs`` for every connection it opens. ``lazy``: no token yet
     (the pool's own parameters: each connection takes one)."""
 
-    def __init__(self, params: dict[str, Any], identity: ManagedIdentity, lazy: bool = False) -> None:
+    def __init__(self, params: dict[str, Any], config: AliasConfig, lazy: bool = False) -> None:
         super().__init__(params)
         self.pop("password", None)
-        self.identity = identity
-        self.token: Token | None = None if lazy else identity.provider.current()
+        self.config = config
+        self.token: Token | None = None if lazy else config.provider.current()
 
     def connect_kwargs(self) -> dict[str, Any]:
         """The driver's keyword arguments, the token as the password: hand them over, never keep them."""
@@ -54,7 +54,7 @@ class TokenConnectParams(dict[str, Any]):
         return {**self, "password": self.token.value}
 
     def __call__(self) -> dict[str, Any]:
-        return TokenConnectParams(self, self.identity).connect_kwargs()
+        return TokenConnectParams(self, self.config).connect_kwargs()
 
     def __repr__(self) -> str:
         token = f"<token {len(self.token.value)} chars>" if self.token is not None else None
@@ -69,9 +69,9 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
     _pool_params: tuple[object, dict[str, Any]] | None = None
 
     @cached_property
-    def managed_identity(self) -> ManagedIdentity | None:
+    def alias_config(self) -> AliasConfig | None:
         """This alias's validated managed-identity settings (None: a password alias); validated once."""
-        return managed_identity(self.settings_dict, self.alias)
+        return alias_config(self.settings_dict, self.alias)
 
     @property
     def _pooled(self) -> bool:
@@ -92,13 +92,13 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
                 self._pool_params = (pool, self._plain_params())
             return self._pool_params[1]
         params = self._plain_params()
-        identity = self.managed_identity
-        if identity is None:
+        config = self.alias_config
+        if config is None:
             return params
-        params.update(identity.tls)  # verify-full with the OS trust store off loopback, unless set
-        params.update(identity.bounds)  # connect_timeout, unless set
+        params.update(config.tls)  # verify-full with the OS trust store off loopback, unless set
+        params.update(config.bounds)  # connect_timeout, unless set
         try:  # the token this connection signs in with (pooled: each connection the pool opens takes one)
-            return TokenConnectParams(params, identity, lazy=pooled)
+            return TokenConnectParams(params, config, lazy=pooled)
         except TokenUnavailableError as exc:  # Django handles connect failures as OperationalError
             failure = diagnostics.diagnose_identity(exc)
             assert failure is not None
@@ -123,10 +123,10 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         if error is None:
             return connection
         if not isinstance(error, self.Database.OperationalError):  # any other class: already scrubbed
-            raise diagnostics.attach(error, diagnose(error, params.identity, params.token))
-        failure = diagnose(error, params.identity, params.token)
+            raise diagnostics.attach(error, diagnose(error, params.config, params.token))
+        failure = diagnose(error, params.config, params.token)
         if failure.kind in AUTH_KINDS:
-            message = refusal_message(failure, params.identity, error)
+            message = refusal_message(failure, params.config, error)
             logger.warning("%s", message)
         else:
             message = redact(str(error))

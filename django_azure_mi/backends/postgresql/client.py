@@ -18,7 +18,7 @@ from typing import Any, Final
 from django.db.backends.postgresql import client as postgresql
 
 from ...diagnostics import SettingError
-from .options import OPTION, managed_identity
+from .config import OPTION, alias_config
 
 # libpq parameters Django's client leaves out, and the environment variable psql's libpq reads for each.
 LIBPQ_ENV: Final = {
@@ -49,7 +49,7 @@ NO_ENV: Final = ("dsn", "conninfo", "sslpassword", "requirepeer", "sslcertmode")
 class DatabaseClient(postgresql.DatabaseClient):
     def runshell(self, parameters: Iterable[str]) -> None:
         # Misconfiguration is reported by the connection wrapper, which names the alias.
-        self.connection.managed_identity  # type: ignore[attr-defined]  # noqa: B018
+        self.connection.alias_config  # type: ignore[attr-defined]  # noqa: B018
         super().runshell(parameters)
 
     @classmethod
@@ -58,10 +58,10 @@ class DatabaseClient(postgresql.DatabaseClient):
     ) -> tuple[list[str], dict[str, str] | None]:
         options = {k: v for k, v in (settings_dict.get("OPTIONS") or {}).items() if k != OPTION}
         args, env = super().settings_to_cmd_args_env({**settings_dict, "OPTIONS": options}, parameters)
-        identity = managed_identity(settings_dict, "…")
-        if identity is None:
+        config = alias_config(settings_dict, "…")
+        if config is None:
             return args, env
-        where = f"DATABASES[{identity.alias!r}]['OPTIONS']"
+        where = f"DATABASES[{config.alias!r}]['OPTIONS']"
         env = dict(env or {})
         for key in NO_ENV:
             if options.get(key):
@@ -76,11 +76,11 @@ class DatabaseClient(postgresql.DatabaseClient):
         for key, variable in LIBPQ_ENV.items():
             if options.get(key) not in (None, ""):
                 env[variable] = str(options[key])
-        added = {**identity.tls, **identity.bounds}
+        added = {**config.tls, **config.bounds}
         env.update({f"PG{name.upper()}": value for name, value in added.items()})  # PGSSLMODE, ...
-        if identity.tls.get("sslrootcert") == "system":
+        if config.tls.get("sslrootcert") == "system":
             check_psql_for_system_roots(args[0], where)
-        env["PGPASSWORD"] = identity.token()  # last: nothing above may fail with the token in hand
+        env["PGPASSWORD"] = config.token()  # last: nothing above may fail with the token in hand
         return args, env
 
 

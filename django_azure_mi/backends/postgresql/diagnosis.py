@@ -13,11 +13,11 @@ _AUTH = ("password authentication failed", "access token", "no password supplied
 _NO_ROLE = re.compile(r'role "[^"]*" does not exist')
 
 
-def diagnose(exc: BaseException, identity: Any, token: Any = None) -> ServiceFailure:
-    """A Postgres connect error. ``identity``: the alias's ManagedIdentity; ``token``: the core Token used."""
+def diagnose(exc: BaseException, config: Any, token: Any = None) -> ServiceFailure:
+    """A Postgres connect error. ``config``: the alias's AliasConfig; ``token``: the core Token used."""
     server = text_of(exc)
     lowered = server.lower()
-    where = f"DATABASES[{identity.alias!r}]"
+    where = f"DATABASES[{config.alias!r}]"
     claims = token.claims if token is not None else {}
     resource_id = str(claims.get("xms_mirid") or "")
     facts: dict[str, Any] = {
@@ -31,7 +31,7 @@ def diagnose(exc: BaseException, identity: Any, token: Any = None) -> ServiceFai
         f"{where}['USER'] must be the identity's Postgres role exactly as created with {create} by a "
         "Microsoft Entra admin (case-sensitive; usually the managed identity's name)"
     )
-    refused = f"Postgres refused the token for role {identity.user!r}" + (
+    refused = f"Postgres refused the token for role {config.user!r}" + (
         f" (the identity's name is {facts['name']!r})" if facts["name"] else ""
     )
     if _NO_ROLE.search(lowered):
@@ -54,7 +54,7 @@ def diagnose(exc: BaseException, identity: Any, token: Any = None) -> ServiceFai
             facts,
         )
     if "ssl" in lowered or "tls" in lowered or "no encryption" in lowered:
-        return tls_failure(identity.alias)
+        return tls_failure(config.alias)
     return generic("Postgres", where, exc)
 
 
@@ -67,7 +67,7 @@ def tls_failure(alias: str) -> ServiceFailure:
     )
 
 
-def refusal_message(failure: ServiceFailure, identity: Any, exc: BaseException) -> str:
+def refusal_message(failure: ServiceFailure, config: Any, exc: BaseException) -> str:
     """The message of the OperationalError raised for a refused sign-in (never the token)."""
     facts = ", ".join(
         f"{name}={failure.facts.get(name)}"
@@ -75,7 +75,7 @@ def refusal_message(failure: ServiceFailure, identity: Any, exc: BaseException) 
         if failure.facts.get(name) is not None
     )
     return (
-        f"Postgres at {identity.host or 'localhost'}:{identity.port or 5432} rejected the Microsoft Entra "
-        f"token for role {identity.user!r} ({identity.provider.identity}; scope {identity.scope}; {facts}). "
+        f"Postgres at {config.host or 'localhost'}:{config.port or 5432} rejected the Microsoft Entra "
+        f"token for role {config.user!r} ({config.provider.identity}; scope {config.scope}; {facts}). "
         f"Server said: {text_of(exc)} {failure.diagnosis} {failure.fix}"
     )

@@ -34,9 +34,9 @@ def check(errors: list[checks.CheckMessage]) -> None:
         obj = f"DATABASES[{alias!r}]"
         if engine == ENGINE:
             run_check(errors, obj, _validate, alias, database)
-            identity = (database.get("OPTIONS") or {}).get("managed_identity")
-            warn_unverified(errors, obj, identity, "verify_tls", "W011")
-            warn_foreign_scope(errors, obj, identity, "scope", NAME)
+            option = (database.get("OPTIONS") or {}).get("managed_identity")
+            warn_unverified(errors, obj, option, "verify_tls", "W011")
+            warn_foreign_scope(errors, obj, option, "scope", NAME)
         elif engine.endswith("postgresql") and not database.get("PASSWORD"):
             host = str(database.get("HOST") or "")
             if host.endswith(_AZURE_HOSTS):
@@ -52,9 +52,9 @@ def check(errors: list[checks.CheckMessage]) -> None:
 
 
 def _validate(alias: str, database: dict[str, Any]) -> None:
-    from .options import managed_identity
+    from .config import alias_config
 
-    managed_identity(database, alias)
+    alias_config(database, alias)
 
 
 # ----------------------------------------------------------------------------------------------- probe
@@ -75,13 +75,13 @@ def probe(result: Any, deep: bool) -> None:
     from ...diagnostics import attach
     from ...options import is_remote
     from ...probes import identity_facts
+    from .config import targets as hosts
     from .diagnosis import tls_failure
-    from .options import targets as hosts
 
     connection: Any = connections[result.alias]
-    identity = connection.managed_identity
-    if identity is not None:
-        result.identity = identity_facts(identity.scope, identity.client_id)
+    config = connection.alias_config
+    if config is not None:
+        result.identity = identity_facts(config.scope, config.client_id)
     result.details["user"] = connection.settings_dict.get("USER")
     try:
         with connection.cursor() as cursor:
@@ -93,8 +93,8 @@ def probe(result: Any, deep: bool) -> None:
     result.details.update(
         current_user=user, server=" ".join(str(version).split()[:2]), tls=tls, tls_version=tls_version
     )
-    if identity is not None and not tls and is_remote(hosts(connection.settings_dict, os.environ)):
-        raise attach(RuntimeError("connected without TLS"), tls_failure(identity.alias))
+    if config is not None and not tls and is_remote(hosts(connection.settings_dict, os.environ)):
+        raise attach(RuntimeError("connected without TLS"), tls_failure(config.alias))
 
 
 def _client_tls(raw: Any) -> tuple[bool, str | None]:
@@ -121,8 +121,8 @@ def provider(target: Target) -> Any:
     from django.db import connections
 
     database: Any = connections[target.alias]  # our DatabaseWrapper (ENGINE checked by targets())
-    identity = database.managed_identity
-    return identity.provider if identity is not None else None
+    config = database.alias_config
+    return config.provider if config is not None else None
 
 
 CHECK_IDS: Final = (

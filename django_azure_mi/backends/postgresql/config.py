@@ -27,8 +27,9 @@ MIN_POOL_VERSION: Final = (3, 3)
 
 
 @dataclass(frozen=True)
-class ManagedIdentity(Bound):
-    """The validated managed-identity settings of one alias."""
+class AliasConfig(Bound):
+    """The validated managed-identity settings of one alias (``OPTIONS["managed_identity"]`` and what it
+    implies for the connection)."""
 
     alias: str
     user: str
@@ -42,7 +43,7 @@ class ManagedIdentity(Bound):
         return self.provider.get_token(self.scope).token
 
 
-def managed_identity(settings_dict: dict[str, Any], alias: str) -> ManagedIdentity | None:
+def alias_config(settings_dict: dict[str, Any], alias: str) -> AliasConfig | None:
     """Validate ``settings_dict`` for token sign-in; None when ``OPTIONS["managed_identity"]["enabled"]`` is
     False. Raises SettingError naming the setting and the fix. No network, no credential."""
     where = f"DATABASES[{alias!r}]"
@@ -77,7 +78,7 @@ def managed_identity(settings_dict: dict[str, Any], alias: str) -> ManagedIdenti
         check_pool_version(alias)
     host = settings_dict.get("HOST") or options.get("host") or ""
     port = str(settings_dict.get("PORT") or "")
-    return ManagedIdentity(alias, str(user), str(host), port, binding, tls, connect_bounds(options))
+    return AliasConfig(alias, str(user), str(host), port, binding, tls, connect_bounds(options))
 
 
 def connect_bounds(options: dict[str, Any]) -> dict[str, str]:
