@@ -43,6 +43,16 @@ def cache_settings(server, backend: str, pool_kwargs: dict | None = None, **iden
     }
 
 
+def open_idle_connections(cache, count: int = 4) -> None:
+    """Several pooled connections (``count`` threads at once), left idle in the pool."""
+    cache.set("warm", 1)
+    threads = [threading.Thread(target=cache.get, args=("warm",)) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 @pytest.fixture
 def use_cache(azure_redis, settings):
     def configure(backend: str, pool_kwargs: dict | None = None, **identity):
@@ -167,13 +177,7 @@ def test_identity_outage_during_load(use_cache, azure_redis, azure_imds):
 @pytest.mark.azure_imds(ttl=5)
 def test_idle_connections_are_reauthed_not_closed(use_cache, backend, azure_redis, azure_imds):
     cache = use_cache(backend)
-    cache.set("warm", 1)
-    # Several connections, then none of them used for longer than a token lives.
-    threads = [threading.Thread(target=cache.get, args=("warm",)) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    open_idle_connections(cache)  # then none of them used for longer than a token lives
     clients = azure_redis.client_count
     time.sleep(9)
     assert azure_redis.closed_connections == 0

@@ -210,18 +210,13 @@ def test_idle_redis_connections_live_through_a_token_lifetime_on_a_fake_clock(
     from django_azure_mi.cache.auth import EntraAuth
     from django_azure_mi.testing.clock import on_fake_clock
 
-    from .test_cache import cache_settings
+    from .test_cache import cache_settings, open_idle_connections
 
     settings.AZURE_MANAGED_IDENTITY = {"CREDENTIAL": "django_azure_mi.testing.clock.endpoint_credential"}
     with on_fake_clock(FakeClock(time.time()), azure_imds) as clock:
         settings.CACHES = {"default": cache_settings(azure_redis, backend)}
         cache = caches["default"]
-        cache.set("warm", 1)
-        threads = [threading.Thread(target=cache.get, args=("warm",)) for _ in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        open_idle_connections(cache)
         clients = azure_redis.client_count
         (entra,) = [c for c in runtime.get().components() if isinstance(c, EntraAuth)]
         step(clock, 3600 + 120, by=10)  # past the first token's expiry, no command sent
