@@ -249,7 +249,7 @@ def get() -> Runtime:
 
 def reset(clock: Clock | None = None) -> None:
     """Close the current runtime; the next :func:`get` builds a new one (with ``clock``, when given: tests
-    run the adapters' schedules on a fake clock, ``django_azure_mi.testing.clock.fake_runtime``)."""
+    run the adapters' schedules on a fake clock, ``django_azure_mi.testing.clock.on_fake_clock``)."""
     global _current
     with _lock:
         runtime, _current = _current, (None if clock is None else Runtime(clock))
