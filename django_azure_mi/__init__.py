@@ -11,6 +11,7 @@ __version__ = "0.2.0.dev0"
 __all__ = ["TokenUnavailableError", "__version__", "get_token_provider"]
 
 if TYPE_CHECKING:
+    from . import runtime
     from .core.errors import TokenUnavailableError
     from .core.provider import TokenProvider
 
@@ -22,9 +23,11 @@ def get_token_provider(scope: str, client_id: str | None = None) -> TokenProvide
     (``AZURE_MANAGED_IDENTITY["CLIENT_ID"]``, else env ``AZURE_CLIENT_ID``, else system-assigned).
     The provider is an azure-core ``TokenCredential``: ``provider.get_token(scope)``.
     """
-    from . import runtime
-
-    return runtime.get().provider(scope, client_id)
+    try:  # the import system binds ``runtime`` here once the submodule is imported (no import per call)
+        module = runtime
+    except NameError:
+        from . import runtime as module
+    return module.get().provider(scope, client_id)
 
 
 def __getattr__(name: str) -> object:

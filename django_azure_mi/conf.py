@@ -11,9 +11,11 @@ import difflib
 import os
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Final
 
 from .core.credentials import KINDS as CREDENTIAL_KINDS
+from .core.credentials import IdentityKey
 from .diagnostics import SettingError
 
 SETTING: Final = "AZURE_MANAGED_IDENTITY"
@@ -61,6 +63,31 @@ class Config:
     timeout: float
     idle_lifetimes: float = 2.0
     warm_up: bool | str = False
+
+    # Every token lookup by scope hashes the Config (the runtime's provider map is keyed by it): hash once.
+    def __hash__(self) -> int:
+        return self._hash
+
+    @cached_property
+    def _hash(self) -> int:
+        return hash(
+            (
+                self.credential,
+                self.client_id,
+                self.cloud,
+                self.refresh_margin,
+                self.token_cache_dir,
+                self.timeout,
+                self.idle_lifetimes,
+                self.warm_up,
+            )
+        )
+
+    @cached_property
+    def identity_key(self) -> IdentityKey:
+        """The configured identity (``CREDENTIAL``, ``CLIENT_ID``, the cloud's authority): one object, so a
+        provider lookup compares it by identity."""
+        return IdentityKey(self.credential, self.client_id, self.cloud.authority_host)
 
 
 def _error(key: str, problem: str, fix: str) -> SettingError:

@@ -57,6 +57,7 @@ class Runtime:
         self._credentials: dict[tuple[IdentityKey, float], TokenCredential] = {}
         # THE provider map: one provider per (identity, settings, scope); adapters hold theirs (per_runtime)
         self._providers: dict[tuple[IdentityKey, conf.Config, str], TokenProvider] = {}
+        self._keys: dict[tuple[str, conf.Config], IdentityKey] = {}
         self._components: dict[Hashable, Any] = {}
         self.closed = False
 
@@ -83,7 +84,15 @@ class Runtime:
 
     def identity_key(self, client_id: str | None = None, config: conf.Config | None = None) -> IdentityKey:
         config = config or self.config
-        return IdentityKey(config.credential, client_id or config.client_id, config.cloud.authority_host)
+        if client_id is None or client_id == config.client_id:
+            return config.identity_key
+        # one object per identity, so the provider map's lookups compare keys by identity, not field by field
+        key = self._keys.get((client_id, config))
+        if key is None:
+            key = self._keys.setdefault(
+                (client_id, config), IdentityKey(config.credential, client_id, config.cloud.authority_host)
+            )
+        return key
 
     def credential(self, key: IdentityKey, timeout: float) -> TokenCredential:
         """The credential of ``key`` (built on first use; a misconfiguration raises SettingError)."""
@@ -102,8 +111,10 @@ class Runtime:
     ) -> TokenProvider:
         """The provider for ``scope`` of the identity ``client_id`` (None: the configured one). Adapters hold
         theirs (:class:`per_runtime`) instead of asking on every use."""
-        resolved = conf.validate_client_id(client_id, "get_token_provider(client_id=...)")
         chosen = config or self.config
+        if client_id is None:  # the common case, kept to the fewest calls
+            return self._provider(chosen.identity_key, chosen, scope)
+        resolved = conf.validate_client_id(client_id, "get_token_provider(client_id=...)")
         return self._provider(self.identity_key(resolved, chosen), chosen, scope)
 
     def _provider(self, key: IdentityKey, config: conf.Config, scope: str) -> TokenProvider:

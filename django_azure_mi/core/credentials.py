@@ -10,6 +10,7 @@ import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Final
 
 from azure.core.credentials import TokenCredential
@@ -61,6 +62,14 @@ class IdentityKey:
     credential: str  # "managed_identity" | "workload_identity" | "default" | dotted path
     client_id: str | None
     authority_host: str
+
+    # a key of the runtime's provider map, hashed on every lookup by scope: hash once
+    def __hash__(self) -> int:
+        return self._hash
+
+    @cached_property
+    def _hash(self) -> int:
+        return hash((self.credential, self.client_id, self.authority_host))
 
     @property
     def label(self) -> str:
