@@ -1,25 +1,40 @@
 # `make check` - the fast lane for every change: lint, types and the tests that start no server process
 # (pytest -m "not integration and not slow"; the markers are set in tests/conftest.py and pyproject.toml).
-# `make test` - everything CI runs: lint, types, the test suite on Django 5.2 / Python 3.11 (this venv; the
-# "once" tests left out), in full on Django 6.1 / Python 3.13 and a smoke subset on Django 6.0 / Python 3.12
-# (tox), the Postgres tests on psycopg2, and Django's own test suites against our backends (tests/django_suites).
+# `make test` - everything CI runs: lint and types, then three chains side by side (`make -j3`; each one's
+# output is printed when it ends):
+#   pytest        Django 5.2 / Python 3.11 (this venv; the "once" tests left out), then a smoke subset on
+#                 Django 6.0 / Python 3.12 and the Postgres tests on psycopg2 (tox)
+#   tox           the whole suite, "once" tests included, on Django 6.1 / Python 3.13 (tox)
+#   django-suites Django's own test suites against our backends (tests/django_suites) on 5.2, then 6.1
+# The suite mostly waits on servers and timers (the 5.2 run keeps 2 cores 27 % busy with 2 workers), so the
+# chains and the extra workers fill each other's waits. Each chain's tox has its own work dir.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# two pytest workers (pytest-xdist), each with its own stand-ins: the suite mostly waits on servers and timers
-PYTEST_ARGS ?= -n 2 --dist worksteal
+# pytest-xdist workers, each with its own stand-ins: the suite mostly waits on servers and timers
+PYTEST_ARGS ?= -n 4 --dist worksteal
 AZURITE := tools/azurite/node_modules/.bin/azurite-blob
 # Python 3.12 and 3.13 for tox's envs come from pyenv (`pyenv versions`): put them on PATH
 empty :=
 space := $(empty) $(empty)
 PYENV_ROOT ?= $(shell pyenv root 2>/dev/null)
 PYENV_BINS := $(wildcard $(PYENV_ROOT)/versions/3.12*/bin $(PYENV_ROOT)/versions/3.13*/bin)
-tox django-suites: export PATH := $(subst $(space),:,$(strip $(PYENV_BINS) $(PATH)))
+tox pytest django-suites: export PATH := $(subst $(space),:,$(strip $(PYENV_BINS) $(PATH)))
 
-.PHONY: test check fast demo venv lint type pytest tox django-suites bench clean
+.PHONY: test lanes sdist check fast demo venv lint type pytest tox django-suites bench clean
 
-test: lint type pytest tox django-suites
+test: lint type
+	$(MAKE) --no-print-directory -j3 --output-sync=target lanes
+
+lanes: pytest tox django-suites
+
+# One sdist for every tox env (tox --installpkg): concurrent tox runs never build in the checkout at once
+SDIST_DIR := .tox/dist
+sdist: $(STAMP)
+	rm -rf $(SDIST_DIR)
+	$(BIN)/python -m build -q --sdist --outdir $(SDIST_DIR) . > /dev/null
+INSTALLPKG = --installpkg "$$(ls $(SDIST_DIR)/*.tar.gz)"
 
 check: lint type fast
 
@@ -51,23 +66,22 @@ type: $(STAMP)
 	$(BIN)/mypy
 
 # Django 5.2 runs everything but the fleet, outage, herd and real-worker tests (marked "once"): those run on
-# the newest Django only, in tox's py313-django61
-pytest: $(STAMP) $(AZURITE)
+# the newest Django only, in tox's py313-django61. Then the smoke subset on 6.0 and psycopg2.
+pytest: $(STAMP) $(AZURITE) sdist
 	$(BIN)/pytest $(PYTEST_ARGS) -m "not once"
+	$(BIN)/tox run --workdir .tox/smoke $(INSTALLPKG) -e py312-django60,psycopg2 -- $(PYTEST_ARGS)
 
-# py313-django61 runs the once lane too: those tests mostly wait (token lifetimes, outages), so a third
-# worker on this 2-core machine fills their waits (measured: 688 s -> 532 s of test time)
-ONCE_ARGS ?= -n 3 --dist worksteal
+# py313-django61 runs the once lane too: the fleets and outages keep the CPU busy, the rest mostly waits
+ONCE_ARGS ?= -n 5 --dist worksteal
 
-tox: $(STAMP) $(AZURITE)
-	$(BIN)/tox run -e py313-django61 -- $(ONCE_ARGS)
-	$(BIN)/tox run -e py312-django60,psycopg2 -- $(PYTEST_ARGS)
+tox: $(STAMP) $(AZURITE) sdist
+	$(BIN)/tox run --workdir .tox/full $(INSTALLPKG) -e py313-django61 -- $(ONCE_ARGS)
 
 # Django's own test suites (a subset) against our ENGINE (plain and pooled) and RedisCache on the stand-ins,
 # compared with stock Django: Django 5.2 here, Django 6.1 through tox
-django-suites: $(STAMP)
+django-suites: $(STAMP) sdist
 	$(BIN)/python tests/django_suites/run.py
-	$(BIN)/tox run -e suites-django61
+	$(BIN)/tox run --workdir .tox/suites $(INSTALLPKG) -e suites-django61
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/tokens.py

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import configparser
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -15,13 +16,18 @@ import pytest
 from .conftest import run_fresh
 
 ROOT = Path(__file__).parent.parent
+GENERATED = (".git", ".venv", ".tox", "node_modules", "*.egg-info", "__pycache__", ".*_cache", "dist")
 
 
 @pytest.fixture(scope="module")
 def sdist(tmp_path_factory) -> Path:
+    # Built from a copy of the checkout: setuptools writes its egg-info into the source tree, and `make test`
+    # runs lanes side by side (each may build at the same time)
+    tree = tmp_path_factory.mktemp("tree") / "src"
+    shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns(*GENERATED))
     out = tmp_path_factory.mktemp("dist")
     done = subprocess.run(
-        [sys.executable, "-m", "build", "--sdist", "--outdir", str(out), str(ROOT)],
+        [sys.executable, "-m", "build", "--sdist", "--outdir", str(out), str(tree)],
         capture_output=True,
         text=True,
         timeout=300,
