@@ -30,6 +30,8 @@ CLIENT_ID = "11111111-2222-3333-4444-555555555555"
 INTEGRATION_FIXTURES = {
     "azure_postgres_server",
     "azure_redis_server",
+    "azure_redis_cluster_server",
+    "azure_redis_enterprise_server",
     "azure_storage_server",
     "azure_keyvault_server",
     "rogue_host",

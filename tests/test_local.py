@@ -97,12 +97,13 @@ def test_serves_then_stops_every_child_on_a_signal(signum, tmp_path):
 def test_a_stand_in_that_fails_to_start_partway_leaves_nothing_running(monkeypatch):
     """A start that fails after the server process is up (here: its ACL bootstrap) stops that process
     before the error goes on; it used to be orphaned."""
+    from django_azure_mi.testing import redis
     from django_azure_mi.testing.redis import RedisStandIn
 
-    def broken(self) -> None:
+    def broken(*args: object) -> None:
         raise RuntimeError("bootstrap failed")
 
-    monkeypatch.setattr(RedisStandIn, "_bootstrap_acl", broken)
+    monkeypatch.setattr(redis, "bootstrap_acl", broken)
     server = RedisStandIn()
     with pytest.raises(RuntimeError, match="bootstrap failed"), server:
         pass

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from .keyvault import KeyVaultStandIn
     from .postgres import PostgresStandIn
     from .redis import RedisStandIn
+    from .rediscluster import RedisClusterStandIn
+    from .redisenterprise import RedisEnterpriseStandIn
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -259,6 +261,61 @@ def azure_redis(azure_redis_server: RedisStandIn, azure_imds: IMDSEmulator) -> I
     ``azure_redis.url`` (rediss://) and ``azure_redis.ca_file`` configure clients; ``closed_connections``
     counts the connections the enforcer closed because their token expired."""
     server = azure_redis_server
+    server.reset()
+    server.add_identity(azure_imds.object_id())
+    detach = server.attach(azure_imds)
+    try:
+        yield server
+    finally:
+        detach()
+        server.reset()
+
+
+@pytest.fixture(scope="session")
+def azure_redis_cluster_server() -> Iterator[RedisClusterStandIn]:
+    """One Azure Managed Redis with the OSS clustering policy for the test session (see
+    ``azure_redis_cluster``)."""
+    from .rediscluster import RedisClusterStandIn
+
+    with RedisClusterStandIn() as server:
+        yield server
+
+
+@pytest.fixture
+def azure_redis_cluster(
+    azure_redis_cluster_server: RedisClusterStandIn, azure_imds: IMDSEmulator
+) -> Iterator[RedisClusterStandIn]:
+    """``azure_redis`` on the OSS clustering policy: three shards and an entry node (``url``) that owns no
+    slots, every node enforcing the tokens of this test's ``azure_imds``; ``move_slot()`` changes the
+    topology."""
+    server = azure_redis_cluster_server
+    server.reset()
+    server.add_identity(azure_imds.object_id())
+    detach = server.attach(azure_imds)
+    try:
+        yield server
+    finally:
+        detach()
+        server.reset()
+
+
+@pytest.fixture(scope="session")
+def azure_redis_enterprise_server() -> Iterator[RedisEnterpriseStandIn]:
+    """One Azure Managed Redis with the Enterprise clustering policy for the test session (see
+    ``azure_redis_enterprise``)."""
+    from .redisenterprise import RedisEnterpriseStandIn
+
+    with RedisEnterpriseStandIn() as server:
+        yield server
+
+
+@pytest.fixture
+def azure_redis_enterprise(
+    azure_redis_enterprise_server: RedisEnterpriseStandIn, azure_imds: IMDSEmulator
+) -> Iterator[RedisEnterpriseStandIn]:
+    """``azure_redis`` on the Enterprise clustering policy: one endpoint, the slot rules of a sharded
+    database (CROSSSLOT for transactions over several slots), ``CLUSTER`` refused."""
+    server = azure_redis_enterprise_server
     server.reset()
     server.add_identity(azure_imds.object_id())
     detach = server.attach(azure_imds)

@@ -56,9 +56,10 @@ class RedisStandIn(Enforcer, StandIn):
         self._lock = threading.Lock()
         self._users: set[str] = set()
         self._conns: dict[socket.socket, float] = {}  # client socket -> expiry of its token (inf: none)
+        self._upstreams: dict[socket.socket, socket.socket] = {}  # client socket -> its redis-server one
         self._tmp: str | None = None
         self._server: subprocess.Popen[bytes] | None = None
-        self._listener: socket.socket | None = None
+        self._listeners: list[socket.socket] = []
         self._stopping = threading.Event()
         self._imds: IMDSEmulator | None = None
         self._tokens: dict[tuple[str, str], float] = {}  # (user, token) accepted until its exp
@@ -121,52 +122,15 @@ class RedisStandIn(Enforcer, StandIn):
         self.tls = make_tls_files(os.path.join(self._tmp, "tls"))
         self.redis_port = free_port()
         self._start_server()
-        self._listener = socket.create_server((self.host, 0))
-        self.port = self._listener.getsockname()[1]
-        self._context: ssl.SSLContext | None = None
-        if self.tls_enabled:
-            self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            self._context.load_cert_chain(self.tls.cert_file, self.tls.key_file)
-        threading.Thread(target=self._accept_loop, name="redis-enforcer", daemon=True).start()
+        self._context = server_context(self.tls) if self.tls_enabled else None
+        self.port = self._front(self.redis_port)
         threading.Thread(target=self._expiry_loop, name="redis-enforcer-expiry", daemon=True).start()
         return self
 
     def _start_server(self) -> None:
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        if not os.path.exists(binary):
-            raise RuntimeError("redis-server not found: install Redis 7 (Debian: redis-server).")
         assert self._tmp
-        self._server = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self._tmp,
-                "--logfile",
-                os.path.join(self._tmp, "redis.log"),
-                "--maxclients",
-                "1000",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection((self.host, self.redis_port), timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or self._server.poll() is not None:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.05)
-        self._bootstrap_acl()
+        self._server = launch_redis(self._tmp, self.redis_port)
+        bootstrap_acl(self.host, self.redis_port, self.admin_password)
 
     def _stop_server(self) -> None:
         if self._server is not None:
@@ -198,9 +162,7 @@ class RedisStandIn(Enforcer, StandIn):
 
     def stop(self) -> None:
         self._stopping.set()
-        if self._listener is not None:
-            with contextlib.suppress(OSError):
-                self._listener.close()
+        self._close_listeners()
         with self._lock:
             conns = list(self._conns)
         for conn in conns:
@@ -219,15 +181,6 @@ class RedisStandIn(Enforcer, StandIn):
             host=self.host, port=self.redis_port, username="admin", password=self.admin_password
         )
 
-    def _bootstrap_acl(self) -> None:
-        import redis
-
-        bootstrap = redis.Redis(host=self.host, port=self.redis_port)  # default user, no password, once
-        admin = ("ACL", "SETUSER", "admin", "on", f">{self.admin_password}", "~*", "&*", "+@all")
-        bootstrap.execute_command(*admin)  # type: ignore[no-untyped-call]
-        bootstrap.execute_command("ACL", "SETUSER", "default", "off", "resetpass", "nopass")  # type: ignore[no-untyped-call]
-        bootstrap.close()
-
     def reset(self) -> None:
         """Between tests: drop every token password, close every client, zero the counters."""
         with self._lock:
@@ -241,3 +194,48 @@ class RedisStandIn(Enforcer, StandIn):
         for conn in conns:
             _close(conn)
         self.reset_counters()
+
+
+def launch_redis(directory: str, port: int, *args: str) -> subprocess.Popen[bytes]:
+    """redis-server on 127.0.0.1:``port`` keeping nothing on disk (its files in ``directory``), with
+    ``args``; returns once it accepts connections."""
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not os.path.exists(binary):
+        raise RuntimeError("redis-server not found: install Redis 7 (Debian: redis-server).")
+    os.makedirs(directory, exist_ok=True)
+    log = os.path.join(directory, "redis.log")
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    command += ["--dir", directory, "--logfile", log, "--maxclients", "1000", *args]
+    server = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return server
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise RuntimeError(f"redis-server did not start (log: {directory}/redis.log)") from None
+            time.sleep(0.05)
+
+
+def bootstrap_acl(host: str, port: int, admin_password: str) -> None:
+    """The harness's ``admin`` user, and the default user off (as Azure has it: no anonymous access)."""
+    import redis
+
+    bootstrap = redis.Redis(host=host, port=port)  # default user, no password, once
+    admin = ("ACL", "SETUSER", "admin", "on", f">{admin_password}", "~*", "&*", "+@all")
+    bootstrap.execute_command(*admin)  # type: ignore[no-untyped-call]
+    bootstrap.execute_command("ACL", "SETUSER", "default", "off", "resetpass", "nopass")  # type: ignore[no-untyped-call]
+    bootstrap.close()
+
+
+def server_context(tls: TLSFiles) -> ssl.SSLContext:
+    """The enforcer's TLS: the stand-in's certificate for 127.0.0.1 and localhost."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert_file, tls.key_file)
+    return context

@@ -26,15 +26,15 @@ class Enforcer:
 
     resource: str
     host: str
-    redis_port: int
     closed_connections: int
     closures: list[str]
     auth_count: int
     _lock: threading.Lock
     _users: set[str]
     _conns: dict[socket.socket, float]
+    _upstreams: dict[socket.socket, socket.socket]  # client -> its connection to redis-server
     _last_command: weakref.WeakKeyDictionary[socket.socket, str]
-    _listener: socket.socket | None
+    _listeners: list[socket.socket]
     _context: ssl.SSLContext | None
     _stopping: threading.Event
     _imds: IMDSEmulator | None
@@ -43,11 +43,17 @@ class Enforcer:
     def admin(self) -> Any:
         raise NotImplementedError
 
+    def admins(self) -> list[Any]:
+        """An admin client of every redis-server behind the enforcer (a cluster has several: ACL users and
+        their passwords are per node, as each AMR shard authenticates its own connections)."""
+        return [self.admin()]
+
     def add_identity(self, object_id: str) -> None:
         """Give an identity access (Azure: a data access policy assignment for its object id)."""
         with self._lock:
             self._users.add(object_id)
-        _grant(self.admin(), object_id)
+        for admin in self.admins():
+            _grant(admin, object_id)
 
     def reset_counters(self) -> None:
         with self._lock:
@@ -78,27 +84,47 @@ class Enforcer:
             if user not in self._users:
                 return
             self._tokens[(user, issued.token)] = issued.expires_on
-        with contextlib.suppress(Exception):  # down for a restart(), which adds it when back
-            self.admin().execute_command("ACL", "SETUSER", user, f">{issued.token}")
+        for admin in self.admins():
+            with contextlib.suppress(Exception):  # down for a restart(), which adds it when back
+                admin.execute_command("ACL", "SETUSER", user, f">{issued.token}")
 
-    def _accept_loop(self) -> None:
-        assert self._listener is not None
+    def _front(self, upstream_port: int, port: int = 0) -> int:
+        """Listen on ``port`` (0: a free one) for clients of the redis-server on ``upstream_port``; returns
+        the port. Every client connection gets its own upstream connection, enforced as above."""
+        listener = socket.create_server((self.host, port), backlog=256)
+        self._listeners.append(listener)
+        threading.Thread(
+            target=self._accept_loop, args=(listener, upstream_port), name="redis-enforcer", daemon=True
+        ).start()
+        return int(listener.getsockname()[1])
+
+    def _close_listeners(self) -> None:
+        for listener in self._listeners:
+            with contextlib.suppress(OSError):
+                listener.close()
+
+    def _accept_loop(self, listener: socket.socket, upstream_port: int) -> None:
         while not self._stopping.is_set():
             try:
-                client, _ = self._listener.accept()
+                client, _ = listener.accept()
             except OSError:
                 return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+            threading.Thread(target=self._serve, args=(client, upstream_port), daemon=True).start()
 
-    def _serve(self, raw_client: socket.socket) -> None:
+    def _serve(self, raw_client: socket.socket, upstream_port: int) -> None:
         try:
             client = self._context.wrap_socket(raw_client, server_side=True) if self._context else raw_client
-            upstream = socket.create_connection((self.host, self.redis_port))
+            upstream = socket.create_connection((self.host, upstream_port))
         except (OSError, ssl.SSLError):
             _close(raw_client)
             return
         with self._lock:
             self._conns[client] = float("inf")
+            self._upstreams[client] = upstream
+        self._relay(client, upstream)
+
+    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        """Bytes both ways as they come, watching the client's commands."""
         threading.Thread(target=self._pump, args=(upstream, client, None), daemon=True).start()
         self._pump(client, upstream, _CommandReader())
 
@@ -118,8 +144,9 @@ class Enforcer:
             _close(src)
             _close(dst)
             with self._lock:
-                self._conns.pop(src, None)
-                self._conns.pop(dst, None)
+                for sock in (src, dst):
+                    self._conns.pop(sock, None)
+                    self._upstreams.pop(sock, None)
 
     def _observe(self, client: socket.socket, command: list[bytes]) -> None:
         """Note the expiry of the token an AUTH / HELLO … AUTH carries (if it is one the server accepts)."""
@@ -148,20 +175,25 @@ class Enforcer:
         loop, no timer per token)."""
         while not self._stopping.wait(0.02):
             now = self._now()
+            expired_upstreams: list[socket.socket | None] = []
             with self._lock:
                 expired = [conn for conn, exp in self._conns.items() if exp <= now]
                 for conn in expired:
                     del self._conns[conn]
+                    expired_upstreams.append(self._upstreams.pop(conn, None))
                     self.closures.append(self._last_command.get(conn, ""))
                 self.closed_connections += len(expired)
                 stale = [key for key, exp in self._tokens.items() if exp <= now]
                 for key in stale:
                     del self._tokens[key]
-            for conn in expired:
-                _close(conn)
+            for sock in [*expired, *expired_upstreams]:
+                if sock is not None:
+                    _close(sock)
+            admins = self.admins() if stale else []
             for user, token in stale:
-                with contextlib.suppress(Exception):
-                    self.admin().execute_command("ACL", "SETUSER", user, f"<{token}")
+                for admin in admins:
+                    with contextlib.suppress(Exception):
+                        admin.execute_command("ACL", "SETUSER", user, f"<{token}")
 
 
 class _CommandReader:
@@ -190,6 +222,12 @@ class _CommandReader:
             if parsed is None:
                 return commands
             commands.append(parsed)
+
+    def take_pending(self) -> bytes:
+        """The bytes received but not yet parsed (and forget them)."""
+        pending = bytes(self._buf)
+        self._buf.clear()
+        return pending
 
     def _parse_one(self) -> list[bytes] | None:
         buf = self._buf

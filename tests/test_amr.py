@@ -1,0 +1,132 @@
+"""Azure Managed Redis stand-ins behave toward clients as AMR does (docs/azure-behaviour.md): on the OSS
+clustering policy the entry endpoint answers MOVED, every shard signs connections in with the identity's
+tokens on its own and closes them at expiry unless re-AUTHed, and a slot can move under a client."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+from redis.crc import key_slot
+from redis.exceptions import AuthenticationError, MovedError, ResponseError
+
+from django_azure_mi import get_token_provider
+from django_azure_mi.testing.clock import EndpointCredential, FakeClock, on_fake_clock, wait_for
+
+REDIS = "https://redis.azure.com/.default"
+
+
+def token_client(server, oid: str, token: str, *, cluster: bool = True):
+    cls = redis.RedisCluster if cluster else redis.Redis
+    return cls.from_url(server.url, ssl_ca_certs=server.ca_file, username=oid, password=token)
+
+
+def keys_on_every_shard(client: redis.RedisCluster, server) -> list[str]:
+    """One key per shard (by its slot), so a test touches every node."""
+    found: dict[str, str] = {}
+    for n in range(1000):
+        key = f"k{n}"
+        found.setdefault(server.owner(client.keyslot(key)).name, key)
+        if len(found) == server.shards:
+            return list(found.values())
+    raise AssertionError("no key for some shard")
+
+
+def test_the_oss_entry_endpoint_answers_moved_and_a_cluster_client_reaches_every_shard(
+    azure_redis_cluster, azure_imds
+):
+    token = get_token_provider(REDIS).get_token(REDIS).token
+    oid = azure_imds.object_id()
+    with pytest.raises(MovedError):  # the entry node owns no slot
+        token_client(azure_redis_cluster, oid, token, cluster=False).set("a", 1)
+    client = token_client(azure_redis_cluster, oid, token)
+    keys = keys_on_every_shard(client, azure_redis_cluster)
+    for key in keys:
+        client.set(key, key)
+    assert [client.get(key) for key in keys] == [key.encode() for key in keys]
+    announced = {(node.host, node.port) for node in client.get_primaries()}
+    assert announced == {("127.0.0.1", node.port) for node in azure_redis_cluster.shard_nodes}
+    with pytest.raises(AuthenticationError):  # a token is a password only for its own identity
+        token_client(azure_redis_cluster, "someone-else", token, cluster=False).ping()
+    client.close()
+
+
+def test_every_shard_closes_its_connection_at_token_expiry_unless_reauthed(azure_redis_cluster, azure_imds):
+    """Each node enforces on its own: a client that re-AUTHs one node's connection keeps that one; the
+    others close when the token expires (judged on the identity endpoint's clock)."""
+    with on_fake_clock(FakeClock(time.time()), azure_imds) as clock:
+        endpoint = EndpointCredential(azure_imds.url)  # no cache: each call is a new token
+        first = endpoint.get_token(REDIS).token
+        oid = azure_imds.object_id()
+        client = token_client(azure_redis_cluster, oid, first)
+        keys = keys_on_every_shard(client, azure_redis_cluster)
+        for key in keys:
+            client.set(key, 1)
+        kept = client.get_node_from_key(keys[0])
+        clock.advance(azure_imds.ttl - 60)
+        fresh = endpoint.get_token(REDIS).token
+        kept.redis_connection.execute_command("AUTH", oid, fresh)
+        clock.advance(120)  # past the first token's expiry
+        wait_for(lambda: azure_redis_cluster.closed_connections >= len(keys) - 1)
+        time.sleep(0.1)  # and no more than those
+        assert azure_redis_cluster.closed_connections == len(keys) - 1
+        assert kept.redis_connection.get(keys[0]) == b"1"  # the re-AUTHed connection is still open
+        client.close()
+
+
+def test_a_slot_moves_to_another_shard_and_clients_follow_moved(azure_redis_cluster, azure_imds):
+    token = get_token_provider(REDIS).get_token(REDIS).token
+    client = token_client(azure_redis_cluster, azure_imds.object_id(), token)
+    client.set("moving", "v")
+    slot = client.keyslot("moving")
+    before = azure_redis_cluster.owner(slot)
+    to = next(i for i, node in enumerate(azure_redis_cluster.shard_nodes) if node is not before)
+    azure_redis_cluster.move_slot(slot, to)
+    assert azure_redis_cluster.owner(slot) is azure_redis_cluster.shard_nodes[to]
+    assert client.get("moving") == b"v"  # MOVED, then the client's slot map is refreshed
+    assert client.get_node_from_key("moving").port == azure_redis_cluster.shard_nodes[to].port
+    client.close()
+
+
+def test_the_enterprise_endpoint_keeps_the_slot_rules_of_a_sharded_database(
+    azure_redis_enterprise, azure_imds
+):
+    """One endpoint, no redirects: the six multi-key commands the proxy splits work across slots, the
+    one-slot families get CROSSSLOT, CLUSTER is not allowed, only database 0 exists."""
+    token = get_token_provider(REDIS).get_token(REDIS).token
+    client = token_client(azure_redis_enterprise, azure_imds.object_id(), token, cluster=False)
+    keys = [f"key{n}" for n in range(8)]  # several slots
+    assert len({key_slot(k.encode()) for k in keys}) > 1
+    assert client.mset({k: k for k in keys})
+    assert client.mget([*keys, "missing"]) == [k.encode() for k in keys] + [None]
+    assert client.exists(*keys, "missing") == len(keys)
+    assert client.touch(*keys) == len(keys)
+    pipe = client.pipeline(transaction=False)  # a plain pipeline across slots
+    for k in keys:
+        pipe.get(k)
+    assert pipe.execute() == [k.encode() for k in keys]
+    with pytest.raises(ResponseError, match="same slot"):
+        client.pipeline(transaction=True).set(keys[0], 1).set(keys[1], 1).execute()
+    with pytest.raises(ResponseError, match="same slot"):
+        client.eval("return redis.call('GET', KEYS[1])", 2, keys[0], keys[1])
+    with pytest.raises(ResponseError, match="same slot"):
+        client.brpop([keys[0], keys[1]], timeout=1)
+    with pytest.raises(ResponseError, match="same slot"):
+        client.rename(keys[0], keys[1])
+    tagged = ["{t}a", "{t}b"]  # one slot: transactions and scripts work
+    assert client.pipeline(transaction=True).set(tagged[0], 1).set(tagged[1], 2).execute() == [True, True]
+    with pytest.raises(ResponseError, match="not allowed"):
+        client.execute_command("CLUSTER", "SLOTS")
+    with pytest.raises(ResponseError, match="DB index is out of range"):
+        client.execute_command("SELECT", 1)
+    assert client.execute_command("SELECT", 0)
+    assert client.delete(*keys, *tagged) == len(keys) + 2
+    assert client.unlink(*keys) == 0
+    pubsub = client.pubsub()
+    pubsub.subscribe("news")
+    assert pubsub.get_message(timeout=2)["type"] == "subscribe"
+    client.publish("news", "hello")
+    assert pubsub.get_message(timeout=2)["data"] == b"hello"
+    pubsub.close()
+    client.close()
