@@ -130,3 +130,47 @@ def test_the_enterprise_endpoint_keeps_the_slot_rules_of_a_sharded_database(
     assert pubsub.get_message(timeout=2)["data"] == b"hello"
     pubsub.close()
     client.close()
+
+
+def test_a_cluster_client_reauths_idle_connections_on_every_node_through_topology_changes(
+    azure_redis_cluster, azure_imds, settings
+):
+    """Every node's pool is an Entra pool registered with the identity's sweeper: idle connections on
+    every shard live through two token lifetimes (on a fake clock), also after a slot moved and the
+    client refreshed its topology - the refresh after which redis-entraid's single on_next callback
+    re-AUTHs no node at all."""
+    from django_azure_mi import runtime
+    from django_azure_mi.cache.auth import EntraAuth, parse_options
+    from django_azure_mi.cache.cluster import cluster_client
+
+    settings.AZURE_MANAGED_IDENTITY = {"CREDENTIAL": "django_azure_mi.testing.clock.endpoint_credential"}
+    server = azure_redis_cluster
+    with on_fake_clock(FakeClock(time.time()), azure_imds) as clock:
+        client = cluster_client(server.url, parse_options({}), ssl_ca_certs=server.ca_file)
+        keys = keys_on_every_shard(client, server)
+        for key in keys:
+            client.set(key, "v")
+        connections = server.client_count
+        assert connections >= server.shards  # one idle connection per shard at least
+        (entra,) = [c for c in runtime.get().components() if isinstance(c, EntraAuth)]
+        _step(clock, azure_imds.ttl + 120)
+        assert server.closed_connections == 0 and entra.reauths >= server.shards
+        slot = client.keyslot(keys[0])
+        to = next(i for i, n in enumerate(server.shard_nodes) if n is not server.owner(slot))
+        server.move_slot(slot, to)
+        assert client.get(keys[0]) == b"v"  # MOVED: the client refreshes its slot map
+        for key in keys:
+            assert client.get(key) == b"v"
+        before = entra.reauths
+        _step(clock, azure_imds.ttl + 120)
+        assert server.closed_connections == 0, server.closures
+        assert entra.reauths > before
+        assert [client.get(key) for key in keys] == [b"v"] * len(keys)
+        client.close()
+
+
+def _step(clock: FakeClock, seconds: float, by: float = 10.0) -> None:
+    """Advance the clock in steps, giving the sweeper (real threads) a moment after each."""
+    for _ in range(int(seconds / by)):
+        clock.advance(by)
+        time.sleep(0.01)

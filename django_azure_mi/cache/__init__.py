@@ -25,6 +25,7 @@ from ..services import lazy_exports
 if TYPE_CHECKING:
     from .auth import OPTION, EntraAuth, EntraSettings, check_location, get_auth, parse_options
     from .backend import RedisCache
+    from .cluster import cluster_client
     from .connection import EntraConnectionMixin, EntraConnectionPool, entra_connection_class
     from .factory import EntraConnectionFactory
 
@@ -37,6 +38,7 @@ _LAZY = {
     "get_auth": "auth",
     "parse_options": "auth",
     "RedisCache": "backend",
+    "cluster_client": "cluster",
     "EntraConnectionMixin": "connection",
     "EntraConnectionPool": "connection",
     "entra_connection_class": "connection",
@@ -55,6 +57,7 @@ __all__ = [
     "EntraSettings",
     "RedisCache",
     "check_location",
+    "cluster_client",
     "entra_connection_class",
     "get_auth",
     "parse_options",
