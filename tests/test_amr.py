@@ -174,3 +174,53 @@ def _step(clock: FakeClock, seconds: float, by: float = 10.0) -> None:
     for _ in range(int(seconds / by)):
         clock.advance(by)
         time.sleep(0.01)
+
+
+@pytest.fixture(params=["none", "oss", "enterprise"])
+def amr(request):
+    """Azure Managed Redis on each clustering policy (non-clustered: the single-node stand-in)."""
+    fixture = {"none": "azure_redis", "oss": "azure_redis_cluster", "enterprise": "azure_redis_enterprise"}
+    return request.getfixturevalue(fixture[request.param])
+
+
+def exercise(cache) -> None:
+    """Every operation of Django's cache API, over keys in many slots."""
+    keys = [f"key{n}" for n in range(12)]
+    cache.set("one", 1)
+    assert cache.get("one") == 1 and cache.add("one", 2) is False and cache.add("two", 2) is True
+    cache.set_many({k: k for k in keys}, timeout=60)
+    assert cache.get_many([*keys, "missing"]) == {k: k for k in keys}
+    assert cache.has_key(keys[0]) and cache.touch(keys[0], 30)
+    assert cache.incr("one", 5) == 6 and cache.decr("one") == 5
+    cache.set_many({"gone": 1}, timeout=0)
+    assert cache.get("gone") is None
+    cache.delete_many(keys[:6])
+    assert cache.get_many(keys) == {k: k for k in keys[6:]}
+    assert cache.delete(keys[6]) is True
+    assert cache.clear() is not False
+    assert cache.get_many(keys) == {} and cache.get("one") is None
+
+
+def test_our_redis_cache_works_on_every_clustering_policy(amr, azure_imds, settings):
+    """The built-in backend (Django's RedisCache with our client): the endpoint is asked once whether it
+    is a cluster; set_many runs no MULTI."""
+    from django.core.cache import caches
+
+    settings.CACHES = {"default": amr.cache_settings("builtin")}
+    exercise(caches["default"])
+    assert amr.closed_connections == 0
+
+
+def test_django_redis_with_our_client_works_on_every_clustering_policy(amr, azure_imds, settings):
+    """django-redis with our factory and client class: a cluster client where the endpoint is one (asked
+    once), no MULTI in set_many/delete_pattern, get_many across slots."""
+    from django.core.cache import caches
+
+    entry = amr.cache_settings("django-redis")
+    entry["OPTIONS"]["CLIENT_CLASS"] = "django_azure_mi.cache.EntraClient"
+    settings.CACHES = {"default": entry}
+    cache = caches["default"]
+    exercise(cache)
+    cache.set_many({f"p{n}": n for n in range(20)})
+    assert cache.delete_pattern("p*") == 20
+    assert amr.closed_connections == 0

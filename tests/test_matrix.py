@@ -170,6 +170,8 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("ssl_check_hostname empty", cache({"CONNECTION_POOL_KWARGS": {"ssl_check_hostname": ""}}), "E022"),
     ("ssl_cert_reqs optional", cache({"CONNECTION_POOL_KWARGS": {"ssl_cert_reqs": "optional"}}), "E022"),
     ("ssl_cert_reqs=none in the URL", cache(LOCATION=f"{AZURE_REDIS}?ssl_cert_reqs=none"), "E022"),
+    ("CLUSTER not a switch", cache({"CLUSTER": "yes"}), "E026"),
+    ("builtin cluster 1", cache({"cluster": 1}, base=BUILTIN), "E026"),
     ("blocking pool", cache({"CONNECTION_POOL_CLASS": "redis.BlockingConnectionPool"}), "E023"),
     ("builtin blocking pool", cache({"pool_class": "redis.BlockingConnectionPool"}, base=BUILTIN), "E023"),
     (

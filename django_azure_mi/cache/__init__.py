@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .backend import RedisCache
     from .cluster import cluster_client
     from .connection import EntraConnectionMixin, EntraConnectionPool, entra_connection_class
-    from .factory import EntraConnectionFactory
+    from .factory import EntraClient, EntraConnectionFactory
 
 # Loaded on first use, so that the package's light modules (service.py, spec.py) import without redis-py.
 _LAZY = {
@@ -42,6 +42,7 @@ _LAZY = {
     "EntraConnectionMixin": "connection",
     "EntraConnectionPool": "connection",
     "entra_connection_class": "connection",
+    "EntraClient": "factory",
     "EntraConnectionFactory": "factory",
 }
 
@@ -51,6 +52,7 @@ __getattr__ = lazy_exports(__name__, _LAZY)
 __all__ = [
     "OPTION",
     "EntraAuth",
+    "EntraClient",
     "EntraConnectionFactory",
     "EntraConnectionMixin",
     "EntraConnectionPool",

@@ -12,10 +12,12 @@ weak set), so idle connections on every node are re-AUTHed however often the top
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Final
+from urllib.parse import urlsplit
 
 import redis
 
+from ..diagnostics import SettingError
 from .auth import EntraSettings, check_location, check_url_transport
 from .connection import EntraConnectionPool
 
@@ -35,3 +37,66 @@ def cluster_client(url: str, settings: EntraSettings, **kwargs: Any) -> redis.Re
     check_url_transport(url, dict(kwargs), settings, settings.where)
     kwargs.setdefault("connection_pool_class", node_pool_class(settings))
     return redis.RedisCluster.from_url(url, **kwargs)
+
+
+def is_cluster(pool: Any) -> bool:
+    """Whether the endpoint behind ``pool`` is a Redis cluster that redirects (``CLUSTER INFO`` answers):
+    AMR's OSS policy, a clustered Azure Cache for Redis. A single server ("cluster support disabled") and
+    AMR's Enterprise proxy ("not allowed") are not."""
+    from redis.exceptions import ResponseError
+
+    connection = pool.get_connection()
+    try:
+        connection.send_command("CLUSTER", "INFO")
+        try:
+            info = connection.read_response()
+        except ResponseError:
+            return False
+    finally:
+        pool.release(connection)
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    return "cluster_state:" in text
+
+
+# Azure Managed Redis hosts (<name>.<region>.redis.azure.net): any of three clustering policies, so the
+# endpoint is asked once. Other hosts are one server unless the settings say "cluster".
+AMR_HOSTS: Final = (".redis.azure.net",)
+CHOICES: Final = (True, False, "auto")
+
+
+def cluster_choice(value: Any, where: str, url: str = "") -> bool | None:
+    """A cluster switch (``OPTIONS['CLUSTER']`` of django-redis, ``OPTIONS['cluster']`` of ours): True,
+    False or "auto" (returned as None: ask the endpoint once). Absent: "auto" on an Azure Managed Redis
+    host, else False."""
+    if value is not None and not any(value is choice or value == choice == "auto" for choice in CHOICES):
+        raise SettingError(
+            "E026",
+            f"{where} is {value!r}.",
+            "Leave it out (Azure Managed Redis hosts are asked once whether they are a cluster, its OSS "
+            "clustering policy, and get a cluster client), or set True, False or 'auto'.",
+        )
+    if value is None:
+        host = (urlsplit(url).hostname or "").lower()
+        value = "auto" if host.endswith(AMR_HOSTS) else False
+    return None if value == "auto" else bool(value)
+
+
+class NoMulti:
+    """A redis-py client whose ``pipeline()`` sends no MULTI and whose ``mget`` works across slots (on a
+    cluster client): what django-redis's ``set_many``, ``delete_pattern`` and ``get_many`` are handed, so
+    they work on a sharded Redis (AMR's Enterprise and OSS policies). Everything else is the client's."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def pipeline(self, transaction: bool = False, **kwargs: Any) -> Any:
+        """A pipeline without MULTI unless asked for one."""
+        return self._client.pipeline(transaction=transaction, **kwargs)
+
+    def mget(self, *keys: Any) -> Any:
+        if isinstance(self._client, redis.RedisCluster):
+            return self._client.mget_nonatomic(list(keys))
+        return self._client.mget(*keys)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.cache.backends.base import DEFAULT_TIMEOUT
+
 from .. import runtime
 from ..diagnostics import SettingError
 from ..options import alias_of
@@ -17,6 +19,7 @@ from .auth import (
     parse_options,
     refuse_credentials,
 )
+from .cluster import NoMulti, cluster_choice, cluster_client, is_cluster
 from .connection import pool_class
 
 try:
@@ -29,13 +32,13 @@ class Pools:
     """The factory's pools, apart from django-redis's (keyed by URL only): a runtime component."""
 
     def __init__(self) -> None:
-        self.pools: dict[tuple[str, EntraSettings], Any] = {}
+        self.pools: dict[tuple[Any, ...], Any] = {}
 
     def close(self) -> None:
         pools = list(self.pools.values())
         self.pools.clear()
-        for pool in pools:
-            pool.disconnect()
+        for pool in pools:  # a pool, or a cluster client (its node pools)
+            (pool.disconnect if hasattr(pool, "disconnect") else pool.close)()
 
 
 def validate(options: dict[str, Any], where: str = WHERE) -> EntraSettings:
@@ -46,6 +49,7 @@ def validate(options: dict[str, Any], where: str = WHERE) -> EntraSettings:
         )
     refuse_credentials(options, ("PASSWORD", "USERNAME"), where)
     pool_class(options.get("CONNECTION_POOL_CLASS"), f"{where}['CONNECTION_POOL_CLASS']")
+    cluster_choice(options.get("CLUSTER"), f"{where}['CLUSTER']")
     return parse_options(options.get(OPTION), where)
 
 
@@ -72,6 +76,37 @@ class EntraConnectionFactory(UsesEntra, _DjangoRedisFactory):  # type: ignore[mi
         params["entra_settings"] = self.entra_settings
         return params
 
+    def connect(self, url: str) -> Any:
+        """A client for ``url``: a cluster client when the endpoint is a cluster (``OPTIONS['CLUSTER']``, or
+        asked once), else django-redis's client on our pool."""
+        params = self.make_connection_params(url)
+        choice = cluster_choice(self.options.get("CLUSTER"), "", url)
+        if choice is False:
+            return self.get_connection(params)
+        pools = runtime.get().component("redis-pools", Pools).pools
+        key = ("cluster", params["url"], self.entra_settings)
+        client = pools.get(key)
+        if client is not None:
+            return client
+        if choice is None and not self._asks_cluster(params):
+            return self.get_connection(params)
+        kwargs = {k: v for k, v in params.items() if k not in ("url", "parser_class", "entra_settings")}
+        kwargs.update(self.pool_cls_kwargs)
+        client = pools[key] = cluster_client(params["url"], self.entra_settings, **kwargs)
+        return client
+
+    def _asks_cluster(self, params: dict[str, Any]) -> bool:
+        """Whether the endpoint is a cluster. If it can't be asked, the error is django-redis's
+        ConnectionInterrupted (IGNORE_EXCEPTIONS applies), and the next use asks again."""
+        from django_redis.exceptions import ConnectionInterrupted
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        try:
+            return is_cluster(self.get_or_create_connection_pool(params))
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise ConnectionInterrupted(connection=None) from exc
+
     def get_or_create_connection_pool(self, params: dict[str, Any]) -> Any:
         pools = runtime.get().component("redis-pools", Pools).pools
         key = (params["url"], self.entra_settings)
@@ -82,3 +117,29 @@ class EntraConnectionFactory(UsesEntra, _DjangoRedisFactory):  # type: ignore[mi
 
     def get_connection_pool(self, params: dict[str, Any]) -> Any:
         return self.pool_cls.from_url(**{**params, **self.pool_cls_kwargs})
+
+
+try:
+    from django_redis.client import DefaultClient as _DefaultClient
+except ImportError:  # pragma: no cover - django-redis is optional
+    _DefaultClient = object
+
+
+class EntraClient(_DefaultClient):  # type: ignore[misc]
+    """django-redis ``CLIENT_CLASS`` for every Azure Redis: django-redis's own client, except that
+    ``set_many`` and ``delete_pattern`` pipeline without MULTI and ``get_many`` reads across slots, which a
+    sharded Redis (Azure Managed Redis, OSS and Enterprise clustering policies) requires."""
+
+    def set_many(
+        self, data: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None, client: Any = None
+    ) -> None:
+        return super().set_many(data, timeout, version, NoMulti(client or self.get_client(write=True)))  # type: ignore[no-any-return]
+
+    def delete_pattern(
+        self, pattern: str, version: Any = None, prefix: Any = None, client: Any = None, itersize: Any = None
+    ) -> int:
+        client = NoMulti(client or self.get_client(write=True))
+        return super().delete_pattern(pattern, version, prefix, client, itersize)  # type: ignore[no-any-return]
+
+    def get_many(self, keys: Any, version: Any = None, client: Any = None) -> dict[Any, Any]:
+        return super().get_many(keys, version, NoMulti(client or self.get_client(write=False)))  # type: ignore[no-any-return]

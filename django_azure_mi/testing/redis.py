@@ -44,6 +44,9 @@ REDIS_RESOURCE = "https://redis.azure.com"
 class RedisStandIn(Enforcer, StandIn):
     """See the module docstring. Context manager; thread-safe."""
 
+    # "single": Azure Cache for Redis; "none", "oss", "enterprise": Azure Managed Redis's clustering policies
+    policy = "single"
+
     def __init__(self, *, resource: str = REDIS_RESOURCE, tls: bool = True) -> None:
         self.resource = resource
         self.tls_enabled = tls
@@ -84,11 +87,15 @@ class RedisStandIn(Enforcer, StandIn):
         our connection factory) or "builtin" (our subclass of Django's RedisCache); ``identity``: the
         ``MANAGED_IDENTITY`` option (``USERNAME``, ``CLIENT_ID``...)."""
         tls = {"ssl_ca_certs": self.ca_file} if self.tls_enabled else {}
+        # as on an Azure Managed Redis host: the endpoint is asked whether it is a cluster
+        auto = {"CLUSTER": "auto"} if self.policy != "single" else {}
         if backend == "django-redis":
             options = {
                 "CONNECTION_FACTORY": "django_azure_mi.cache.EntraConnectionFactory",
+                "CLIENT_CLASS": "django_azure_mi.cache.EntraClient",
                 "MANAGED_IDENTITY": identity,
                 "CONNECTION_POOL_KWARGS": tls,
+                **auto,
             }
             return {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": self.url, "OPTIONS": options}
         if backend != "builtin":
@@ -96,7 +103,7 @@ class RedisStandIn(Enforcer, StandIn):
         return {
             "BACKEND": "django_azure_mi.cache.RedisCache",
             "LOCATION": self.url,
-            "OPTIONS": {"MANAGED_IDENTITY": identity, **tls},
+            "OPTIONS": {"MANAGED_IDENTITY": identity, **tls, **{k.lower(): v for k, v in auto.items()}},
         }
 
     def celery_settings(self, broker_db: int = 0, result_db: int = 1, **identity: Any) -> dict[str, Any]:
