@@ -193,7 +193,7 @@ CHECK_IDS: Final = (
     CheckId("E023", "a pool class that cannot re-AUTH"),
     CheckId("E024", "`MANAGED_IDENTITY` on django-redis without `CONNECTION_FACTORY` (ignored)"),
     CheckId("E025", "`EntraConnectionFactory` without django-redis installed"),
-    CheckId("E026", "`OPTIONS['cluster']` of our `RedisCache` is not True, False or absent"),
+    CheckId("E026", "the cluster switch (`OPTIONS['CLUSTER']`, `['cluster']`) is not True, False or 'auto'"),
     CheckId("W020", "`MANAGED_IDENTITY['USERNAME']` is not an object id (GUID)"),
     CheckId("W021", "an Azure Redis `LOCATION` without password that does not use our factory/backend"),
     CheckId("W022", "`MANAGED_IDENTITY['VERIFY_TLS'] = False`: the server is not verified"),
