@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
@@ -245,6 +245,23 @@ def _has_pytest_django() -> bool:
     return True
 
 
+R = TypeVar("R", bound="RedisStandIn")
+
+
+@contextlib.contextmanager
+def _enforcing(server: R, imds: IMDSEmulator) -> Iterator[R]:
+    """A session's Redis stand-in (any policy) for one test: emptied, the system-assigned identity a user,
+    following this test's identity endpoint; emptied again after."""
+    server.reset()
+    server.add_identity(imds.object_id())
+    detach = server.attach(imds)
+    try:
+        yield server
+    finally:
+        detach()
+        server.reset()
+
+
 @pytest.fixture(scope="session")
 def azure_redis_server() -> Iterator[RedisStandIn]:
     """One token-checking Redis (with its enforcer) for the test session (see ``azure_redis``)."""
@@ -260,15 +277,8 @@ def azure_redis(azure_redis_server: RedisStandIn, azure_imds: IMDSEmulator) -> I
     identity's object id is a user whose passwords are the unexpired Redis-scope tokens issued to it.
     ``azure_redis.url`` (rediss://) and ``azure_redis.ca_file`` configure clients; ``closed_connections``
     counts the connections the enforcer closed because their token expired."""
-    server = azure_redis_server
-    server.reset()
-    server.add_identity(azure_imds.object_id())
-    detach = server.attach(azure_imds)
-    try:
+    with _enforcing(azure_redis_server, azure_imds) as server:
         yield server
-    finally:
-        detach()
-        server.reset()
 
 
 @pytest.fixture(scope="session")
@@ -288,15 +298,8 @@ def azure_redis_cluster(
     """``azure_redis`` on the OSS clustering policy: three shards and an entry node (``url``) that owns no
     slots, every node enforcing the tokens of this test's ``azure_imds``; ``move_slot()`` changes the
     topology."""
-    server = azure_redis_cluster_server
-    server.reset()
-    server.add_identity(azure_imds.object_id())
-    detach = server.attach(azure_imds)
-    try:
+    with _enforcing(azure_redis_cluster_server, azure_imds) as server:
         yield server
-    finally:
-        detach()
-        server.reset()
 
 
 @pytest.fixture(scope="session")
@@ -315,15 +318,8 @@ def azure_redis_enterprise(
 ) -> Iterator[RedisEnterpriseStandIn]:
     """``azure_redis`` on the Enterprise clustering policy: one endpoint, the slot rules of a sharded
     database (CROSSSLOT for transactions over several slots), ``CLUSTER`` refused."""
-    server = azure_redis_enterprise_server
-    server.reset()
-    server.add_identity(azure_imds.object_id())
-    detach = server.attach(azure_imds)
-    try:
+    with _enforcing(azure_redis_enterprise_server, azure_imds) as server:
         yield server
-    finally:
-        detach()
-        server.reset()
 
 
 @pytest.fixture(scope="session")

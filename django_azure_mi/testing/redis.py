@@ -189,15 +189,16 @@ class RedisStandIn(Enforcer, StandIn):
         )
 
     def reset(self) -> None:
-        """Between tests: drop every token password, close every client, zero the counters."""
+        """Between tests: drop every token password, close every client, empty every node, zero the
+        counters."""
         with self._lock:
             self._tokens.clear()
             users = list(self._users)
             conns = list(self._conns)
-        admin = self.admin()
-        for user in users:
-            admin.execute_command("ACL", "SETUSER", user, "resetpass")
-        admin.flushall()
+        for admin in self.admins():
+            for user in users:
+                admin.execute_command("ACL", "SETUSER", user, "resetpass")
+            admin.flushall()
         for conn in conns:
             _close(conn)
         self.reset_counters()

@@ -34,7 +34,6 @@ from typing import Any
 from .certs import make_tls_files
 from .net import free_port
 from .redis import REDIS_RESOURCE, RedisStandIn, bootstrap_acl, launch_redis, server_context
-from .redisproxy import _close
 
 SLOTS = 16384
 
@@ -171,20 +170,6 @@ class RedisClusterStandIn(RedisStandIn):
 
     def admins(self) -> list[Any]:
         return [self._node_admin(node) for node in self.nodes]
-
-    def reset(self) -> None:
-        """Between tests: drop every token password, close every client, empty every shard."""
-        with self._lock:
-            self._tokens.clear()
-            users = list(self._users)
-            conns = list(self._conns)
-        for admin in self.admins():
-            for user in users:
-                admin.execute_command("ACL", "SETUSER", user, "resetpass")
-            admin.flushall()
-        for conn in conns:
-            _close(conn)
-        self.reset_counters()
 
     # ------------------------------------------------------------------ topology
 
