@@ -2,10 +2,10 @@
 # (pytest -m "not integration and not slow"; the markers are set in tests/conftest.py and pyproject.toml).
 # `make test` - everything CI runs: lint and types, then two chains side by side (`make -j2`; each one's
 # output is printed when it ends):
-#   tox       the whole suite, "once" tests included, on Django 6.1 / Python 3.13 (tox)
+#   newest    the whole suite, "once" tests included, on Django 6.1 / Python 3.13, then Django 6.1's own
+#             test suites against our backends (tests/django_suites) (tox)
 #   versions  Django 5.2 / Python 3.11 (this venv; the "once" tests left out), a smoke subset on Django 6.0 /
-#             Python 3.12 and the Postgres tests on psycopg2 (tox), then Django's own test suites against
-#             our backends (tests/django_suites) on 5.2 and 6.1
+#             Python 3.12 and the Postgres tests on psycopg2 (tox), then Django 5.2's own suites
 # The suite mostly waits on servers and timers (the 5.2 run keeps 2 cores 27 % busy with 2 workers), so the
 # chains and the extra workers fill each other's waits; the CPU-bound Django suites run last, mostly alone,
 # so that the token-lifetime tests are not starved (three chains at once made a re-AUTH late).
@@ -21,20 +21,23 @@ empty :=
 space := $(empty) $(empty)
 PYENV_ROOT ?= $(shell pyenv root 2>/dev/null)
 PYENV_BINS := $(wildcard $(PYENV_ROOT)/versions/3.12*/bin $(PYENV_ROOT)/versions/3.13*/bin)
-tox versions pytest django-suites: export PATH := $(subst $(space),:,$(strip $(PYENV_BINS) $(PATH)))
+tox newest versions pytest django-suites: export PATH := $(subst $(space),:,$(strip $(PYENV_BINS) $(PATH)))
 
-.PHONY: test lanes versions sdist check fast demo venv lint type pytest tox django-suites bench clean
+.PHONY: test lanes newest versions sdist check fast demo venv lint type pytest tox django-suites bench clean
 
 test: lint type
 	$(MAKE) --no-print-directory -j2 --output-sync=target lanes
 
-lanes: tox versions
+lanes: newest versions
+
+newest: $(STAMP) $(AZURITE) sdist
+	$(RUN_61)
+	$(RUN_SUITES_61)
 
 versions: $(STAMP) $(AZURITE) sdist
 	$(RUN_52)
 	$(RUN_SMOKE)
 	$(RUN_SUITES_52)
-	$(RUN_SUITES_61)
 
 # One sdist for every tox env (tox --installpkg): concurrent tox runs never build in the checkout at once
 SDIST_DIR := .tox/dist
@@ -84,8 +87,10 @@ pytest: $(STAMP) $(AZURITE) sdist
 # py313-django61 runs the once lane too: the fleets and outages mostly wait on token lifetimes
 ONCE_ARGS ?= -n 4 --dist worksteal
 
+RUN_61 = $(BIN)/tox run --workdir .tox/full $(INSTALLPKG) -e py313-django61 -- $(ONCE_ARGS)
+
 tox: $(STAMP) $(AZURITE) sdist
-	$(BIN)/tox run --workdir .tox/full $(INSTALLPKG) -e py313-django61 -- $(ONCE_ARGS)
+	$(RUN_61)
 
 # Django's own test suites (a subset) against our ENGINE (plain and pooled) and RedisCache on the stand-ins,
 # compared with stock Django: Django 5.2 here, Django 6.1 through tox
