@@ -20,7 +20,7 @@ from .auth import (
     parse_options,
     refuse_credentials,
 )
-from .cluster import cluster_choice, cluster_client, is_cluster
+from .cluster import cluster_choice, cluster_client_like, is_cluster
 from .connection import pool_class
 
 
@@ -103,10 +103,8 @@ class EntraCacheClient(RedisCacheClient):
                 choice = is_cluster(self._get_connection_pool(True))
             if not choice:
                 return None
-            options = {k: v for k, v in self._pool_options.items() if k not in ("parser_class",)}
-            settings = options.pop("entra_settings")
-            options.pop("max_connections", None)
-            return cluster_client(self._servers[0], settings, **options)
+            options = self._pool_options
+            return cluster_client_like(self._servers[0], options["entra_settings"], options)
 
     def get_client(self, key: Any = None, *, write: bool = False) -> Any:
         cluster = self._cluster

@@ -39,6 +39,17 @@ def cluster_client(url: str, settings: EntraSettings, **kwargs: Any) -> redis.Re
     return redis.RedisCluster.from_url(url, **kwargs)
 
 
+# Keys of a single server's pool options that a cluster client takes elsewhere or not at all
+_POOL_ONLY: Final = ("url", "parser_class", "entra_settings")
+
+
+def cluster_client_like(
+    url: str, settings: EntraSettings, pool_options: dict[str, Any]
+) -> redis.RedisCluster:
+    """:func:`cluster_client` with the options a single server's pool was given (both backends)."""
+    return cluster_client(url, settings, **{k: v for k, v in pool_options.items() if k not in _POOL_ONLY})
+
+
 def is_cluster(pool: Any) -> bool:
     """Whether the endpoint behind ``pool`` is a Redis cluster that redirects (``CLUSTER INFO`` answers):
     AMR's OSS policy, a clustered Azure Cache for Redis. A single server ("cluster support disabled") and

@@ -19,7 +19,7 @@ from .auth import (
     parse_options,
     refuse_credentials,
 )
-from .cluster import NoMulti, cluster_choice, cluster_client, is_cluster
+from .cluster import NoMulti, cluster_choice, cluster_client_like, is_cluster
 from .connection import pool_class
 
 try:
@@ -90,9 +90,8 @@ class EntraConnectionFactory(UsesEntra, _DjangoRedisFactory):  # type: ignore[mi
             return client
         if choice is None and not self._asks_cluster(params):
             return self.get_connection(params)
-        kwargs = {k: v for k, v in params.items() if k not in ("url", "parser_class", "entra_settings")}
-        kwargs.update(self.pool_cls_kwargs)
-        client = pools[key] = cluster_client(params["url"], self.entra_settings, **kwargs)
+        options = {**params, **self.pool_cls_kwargs}
+        client = pools[key] = cluster_client_like(params["url"], self.entra_settings, options)
         return client
 
     def _asks_cluster(self, params: dict[str, Any]) -> bool:
