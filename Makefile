@@ -5,7 +5,8 @@
 #   newest    the whole suite, "once" tests included, on Django 6.1 / Python 3.13, then Django 6.1's own
 #             test suites against our backends (tests/django_suites) (tox)
 #   versions  Django 5.2 / Python 3.11 (this venv; the "once" tests left out), a smoke subset on Django 6.0 /
-#             Python 3.12 and the Postgres tests on psycopg2 (tox), then Django 5.2's own suites
+#             Python 3.12 and the Postgres tests on psycopg2 (tox), then Django 5.2's own suites, then the
+#             cache suites on Azure Managed Redis's Enterprise and Non-clustered policies (OSS: in newest)
 # The suite mostly waits on servers and timers (the 5.2 run keeps 2 cores 27 % busy with 2 workers), so the
 # chains and the extra workers fill each other's waits; the CPU-bound Django suites run last, mostly alone,
 # so that the token-lifetime tests are not starved (three chains at once made a re-AUTH late).
@@ -33,11 +34,14 @@ lanes: newest versions
 newest: $(STAMP) $(AZURITE) sdist
 	$(RUN_61)
 	$(RUN_SUITES_61)
+	$(RUN_AMR_OSS)
 
 versions: $(STAMP) $(AZURITE) sdist
 	$(RUN_52)
 	$(RUN_SMOKE)
 	$(RUN_SUITES_52)
+	$(RUN_AMR_ENTERPRISE)
+	$(RUN_AMR_NONE)
 
 # One sdist for every tox env (tox --installpkg): concurrent tox runs never build in the checkout at once
 SDIST_DIR := .tox/dist
@@ -95,11 +99,20 @@ tox: $(STAMP) $(AZURITE) sdist
 # Django's own test suites (a subset) against our ENGINE (plain and pooled) and RedisCache on the stand-ins,
 # compared with stock Django: Django 5.2 here, Django 6.1 through tox
 RUN_SUITES_52 = $(BIN)/python tests/django_suites/run.py
+# ... and on each Azure Managed Redis policy, on one Django version (5.2, this venv): the cache suites only,
+# one process each (database 0 only). Non-clustered: Django's cache tests (django-redis's client is the one
+# of Azure Cache for Redis, above). The OSS run goes in the other chain, to even the two out.
+RUN_AMR_OSS = $(BIN)/python tests/django_suites/run.py --redis-policy oss
+RUN_AMR_ENTERPRISE = $(BIN)/python tests/django_suites/run.py --redis-policy enterprise
+RUN_AMR_NONE = $(BIN)/python tests/django_suites/run.py --redis-policy none --no-django-redis
 RUN_SUITES_61 = $(BIN)/tox run --workdir .tox/suites $(INSTALLPKG) -e suites-django61
 
 django-suites: $(STAMP) sdist
 	$(RUN_SUITES_52)
 	$(RUN_SUITES_61)
+	$(RUN_AMR_OSS)
+	$(RUN_AMR_ENTERPRISE)
+	$(RUN_AMR_NONE)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/tokens.py
@@ -108,6 +121,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/storage.py
 	$(BIN)/python benchmarks/fleet.py
 	$(BIN)/python benchmarks/celery.py
+	$(BIN)/python benchmarks/channels.py
 
 clean:
 	rm -rf $(VENV) .tox .pytest_cache .mypy_cache .ruff_cache *.egg-info tools/azurite/node_modules

@@ -2,13 +2,17 @@
 the run) against stock Celery (kombu's Redis transport and Celery's Redis backend with an ACL user's
 password), on the same redis-server behind the same TLS enforcer, in the same run.
 
-    python benchmarks/celery.py [--rounds 10] [--tasks 200]
+    python benchmarks/celery.py [--rounds 10] [--tasks 200] [--redis-policy single|none|oss|enterprise]
 
 One solo worker per configuration runs all along (each on its own Redis databases). A client process per
 configuration sends ``--tasks`` tasks and fetches every result; the two clients take turns (ABBA rounds),
 and the script prints the median of the per-pair ratios (ours / stock), then the closures the enforcer made
 at token expiry and the lost and duplicated tasks over the whole run (goal: 0 / 0 / 0). It runs at least
 ``--rounds`` pairs and at least 3.2 token lifetimes.
+
+On Azure Managed Redis (``--redis-policy``) both keep their keys under a hash tag in database 0 (ours
+``{celery}:``, stock ``{stock}:`` through kombu's and Celery's ``global_keyprefix``); on OSS stock connects
+straight to the node serving its tag's slot (which stock Celery cannot find by itself) with the password.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ sys.path[:] = [str(HERE.parent), str(HERE.parent / "tests" / "fleet_site")] + [
 
 from harness import SITE, Process, site_env, stand_ins
 
-from django_azure_mi.testing.redis import RedisStandIn
+from django_azure_mi.testing.redis import POLICIES, RedisStandIn
 
 TTL = 20.0
 
@@ -49,12 +53,23 @@ for line in sys.stdin:
 
 def stock_settings(redis: RedisStandIn) -> dict[str, object]:
     """Stock Celery on the same server: kombu's transport and Celery's backend, ACL user ``admin``."""
-    base = f"rediss://admin:{redis.admin_password}@{redis.host}:{redis.port}"
+    host, port = redis.host, redis.port
+    if redis.policy == "oss":  # the node serving the slot of the {stock} hash tag
+        from redis.crc import key_slot
+
+        host, port = redis.announced_host, redis.owner(key_slot(b"{stock}")).port
+    base = f"rediss://admin:{redis.admin_password}@{host}:{port}"
     tls = {"ssl_ca_certs": redis.ca_file, "ssl_cert_reqs": "required"}
+    query = f"?ssl_cert_reqs=required&ssl_ca_certs={redis.ca_file}"
+    if redis.policy == "single":
+        return {"broker_url": f"{base}/2", "broker_use_ssl": tls, "result_backend": f"{base}/3{query}"}
+    prefix = {"global_keyprefix": "{stock}:"}
     return {
-        "broker_url": f"{base}/2",
+        "broker_url": f"{base}/0",
         "broker_use_ssl": tls,
-        "result_backend": f"{base}/3?ssl_cert_reqs=required&ssl_ca_certs={redis.ca_file}",
+        "broker_transport_options": prefix,
+        "result_backend": f"{base}/0{query}",
+        "result_backend_transport_options": prefix,
     }
 
 
@@ -89,9 +104,10 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=10, help="pairs of rounds (ABBA)")
     parser.add_argument("--tasks", type=int, default=200, help="tasks per round")
+    parser.add_argument("--redis-policy", choices=POLICIES, default="single")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="celery-bench-"))
-    with stand_ins(TTL) as (imds, pg, redis):
+    with stand_ins(TTL, args.redis_policy) as (imds, pg, redis):
         base = site_env(imds, pg, redis)
         envs = {
             "ours": environment(base, redis.celery_settings()),
@@ -145,7 +161,8 @@ def main() -> None:
                 process.stop()
         elapsed = time.monotonic() - started
     quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
-    print(f"Celery, solo worker, {args.tasks} tasks per round with results, {len(ratios)} ABBA pairs, "
+    print(f"Celery on {args.redis_policy}, solo worker, {args.tasks} tasks per round with results, "
+          f"{len(ratios)} ABBA pairs, "
           f"{elapsed:.0f} s ({elapsed / TTL:.1f} token lifetimes of {TTL:g} s)")  # fmt: skip
     ours, stock = statistics.median(rates["ours"]), statistics.median(rates["stock"])
     spread = f"quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f}"

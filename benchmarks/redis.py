@@ -1,6 +1,6 @@
 """Redis cache with Entra ID vs a password-authenticated pool: same redis-server, same enforcer, same run.
 
-    python benchmarks/redis.py [--seconds N]
+    python benchmarks/redis.py [--seconds N] [--redis-policy single|none|oss|enterprise]
 
 1. Operations/s (set + get) through django-redis with our EntraConnectionFactory vs django-redis's stock
    factory with an ACL user's password, both over TLS through the enforcer, in short alternating blocks
@@ -8,6 +8,11 @@
    TLS, no proxy), where client-side costs show more; then what our connection class adds per command.
 2. Failed operations and connections the enforcer closed while 8 threads load each backend across three
    token rotations (6 s tokens).
+
+``--redis-policy`` runs it on an Azure Managed Redis stand-in instead (docs/azure-behaviour.md): django-redis
+with our factory and client class against stock django-redis with an ACL password (Non-clustered,
+Enterprise); on OSS, where no stock Django cache works, ``redis_client()`` against redis-py's
+``RedisCluster`` with the password. No direct (no TLS) figures there.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import django
 from django.conf import settings
 
 from django_azure_mi.testing.imds import IMDSEmulator
-from django_azure_mi.testing.redis import REDIS_RESOURCE, RedisStandIn
+from django_azure_mi.testing.redis import POLICIES, REDIS_RESOURCE, redis_stand_in
 
 
 def ops_per_second(cache, seconds: float) -> float:
@@ -127,14 +132,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=0.25, help="length of one throughput block")
     parser.add_argument("--rounds", type=int, default=40, help="blocks of each (ours, stock), alternating")
+    parser.add_argument("--redis-policy", choices=POLICIES, default="single")
     args = parser.parse_args()
     logging.basicConfig(level=logging.CRITICAL)
-    with IMDSEmulator(ttl=6) as imds, imds.patched_environ(), RedisStandIn() as server:
+    with IMDSEmulator(ttl=6) as imds, imds.patched_environ(), redis_stand_in(args.redis_policy) as server:
         server.add_identity(imds.object_id())
         server.attach(imds)
-        server.admin().execute_command(
-            "ACL", "SETUSER", "bench", "on", ">bench-password", "~*", "&*", "+@all"
-        )
+        for admin in server.admins():  # every node of a cluster
+            admin.execute_command("ACL", "SETUSER", "bench", "on", ">bench-password", "~*", "&*", "+@all")
+        if args.redis_policy != "single":
+            amr(server, imds, args)
+            return
         pool_kwargs = {"ssl_ca_certs": server.ca_file}
         settings.configure(
             INSTALLED_APPS=["django_azure_mi"],
@@ -188,6 +196,47 @@ def main() -> None:
         )
         rotations(server, imds, caches, "entra")
         rotations(server, imds, caches, "builtin")
+
+
+def amr(server, imds, args) -> None:
+    """The figures on an Azure Managed Redis policy (see the module docstring)."""
+    import redis
+
+    ours = server.cache_settings("django-redis")  # our factory and client class, CLUSTER "auto"
+    stock = {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": server.url,
+        "OPTIONS": {
+            "USERNAME": "bench",
+            "PASSWORD": "bench-password",
+            "CONNECTION_POOL_KWARGS": {"ssl_ca_certs": server.ca_file},
+        },
+    }
+    settings.configure(
+        INSTALLED_APPS=["django_azure_mi"],
+        CACHES={"entra": ours, "password": stock, "builtin": server.cache_settings("builtin")},
+    )
+    django.setup()
+    from django.core.cache import caches
+
+    from django_azure_mi.cache import redis_client
+
+    if server.policy == "oss":  # no stock Django cache works here: redis-py's cluster client, each way
+        clients = {
+            "entra": redis_client(url=server.url, ssl_ca_certs=server.ca_file, cluster="auto"),
+            "password": redis.RedisCluster.from_url(
+                server.url, username="bench", password="bench-password", ssl_ca_certs=server.ca_file
+            ),
+        }
+        label = " RedisCluster"
+    else:
+        clients = {alias: caches[alias] for alias in ("entra", "password")}
+        label = " django-redis"
+    for client in clients.values():
+        client.set("warm", 1)
+    throughput(clients, args.rounds, args.seconds, label=f"{label} on {server.policy}")
+    rotations(server, imds, caches, "entra")
+    rotations(server, imds, caches, "builtin")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ REGISTERED: Final = (
     "django_azure_mi.celery.service",
     "django_azure_mi.storage.service",
     "django_azure_mi.keyvault.service",
+    "django_azure_mi.channels.service",
 )
 
 Probe = Callable[["Result", bool], None]  # fills a Result (identity, details) or raises; bool: deep
@@ -84,6 +85,11 @@ class Argument:
     help: str
     setting: str | None = None  # aliases of this Django setting (repeatable, ALIAS); None: a switch
     selects: bool = True  # False: an argument for the probe only (Key Vault's --secret)
+
+    @property
+    def dest(self) -> str:
+        """Its key in the parsed options (argparse's ``dest``: dashes become underscores)."""
+        return self.name.replace("-", "_")
 
 
 @dataclass(frozen=True)

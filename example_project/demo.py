@@ -61,11 +61,11 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-def start_stand_ins(stack: contextlib.ExitStack) -> dict[str, str]:
+def start_stand_ins(stack: contextlib.ExitStack, redis_policy: str) -> dict[str, str]:
     """The stand-ins, wired together, as ``python -m django_azure_mi.testing`` starts them."""
     from django_azure_mi.testing.local import LocalAzure
 
-    local = stack.enter_context(LocalAzure())
+    local = stack.enter_context(LocalAzure(redis_policy=redis_policy))
     for line in local.lines:
         say(f"    {line}")
     local.apply()
@@ -120,16 +120,19 @@ def walkthrough(base: str, ca_bundle: str) -> None:
 
 
 def main() -> int:
+    from django_azure_mi.testing.local import add_redis_policy
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--once", action="store_true", help="exit after the walkthrough (CI)")
     parser.add_argument("--port", type=int, default=8000, help="port for the site (default 8000, 0 = any)")
+    add_redis_policy(parser)
     args = parser.parse_args()
 
     with contextlib.ExitStack() as stack:
         step(1, "Start the local Azure stand-ins")
-        env = start_stand_ins(stack)
+        env = start_stand_ins(stack, args.redis_policy)
 
         import django
         from django.core.files.storage import storages

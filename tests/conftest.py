@@ -30,6 +30,8 @@ CLIENT_ID = "11111111-2222-3333-4444-555555555555"
 INTEGRATION_FIXTURES = {
     "azure_postgres_server",
     "azure_redis_server",
+    "azure_redis_nonclustered_server",
+    "amr",
     "azure_redis_cluster_server",
     "azure_redis_enterprise_server",
     "azure_storage_server",
@@ -37,6 +39,21 @@ INTEGRATION_FIXTURES = {
     "rogue_host",
 }
 PROCESS_MODULES = {"test_fleet", "test_outages", "test_demo", "test_sample_project", "test_packaging"}
+
+
+# Azure Managed Redis's clustering policies and their stand-in fixtures
+AMR_POLICIES = {
+    "none": "azure_redis_nonclustered",
+    "oss": "azure_redis_cluster",
+    "enterprise": "azure_redis_enterprise",
+}
+
+
+@pytest.fixture(params=list(AMR_POLICIES))
+def amr(request: pytest.FixtureRequest) -> Any:
+    """Azure Managed Redis on each clustering policy (a stand-in following this test's identity
+    endpoint)."""
+    return request.getfixturevalue(AMR_POLICIES[request.param])
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

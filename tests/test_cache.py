@@ -375,9 +375,10 @@ def test_no_token_in_logs(use_cache, backend, azure_redis, azure_imds, caplog):
 @pytest.mark.azure_imds(ttl=5)
 def test_pubsub_on_an_entra_pool_survives_token_expiry(use_cache, azure_redis, protocol):
     """A subscribed connection is not re-AUTHed in place: RESP2 refuses AUTH while subscribed, and under
-    RESP3 reading the AUTH reply could swallow a published message. Left alone, Azure closes it at expiry
-    and redis-py reconnects and resubscribes (the Celery transport and backend replace theirs before
-    that). Either way messages keep arriving and commands on the subscribed connection never fail."""
+    RESP3 reading the AUTH reply could swallow a published message. It is replaced before its token
+    expires, also while it reads all the time (its next health check is due by the re-AUTH due time):
+    messages keep arriving, commands on the subscribed connection never fail, nothing is closed at
+    expiry."""
     cache = use_cache("django-redis", pool_kwargs={"protocol": protocol})
     client = cache.client.get_client()
     pubsub = client.pubsub()
@@ -403,6 +404,7 @@ def test_pubsub_on_an_entra_pool_survives_token_expiry(use_cache, azure_redis, p
     pubsub.close()
     assert received and received[-1] >= n - 3  # still receiving at the end
     assert n > 40
+    assert azure_redis.closed_connections == 0, azure_redis.closures
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

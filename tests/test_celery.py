@@ -26,7 +26,7 @@ CLIENT = """
 import json, sys, time, uuid
 import django, fleet_celery
 django.setup()
-from celery import chord
+from celery import chord, group
 seconds, minimum, started = float(sys.argv[1]), int(sys.argv[2]), time.monotonic()
 sent = ok = duplicates = 0
 while time.monotonic() - started < seconds or sent < minimum:
@@ -37,7 +37,12 @@ while time.monotonic() - started < seconds or sent < minimum:
         ok += 1
         duplicates += runs > 1
 total = chord(fleet_celery.add.s(i, i) for i in range(20))(fleet_celery.total.s()).get(timeout=60)
-print(json.dumps({"sent": sent, "ok": ok, "duplicates": duplicates, "chord": total}))
+# every priority queue (kombu's BRPOP spans them all), and a group
+ranked = [fleet_celery.add.apply_async((i, 1), priority=i % 10) for i in range(20)]
+priorities = sum(r.get(timeout=60) == i + 1 for i, r in enumerate(ranked))
+grouped = group(fleet_celery.add.s(i, 1) for i in range(5))().get(timeout=60)
+print(json.dumps({"sent": sent, "ok": ok, "duplicates": duplicates, "chord": total,
+                  "priorities": priorities, "group": grouped}))
 """
 
 

@@ -48,11 +48,16 @@ def alive(pids: set[int]) -> set[int]:
     return {pid for pid in pids if Path(f"/proc/{pid}").exists()}
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_serves_then_stops_every_child_on_a_signal(signum, tmp_path):
+@pytest.mark.parametrize(
+    ("signum", "policy"),
+    [(signal.SIGINT, "oss"), (signal.SIGTERM, "enterprise")],
+    ids=["SIGINT-oss", "SIGTERM-enterprise"],
+)
+def test_serves_then_stops_every_child_on_a_signal(signum, policy, tmp_path):
     env_file = tmp_path / ".env.azure"
+    command = [sys.executable, "-m", "django_azure_mi.testing", "--env-file", str(env_file)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "django_azure_mi.testing", "--env-file", str(env_file)],
+        [*command, "--redis-policy", policy] if policy != "oss" else command,  # oss: the default
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -64,15 +69,17 @@ def test_serves_then_stops_every_child_on_a_signal(signum, tmp_path):
         while time.monotonic() < deadline:
             line = proc.stderr.readline()
             lines.append(line)
-            if "ready" in line or not line:
+            if line.startswith("# ready") or not line:  # not any line with "ready" ("already…")
                 break
-        assert "ready" in lines[-1], "".join(lines)
+        assert lines[-1].startswith("# ready"), "".join(lines)
+        assert env_file.exists(), "".join(lines)
         exports = env_file.read_text()
         exported = [line[7:] for line in exports.splitlines() if line.startswith("export ")]
         values = dict(line.split("=", 1) for line in exported)
         for name in ("AZURE_POD_IDENTITY_AUTHORITY_HOST", "AZURE_POSTGRES_PORT", "AZURE_REDIS_URL",
                      "AZURE_STORAGE_ACCOUNT_URL", "AZURE_KEY_VAULT_URL", "REQUESTS_CA_BUNDLE"):  # fmt: skip
             assert name in values, exports
+        assert values["AZURE_REDIS_POLICY"] == policy
         roots = [
             str(Path(values[name].strip("'")).parents[1])
             for name in ("AZURE_POSTGRES_SSLROOTCERT", "AZURE_REDIS_CA_CERTS", "AZURE_STORAGE_CA_BUNDLE")

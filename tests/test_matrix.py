@@ -29,6 +29,7 @@ ENGINE = "django_azure_mi.backends.postgresql"
 FACTORY = "django_azure_mi.cache.EntraConnectionFactory"
 AZURE_PG = "srv.postgres.database.azure.com"
 AZURE_REDIS = "rediss://cache.redis.cache.windows.net:6380/0"
+AMR = "rediss://app.westeurope.redis.azure.net:10000"  # Azure Managed Redis (no database path)
 PG = {"ENGINE": ENGINE, "HOST": AZURE_PG, "NAME": "app", "USER": "my-app"}
 REDIS = {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": AZURE_REDIS,
          "OPTIONS": {"CONNECTION_FACTORY": FACTORY, "MANAGED_IDENTITY": {"USERNAME": OID}}}  # fmt: skip
@@ -69,6 +70,13 @@ def storage(**options: Any) -> dict[str, Any]:
 
 class Env(dict[str, str]):
     """Environment variables a case sets (on top of its settings)."""
+
+
+LAYER = "django_azure_mi.channels.RedisChannelLayer"
+
+
+def layer(**config: Any) -> dict[str, Any]:
+    return {"CHANNEL_LAYERS": {ALIAS: {"BACKEND": LAYER, "CONFIG": {"hosts": [AZURE_REDIS], **config}}}}
 
 
 def env(settings: dict[str, Any] | None = None, **variables: str) -> dict[str, Any]:
@@ -199,6 +207,46 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         ),
         "W021",
     ),
+    # Azure Managed Redis: database 0 only; django-redis's DefaultClient runs MULTI across slots
+    (
+        "AMR database 1",
+        cache({"CLIENT_CLASS": "django_azure_mi.cache.EntraClient"}, LOCATION=f"{AMR}/1"),
+        "E027",
+    ),
+    ("AMR db=2 in the query", cache(LOCATION=f"{AMR}?db=2", base=BUILTIN), "E027"),
+    ("AMR with DefaultClient", cache(LOCATION=f"{AMR}/0"), "W023"),
+    (
+        "Celery results on AMR database 1",
+        {"CELERY_RESULT_BACKEND": f"django_azure_mi.celery.backend:RedisBackend+{AMR}/1"},
+        "E027",
+    ),
+    # Celery on a sharded Redis (Azure Managed Redis): its keys under one hash tag
+    (
+        "Celery prefix without a hash tag",
+        {
+            "CELERY_BROKER_URL": "rediss://app.westeurope.redis.azure.net:10000/0",
+            "CELERY_BROKER_TRANSPORT": "django_azure_mi.celery.transport:Transport",
+            "CELERY_BROKER_TRANSPORT_OPTIONS": {"global_keyprefix": "celery:"},
+        },
+        "E052",
+    ),
+    (
+        "Celery results cluster not a switch",
+        {
+            "CELERY_RESULT_BACKEND": "django_azure_mi.celery.backend:RedisBackend+rediss://cache.example.net/0",
+            "CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS": {"cluster": "yes"},
+        },
+        "E026",
+    ),
+    # CHANNEL_LAYERS (Django Channels)
+    ("layer Sentinels", layer(hosts=[{"master_name": "m", "sentinels": [("s", 26379)]}]), "E060"),
+    ("layer hosts a string", layer(hosts=AZURE_REDIS), "E060"),
+    ("layer CONFIG not a dict", {"CHANNEL_LAYERS": {ALIAS: {"BACKEND": LAYER, "CONFIG": ["x"]}}}, "E060"),
+    ("layer password", layer(hosts=[{"address": AZURE_REDIS, "password": "hunter2"}]), "E021"),
+    ("layer no TLS", layer(hosts=["redis://cache.redis.cache.windows.net:6379/0"]), "E022"),
+    ("layer option misspelt", layer(MANAGED_IDENTITY={"USER": OID}), "E020"),
+    ("layer database on AMR", layer(hosts=[f"{AMR}/3"]), "E027"),
+    ("layer prefix without a hash tag on AMR", layer(hosts=[f"{AMR}/0"], prefix="asgi"), "E061"),
     # STORAGES
     ("account_key", storage(account_key="a2V5"), "E030"),
     ("sas_token", storage(sas_token="sv=2024&sig=x"), "E030"),
@@ -244,7 +292,15 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
 ]
 
 # Where each case's message must point: the setting with its alias (cache and storage cases use ALIAS).
-WHERE = {"DATABASES": "DATABASES['default']", "CACHES": f"CACHES[{ALIAS!r}]", "STORAGES": "STORAGES['media']"}
+WHERE = {
+    "DATABASES": "DATABASES['default']",
+    "CACHES": f"CACHES[{ALIAS!r}]",
+    "STORAGES": "STORAGES['media']",
+    "CELERY_BROKER_TRANSPORT_OPTIONS": "CELERY_BROKER_TRANSPORT_OPTIONS",
+    "CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS": "CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS",
+    "CELERY_RESULT_BACKEND": "CELERY_RESULT_BACKEND",
+    "CHANNEL_LAYERS": f"CHANNEL_LAYERS[{ALIAS!r}]",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -318,6 +374,7 @@ def test_every_check_id_is_in_the_matrix():
     # W007 (a read-only file system) needs a mount namespace: tests/test_processes.py covers it. E000
     # (Django's own error, psycopg2 with a pool) and E016 (database URLs) are in tests/test_postgres.py,
     # E050/E051 (Celery's settings, checked when Celery builds its app) in tests/test_celery.py.
+    # (E052, Celery's key prefix on a sharded Redis, is a system check too: in this matrix.)
     elsewhere = {"E000", "E006", "E014", "E015", "E016", "E025", "E050", "E051", "W007"}
     assert documented - elsewhere <= {expected for _, _, expected in CASES}, documented - elsewhere
     assert {expected for _, _, expected in CASES} <= documented

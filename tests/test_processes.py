@@ -195,7 +195,7 @@ def _file(token: str, expires_on: str, acquired_at: str = "NOW", refresh_on: str
     ``Infinity`` and ``1e400`` can be written."""
 
     def make(planted: str, now: float) -> str:
-        fill = {"PLANTED": planted, "NOW": repr(now)}
+        fill = {"NOW": repr(now), "PLANTED": planted}  # NOW first: a token's base64 may contain "NOW"
         values = [token, expires_on, acquired_at, refresh_on]
         for key, value in fill.items():
             values = [v.replace(key, value) for v in values]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -41,6 +42,56 @@ def test_twenty_cold_callers_make_one_fetch():
     assert run_threads(20, lambda: r.get(5)) == [1] * 20
     assert source.calls == 1 and r.waits == 20
     r.close(join=1)
+
+
+def test_a_hundred_cold_coroutines_make_one_fetch_and_no_thread_each():
+    """Async callers wait on their event loop for the worker's single flight: one fetch, no thread per
+    caller (threads alive while they wait: the worker only), and the loop keeps running meanwhile."""
+    source = Source(delay=0.3)
+    r = refresher(source)
+
+    async def main():
+        before = threading.active_count()
+        tasks = [asyncio.create_task(r.get_async(5)) for _ in range(100)]
+        ticks = 0
+        while not all(t.done() for t in tasks):
+            await asyncio.sleep(0.01)
+            ticks += 1
+            assert threading.active_count() <= before + 1  # the worker
+        return [t.result() for t in tasks], ticks
+
+    values, ticks = asyncio.run(main())
+    assert values == [1] * 100 and source.calls == 1 and ticks >= 10
+    assert r._watchers == []  # every waiter left
+    r.close(join=1)
+
+
+def test_async_callers_see_failures_backoff_and_close():
+    r = refresher(Source(ValueError("down")), retry_cap=30, retry_base=30)
+
+    async def reason(timeout: float) -> str:
+        with pytest.raises(NotReady) as info:
+            await r.get_async(timeout)
+        return info.value.reason
+
+    assert asyncio.run(reason(5)) == "failed"
+    assert asyncio.run(reason(5)) == "backoff"  # the next attempt is 30 s away
+    r.close(join=1)
+    assert asyncio.run(reason(5)) == "closed"
+
+
+def test_close_wakes_an_async_waiter():
+    r = refresher(Source(delay=1.0))
+
+    async def main():
+        task = asyncio.create_task(r.get_async(10))
+        await asyncio.sleep(0.1)
+        threading.Thread(target=r.close).start()  # from another thread, as the runtime closes it
+        with pytest.raises(NotReady) as info:
+            await asyncio.wait_for(task, 2)
+        return info.value.reason
+
+    assert asyncio.run(main()) == "closed"
 
 
 def test_defer_is_not_a_failure_and_the_value_stays():

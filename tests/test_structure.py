@@ -467,12 +467,15 @@ def test_the_core_reads_time_through_its_clock():
 
 def test_the_renewal_schedules_of_the_adapters_read_the_runtimes_clock():
     """The Redis re-AUTH schedule and sweeper, Celery's due checks and the delegation keys read the
-    runtime's clock (``on_fake_clock`` moves them all); none reads the system clock itself."""
+    runtime's clock (``on_fake_clock`` moves them all); none reads the system clock itself. Allowed: the
+    PubSub health-check deadline of our connections, which redis-py compares with the real monotonic
+    clock (cache/connection.py)."""
+    allowed = {"django_azure_mi.cache.connection": 1}
     found = {}
     for package in ("cache", "celery", "storage"):
         for path in (PACKAGE / package).glob("*.py"):
             text = path.read_text()
             count = len(re.findall(r"\btime\.(?:time|monotonic)\(|datetime\.now\(", text))
-            if count:
+            if count > allowed.get(module_name(path), 0):
                 found[module_name(path)] = count
     assert found == {}

@@ -23,8 +23,10 @@ from typing import TYPE_CHECKING
 from ..services import lazy_exports
 
 if TYPE_CHECKING:
+    from .aio import AsyncEntraConnectionMixin, AsyncEntraConnectionPool, async_entra_connection_class
     from .auth import OPTION, EntraAuth, EntraSettings, check_location, get_auth, parse_options
     from .backend import RedisCache
+    from .clients import aredis_client, redis_client
     from .cluster import cluster_client
     from .connection import EntraConnectionMixin, EntraConnectionPool, entra_connection_class
     from .factory import EntraClient, EntraConnectionFactory
@@ -32,6 +34,10 @@ if TYPE_CHECKING:
 # Loaded on first use, so that the package's light modules (service.py, spec.py) import without redis-py.
 _LAZY = {
     "OPTION": "spec",
+    "AsyncEntraConnectionMixin": "aio",
+    "AsyncEntraConnectionPool": "aio",
+    "async_entra_connection_class": "aio",
+    "aredis_client": "clients",
     "EntraAuth": "auth",
     "EntraSettings": "auth",
     "check_location": "auth",
@@ -39,6 +45,7 @@ _LAZY = {
     "parse_options": "auth",
     "RedisCache": "backend",
     "cluster_client": "cluster",
+    "redis_client": "clients",
     "EntraConnectionMixin": "connection",
     "EntraConnectionPool": "connection",
     "entra_connection_class": "connection",
@@ -51,6 +58,8 @@ __getattr__ = lazy_exports(__name__, _LAZY)
 
 __all__ = [
     "OPTION",
+    "AsyncEntraConnectionMixin",
+    "AsyncEntraConnectionPool",
     "EntraAuth",
     "EntraClient",
     "EntraConnectionFactory",
@@ -58,9 +67,12 @@ __all__ = [
     "EntraConnectionPool",
     "EntraSettings",
     "RedisCache",
+    "aredis_client",
+    "async_entra_connection_class",
     "check_location",
     "cluster_client",
     "entra_connection_class",
     "get_auth",
     "parse_options",
+    "redis_client",
 ]

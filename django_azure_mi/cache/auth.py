@@ -13,8 +13,10 @@ import threading
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
+import redis
+import redis.asyncio
 from django.utils.module_loading import import_string
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -83,9 +85,29 @@ def refuse_credentials(options: dict[str, Any], keys: tuple[str, str], where: st
             )
 
 
+# Azure Managed Redis hosts (<name>.<region>.redis.azure.net): database 0 only; three clustering policies
+AMR_HOSTS: Final = (".redis.azure.net",)
+
+
+def is_amr_host(url: str) -> bool:
+    return (urlsplit(url).hostname or "").lower().endswith(AMR_HOSTS)
+
+
 def check_location(url: str, where: str = "CACHES[…]['LOCATION']") -> None:
-    """No credentials in the URL; TLS (``rediss://``) unless the host is loopback."""
+    """No credentials in the URL; TLS (``rediss://``) unless the host is loopback; database 0 on Azure
+    Managed Redis."""
     parts = urlsplit(url)
+    if is_amr_host(url):
+        db = parts.path.strip("/") or dict(parse_qsl(parts.query)).get("db", "0")
+        if db != "0":
+            raise SettingError(
+                "E027",
+                f"{where} selects database {db!r} on Azure Managed Redis, which has database 0 only "
+                "(SELECT answers 'DB index is out of range').",
+                f"Use rediss://{parts.hostname}:{parts.port or 10000}/0; keep apart what shared a server "
+                "through databases with key prefixes (KEY_PREFIX; Celery's broker and results share "
+                "database 0 without collisions).",
+            )
     if parts.username or parts.password:
         raise SettingError(
             "E021",
@@ -118,6 +140,9 @@ def check_url_transport(url: str, kwargs: dict[str, Any], settings: EntraSetting
 
 # What an SSL connection of ours verifies when the settings say nothing (redis-py 5 did not check host names)
 TLS_DEFAULTS: Final = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+# redis-py's TLS and local-socket connection classes, sync and asyncio
+SSL_CLASSES: Final = (redis.SSLConnection, redis.asyncio.SSLConnection)
+UNIX_CLASSES: Final = (redis.UnixDomainSocketConnection, redis.asyncio.UnixDomainSocketConnection)
 
 
 def check_transport(
@@ -127,14 +152,12 @@ def check_transport(
     ``CONNECTION_POOL_KWARGS``/``OPTIONS`` and the query string are merged): a token goes to a non-loopback
     host only over TLS that verifies the server (certificate and host name), unless ``VERIFY_TLS`` is
     False."""
-    import redis
-
     if isinstance(connection_class, str):
         connection_class = import_string(connection_class)
-    if issubclass(connection_class, redis.UnixDomainSocketConnection):
+    if issubclass(connection_class, UNIX_CLASSES):
         return  # a local socket
     host = kwargs.get("host") or "localhost"
-    tls = issubclass(connection_class, redis.SSLConnection)
+    tls = issubclass(connection_class, SSL_CLASSES)
     require_tls(
         "E022",
         [host],
@@ -171,6 +194,7 @@ class EntraAuth:
         self._pools: weakref.WeakSet[EntraConnectionPool] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._unsubscribe: Any = None
+        self.wakers: list[Any] = []  # called (any thread) with the sweeper's wake-ups: the asyncio sweeps
         self.interval = 5.0  # sweep period; shortened for short-lived tokens
         self.reauths = 0  # reported by azure_check, the status page and the benchmarks
         self.reauth_failures = 0
@@ -190,16 +214,29 @@ class EntraAuth:
     def token(self) -> Token:
         """The current token; a TokenUnavailableError becomes a redis ConnectionError, so redis-py cleans up
         and retries."""
-        if (
-            self.sweeper.closed
-        ):  # reset: a late sweep or connection must not build a provider for new settings
-            raise RedisConnectionError("django-azure-mi: this cache's identity was reset")
+        self._check_open()
         try:
             return self.provider.current()
         except TokenUnavailableError as exc:
-            failure = diagnostics.diagnose_identity(exc)
-            assert failure is not None
-            raise diagnostics.attach(RedisConnectionError(str(exc)), failure) from None
+            raise self._no_token(exc) from None
+
+    async def token_async(self) -> Token:
+        """:meth:`token` for an asyncio connection: no await when cached, the event loop never blocked."""
+        self._check_open()
+        try:
+            return await self.provider.current_async()
+        except TokenUnavailableError as exc:
+            raise self._no_token(exc) from None
+
+    def _check_open(self) -> None:
+        if self.sweeper.closed:  # reset: a late sweep or connection must not build a new provider
+            raise RedisConnectionError("django-azure-mi: this cache's identity was reset")
+
+    @staticmethod
+    def _no_token(exc: TokenUnavailableError) -> BaseException:
+        failure = diagnostics.diagnose_identity(exc)
+        assert failure is not None
+        return diagnostics.attach(RedisConnectionError(str(exc)), failure)
 
     def username(self, token: Token) -> str:
         if self.settings.username:
@@ -218,7 +255,7 @@ class EntraAuth:
         interval = policy.sweep_interval(token.expires_on, token.issued_at)
         if interval < self.interval:
             self.interval = interval
-            self.sweeper.refresh()  # the sweeper may be sleeping on the longer interval
+            self._wake(None)  # the sweepers may be sleeping on the longer interval
         return policy.reauth_due(token.expires_on, token.issued_at)
 
     def explain(self, exc: BaseException, token: Token) -> tuple[str, diagnostics.ServiceFailure]:
@@ -247,6 +284,8 @@ class EntraAuth:
 
     def _wake(self, info: Any) -> None:
         self.sweeper.refresh()
+        for wake in self.wakers:
+            wake()
 
     def _sweep(self, previous: float | None) -> float:
         now = self.clock.time()

@@ -5,20 +5,19 @@ redis-py's cluster client builds one pool per node (``connection_pool_class``), 
 of in a ``MOVED`` or a topology refresh. Each of those pools is an :class:`~.connection.EntraConnectionPool`
 here, and each registers with the identity's :class:`~.auth.EntraAuth`, which keeps every pool it is given (a
 weak set), so idle connections on every node are re-AUTHed however often the topology changes. redis-py's own
-``StreamingCredentialProvider`` route keeps one callback and loses all nodes but the last after a refresh
-(docs/azure-behaviour.md).
+``StreamingCredentialProvider`` route keeps one callback, and with redis-entraid's provider on a cluster its
+renewal never starts (docs/azure-behaviour.md).
 """
 
 from __future__ import annotations
 
 import functools
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import redis
 
 from ..diagnostics import SettingError
-from .auth import EntraSettings, check_location, check_url_transport
+from .auth import EntraSettings, check_location, check_url_transport, is_amr_host
 from .connection import EntraConnectionPool
 
 
@@ -50,28 +49,35 @@ def cluster_client_like(
     return cluster_client(url, settings, **{k: v for k, v in pool_options.items() if k not in _POOL_ONLY})
 
 
+def cluster_reply(connection: Any, subcommand: str) -> Any:
+    """The reply to ``CLUSTER <subcommand>`` on ``connection``, or None where the endpoint refuses it (one
+    server: "cluster support disabled"; AMR's Enterprise proxy: "not allowed")."""
+    from redis.exceptions import ResponseError
+
+    connection.send_command("CLUSTER", subcommand)
+    try:
+        return connection.read_response()
+    except ResponseError:
+        return None
+
+
 def is_cluster(pool: Any) -> bool:
     """Whether the endpoint behind ``pool`` is a Redis cluster that redirects (``CLUSTER INFO`` answers):
     AMR's OSS policy, a clustered Azure Cache for Redis. A single server ("cluster support disabled") and
     AMR's Enterprise proxy ("not allowed") are not."""
-    from redis.exceptions import ResponseError
-
     connection = pool.get_connection()
     try:
-        connection.send_command("CLUSTER", "INFO")
-        try:
-            info = connection.read_response()
-        except ResponseError:
-            return False
+        info = cluster_reply(connection, "INFO")
     finally:
         pool.release(connection)
+    if info is None:
+        return False
     text = info.decode() if isinstance(info, bytes) else str(info)
     return "cluster_state:" in text
 
 
-# Azure Managed Redis hosts (<name>.<region>.redis.azure.net): any of three clustering policies, so the
-# endpoint is asked once. Other hosts are one server unless the settings say "cluster".
-AMR_HOSTS: Final = (".redis.azure.net",)
+# Azure Managed Redis hosts (auth.AMR_HOSTS): any of three clustering policies, so the endpoint is asked
+# once. Other hosts are one server unless the settings say "cluster".
 CHOICES: Final = (True, False, "auto")
 
 
@@ -87,8 +93,7 @@ def cluster_choice(value: Any, where: str, url: str = "") -> bool | None:
             "clustering policy, and get a cluster client), or set True, False or 'auto'.",
         )
     if value is None:
-        host = (urlsplit(url).hostname or "").lower()
-        value = "auto" if host.endswith(AMR_HOSTS) else False
+        value = "auto" if is_amr_host(url) else False
     return None if value == "auto" else bool(value)
 
 

@@ -39,6 +39,9 @@ def diagnose_error(
             )
         return access
     text = text_of(exc).lower()
+    sharded = _sharded(exc, text, where)
+    if sharded is not None:
+        return sharded
     if any(word in text for word in ("ssl", "tls", "connection closed", "reset by peer")):
         return ServiceFailure(
             "tls",
@@ -47,6 +50,45 @@ def diagnose_error(
             "Managed Redis).",
         )
     return generic("Redis", service, exc)
+
+
+def _sharded(exc: BaseException, text: str, where: Any) -> ServiceFailure | None:
+    """MOVED (a cluster endpoint, a client that is not cluster-aware) and CROSSSLOT (keys of one
+    transaction or command in several hash slots): Azure Managed Redis's OSS and Enterprise policies."""
+    from redis.exceptions import ClusterCrossSlotError, MovedError
+
+    celery = not isinstance(where, str)
+    if isinstance(exc, MovedError) or text.startswith("moved "):
+        fix = (
+            f"Set {where.where}['cluster'] = 'auto' (the default on *.redis.azure.net hosts)."
+            if celery
+            else f"Set {where}['OPTIONS']['CLUSTER'] = 'auto' with CLIENT_CLASS "
+            "'django_azure_mi.cache.EntraClient' (django-redis), or ['OPTIONS']['cluster'] = 'auto' "
+            "(django_azure_mi.cache.RedisCache); 'auto' is the default on *.redis.azure.net hosts."
+        )
+        return ServiceFailure(
+            "cluster-endpoint",
+            "Redis answered MOVED: the endpoint is a cluster (Azure Managed Redis with the OSS clustering "
+            "policy) and this client talks to it as to one server.",
+            fix,
+        )
+    if isinstance(exc, ClusterCrossSlotError) or "crossslot" in text or "same slot" in text:
+        fix = (
+            f"Give every key one hash tag: {where.where}['global_keyprefix'] = '{{celery}}:' (the default "
+            "on *.redis.azure.net hosts, and with 'cluster': 'auto')."
+            if celery
+            else f"Use CLIENT_CLASS 'django_azure_mi.cache.EntraClient' in {where}['OPTIONS'] (django-redis) "
+            "or BACKEND 'django_azure_mi.cache.RedisCache'; in your own code keep the keys of one "
+            "transaction, script or multi-key command under one hash tag ('{user42}:cart', "
+            "'{user42}:orders')."
+        )
+        return ServiceFailure(
+            "cross-slot",
+            "Redis refused a command whose keys are in several hash slots (CROSSSLOT): Azure Managed Redis "
+            "with the OSS or Enterprise clustering policy shards the keys.",
+            fix,
+        )
+    return None
 
 
 def diagnose(exc: BaseException, where: str) -> ServiceFailure:

@@ -17,6 +17,7 @@ from .diagnosis import diagnose, diagnose_error
 NAME: Final = "redis"
 BACKEND: Final = "django_azure_mi.cache.RedisCache"
 FACTORY: Final = "django_azure_mi.cache.EntraConnectionFactory"
+ENTRA_CLIENT: Final = "django_azure_mi.cache.EntraClient"
 SCOPES: Final = {
     "public": "https://redis.azure.com/.default",
     "usgovernment": "https://redis.azure.us/.default",
@@ -53,6 +54,21 @@ def check(errors: list[checks.CheckMessage]) -> None:
             run_check(errors, obj, _validate, backend, cache, obj)
             warn_unverified(errors, obj, identity, "VERIFY_TLS", "W022")
             warn_foreign_scope(errors, obj, identity, "SCOPE", NAME)
+            if backend.startswith("django_redis.") and not _client_fits_amr(cache):
+                errors.append(
+                    checks.Warning(
+                        f"{obj} points at Azure Managed Redis with CLIENT_CLASS "
+                        f"{options.get('CLIENT_CLASS', 'django_redis.client.DefaultClient')!r}: its "
+                        "set_many and delete_pattern run MULTI, which the OSS and Enterprise clustering "
+                        "policies refuse across hash slots (CROSSSLOT), and it has no cluster client for the "
+                        "OSS policy.",
+                        hint=f"Set {obj}['OPTIONS']['CLIENT_CLASS'] = '{ENTRA_CLIENT}' (django-redis's "
+                        "client that works on every policy), unless this database uses the Non-clustered "
+                        "policy.",
+                        obj=obj,
+                        id="django_azure_mi.W023",
+                    )
+                )
             username = identity.get("USERNAME") if isinstance(identity, dict) else None
             if isinstance(username, str) and username and not conf.GUID.match(username):
                 errors.append(
@@ -91,6 +107,25 @@ def check(errors: list[checks.CheckMessage]) -> None:
                 )
 
 
+def _client_fits_amr(cache: dict[str, Any]) -> bool:
+    """A django-redis cache that is not on an Azure Managed Redis host, or whose CLIENT_CLASS is ours."""
+    from django.utils.module_loading import import_string
+
+    from ..options import split_locations
+    from .auth import is_amr_host
+
+    if not any(is_amr_host(url) for url in split_locations(cache.get("LOCATION"))):
+        return True
+    configured = (cache.get("OPTIONS") or {}).get("CLIENT_CLASS", "django_redis.client.DefaultClient")
+    try:
+        from .factory import EntraClient
+
+        cls = import_string(configured) if isinstance(configured, str) else configured
+        return isinstance(cls, type) and issubclass(cls, EntraClient)
+    except ImportError:
+        return True  # a missing class or django-redis is reported elsewhere
+
+
 def _validate(backend: str, cache: dict[str, Any], obj: str) -> None:
     from ..options import split_locations
     from . import backend as builtin
@@ -118,8 +153,16 @@ def targets(selection: Selection) -> list[Target]:
 def probe(result: Any, deep: bool) -> None:
     from django.core.cache import caches
 
-    auth, client = _client_of(caches[result.alias])
+    cache = caches[result.alias]
+    auth, client = _client_of(cache)
     probe_client(result, auth, client, deep, f"CACHES[{result.alias!r}]")
+    sharded = str(result.details.get("endpoint", "")).startswith(("OSS", "proxy"))
+    client_class = type(getattr(cache, "client", None))
+    if sharded and client_class.__module__.startswith("django_redis"):  # not ours (W023)
+        result.details["advice"] = (
+            f"CLIENT_CLASS {client_class.__name__} runs MULTI in set_many/delete_pattern, refused across "
+            f"hash slots here: use {ENTRA_CLIENT}"
+        )
 
 
 def _client_of(cache: Any) -> tuple[Any, Any]:
@@ -133,8 +176,9 @@ def _client_of(cache: Any) -> tuple[Any, Any]:
     return cache.client.connection_factory.entra, cache.client.get_client(write=True)  # django-redis
 
 
-def probe_client(result: Any, auth: Any, client: Any, deep: bool, where: Any) -> None:
-    """A Redis client of ours (cache, Celery broker or results): identity, PING, ACL WHOAMI, probe key."""
+def probe_client(result: Any, auth: Any, client: Any, deep: bool, where: Any, key_prefix: str = "") -> None:
+    """A Redis client of ours (cache, Celery broker or results): identity, PING, ACL WHOAMI, probe key
+    (under ``key_prefix``: Celery's, whose pool may serve that prefix's hash slot only)."""
     from redis.exceptions import ResponseError
 
     from ..diagnostics import attach
@@ -154,7 +198,7 @@ def probe_client(result: Any, auth: Any, client: Any, deep: bool, where: Any) ->
     except ResponseError as exc:  # NOPERM with a Data Reader/Contributor policy, or a server without ACL
         result.details["user"] = f"(ACL WHOAMI refused: {str(exc)[:80]})"
     if deep:
-        key = f"{PROBE_PREFIX}:{uuid.uuid4().hex}"
+        key = f"{key_prefix}{PROBE_PREFIX}:{uuid.uuid4().hex}"
         value = uuid.uuid4().hex
         client.set(key, value, ex=60)
         read = _text(client.get(key))
@@ -162,6 +206,29 @@ def probe_client(result: Any, auth: Any, client: Any, deep: bool, where: Any) ->
         if read != value:
             raise RuntimeError("SET/GET of the probe key returned something else")
         result.details["set_get_del"] = True
+        result.details["endpoint"] = endpoint_kind(client)
+
+
+def endpoint_kind(client: Any) -> str:
+    """What the Redis behind ``client`` is, as far as a client can tell (docs/azure-behaviour.md)."""
+    import redis
+    from redis.exceptions import ResponseError
+
+    if isinstance(client, redis.RedisCluster):
+        return f"OSS cluster, {len(client.get_primaries())} shards"  # type: ignore[no-untyped-call]
+    try:
+        info = _text(client.execute_command("CLUSTER", "INFO"))
+    except ResponseError as exc:
+        if "not allowed" in str(exc).lower():
+            return "proxy endpoint (CLUSTER refused: Azure Managed Redis, Enterprise or Non-clustered policy)"
+        return "one server (not clustered)"
+    if "cluster_state:" not in info:
+        return "one server (not clustered)"
+    route = getattr(client.connection_pool, "route", None)  # a SlotPinnedPool (Celery)
+    if route is None:
+        return "cluster node"
+    host, port = route.address()
+    return f"OSS cluster, the node serving hash slot {route.slot} ({host}:{port})"
 
 
 def _text(value: Any) -> str:
@@ -170,7 +237,12 @@ def _text(value: Any) -> str:
 
 def summary(details: dict[str, Any]) -> str:
     steps = "PING, SET/GET/DEL" if details.get("set_get_del") else "PING"
-    return f"{steps} ok, ACL WHOAMI {details.get('user')}"
+    text = f"{steps} ok, ACL WHOAMI {details.get('user')}"
+    if details.get("endpoint"):
+        text += f"; {details['endpoint']}"
+    if details.get("advice"):
+        text += f"; {details['advice']}"
+    return text
 
 
 def provider(target: Target) -> Any:
@@ -193,10 +265,23 @@ CHECK_IDS: Final = (
     CheckId("E023", "a pool class that cannot re-AUTH"),
     CheckId("E024", "`MANAGED_IDENTITY` on django-redis without `CONNECTION_FACTORY` (ignored)"),
     CheckId("E025", "`EntraConnectionFactory` without django-redis installed"),
-    CheckId("E026", "the cluster switch (`OPTIONS['CLUSTER']`, `['cluster']`) is not True, False or 'auto'"),
+    CheckId(
+        "E026",
+        "the cluster switch (`OPTIONS['CLUSTER']`, `['cluster']`, Celery's `cluster` transport option) is "
+        "not True, False or 'auto'",
+    ),
+    CheckId(
+        "E027",
+        "a database other than 0 in a Redis URL of an Azure Managed Redis host (it has database 0 only)",
+    ),
     CheckId("W020", "`MANAGED_IDENTITY['USERNAME']` is not an object id (GUID)"),
     CheckId("W021", "an Azure Redis `LOCATION` without password that does not use our factory/backend"),
     CheckId("W022", "`MANAGED_IDENTITY['VERIFY_TLS'] = False`: the server is not verified"),
+    CheckId(
+        "W023",
+        "django-redis on an Azure Managed Redis host with a CLIENT_CLASS that is not "
+        "`django_azure_mi.cache.EntraClient` (MULTI across slots, no cluster client)",
+    ),
 )
 
 

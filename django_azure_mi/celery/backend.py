@@ -12,6 +12,10 @@ so no result is lost.
     CELERY_RESULT_BACKEND = "django_azure_mi.celery.backend:RedisBackend+rediss://<name>.redis.cache.windows.net:6380/1"
     CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"managed_identity": {"username": "<object id>"}}  # optional
 
+On Azure Managed Redis (``*.redis.azure.net``, or ``"cluster": "auto"``/``True`` in the transport options)
+the keys get the hash-tag prefix ``{celery}:`` unless ``global_keyprefix`` names another one with a hash tag,
+and the pool connects to the node serving its slot (:mod:`django_azure_mi.cache.slots`).
+
 Unlike stock Celery, ``rediss://`` needs no ``ssl_cert_reqs`` query parameter: the server's certificate is
 verified by default (Azure's verify against the default trust store).
 """
@@ -25,7 +29,8 @@ import redis
 from celery.backends import redis as celery_redis
 
 from ..cache.auth import check_location, check_transport, parse_options
-from ..cache.connection import EntraConnectionMixin, EntraConnectionPool
+from ..cache.connection import EntraConnectionMixin
+from ..cache.slots import pinned_slot, pool_for
 from ..diagnostics import SettingError
 from . import SPEC
 
@@ -83,6 +88,14 @@ class RedisBackend(celery_redis.RedisBackend):  # type: ignore[misc]
         self.connparams.pop("credential_provider", None)
         connection_class = self.connparams.get("connection_class", redis.Connection)
         check_transport(connection_class, self.connparams, self.entra_settings, "CELERY_RESULT_BACKEND")
+        # on a sharded Redis (Azure Managed Redis): every key under one hash tag (chords run transactions
+        # over several keys; results are read with MGET), the pool on the node serving its slot
+        prefix, self.entra_slot = pinned_slot(options, WHERE, self.url or "")
+        self.entra_prefix = options.get("global_keyprefix") or prefix or ""
+        if prefix is not None and not options.get("global_keyprefix"):  # Celery applied the user's own
+            tag: bytes = self.key_t(prefix)
+            for name in ("task_keyprefix", "group_keyprefix", "chord_keyprefix"):
+                setattr(self, name, tag + getattr(self, name))
 
     def _params_from_url(self, url: str, defaults: dict[str, Any]) -> dict[str, Any]:
         check_location(url, "CELERY_RESULT_BACKEND")
@@ -92,4 +105,4 @@ class RedisBackend(celery_redis.RedisBackend):  # type: ignore[misc]
         return params
 
     def _get_pool(self, **params: Any) -> Any:
-        return EntraConnectionPool(entra_settings=self.entra_settings, **params)
+        return pool_for(self.entra_slot, entra_settings=self.entra_settings, **params)

@@ -17,7 +17,38 @@ BACKEND: Final = "django_azure_mi.celery.backend:RedisBackend"
 
 
 def check(errors: list[Any]) -> None:
-    """Nothing static: the transport and the backend validate their options when Celery builds them."""
+    """The key prefix and cluster switch of our transport and backend (the rest of their options is
+    validated when Celery builds them)."""
+    from django.conf import settings
+
+    from ..checks import run_check
+
+    found = []
+    if getattr(settings, "CELERY_BROKER_TRANSPORT", None) == TRANSPORT:
+        url = getattr(settings, "CELERY_BROKER_URL", None) or ""
+        found.append(("CELERY_BROKER_URL", url, "CELERY_BROKER_TRANSPORT_OPTIONS"))
+    backend = getattr(settings, "CELERY_RESULT_BACKEND", None)
+    if isinstance(backend, str) and backend.startswith(f"{BACKEND}+"):
+        found.append(
+            ("CELERY_RESULT_BACKEND", backend.split("+", 1)[1], "CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS")
+        )
+    for url_setting, url, where in found:
+        if isinstance(url, str) and "://" in url:  # (not a URL: E051, when Celery builds the transport)
+            run_check(errors, url_setting, _url, url, url_setting)
+        run_check(errors, where, _one_slot, getattr(settings, where, None), where, url)
+
+
+def _url(url: str, where: str) -> None:
+    from ..cache.auth import check_location
+
+    check_location(url, where)
+
+
+def _one_slot(options: Any, where: str, url: str) -> None:
+    from ..cache.slots import pinned_slot
+
+    if isinstance(options, dict):
+        pinned_slot(options, where, url)
 
 
 def targets(selection: Selection) -> list[Target]:
@@ -47,16 +78,19 @@ def _app() -> Any:
 
 
 def probe_broker(result: Any, deep: bool) -> None:
+    import redis
+
     from ..cache import get_auth
     from ..cache.service import probe_client
 
     with _app().connection_for_write() as connection:
         connection.ensure_connection(max_retries=1)
         channel = connection.default_channel
-        settings = connection.transport.entra_settings
-        client = channel.Client(connection_pool=channel.pool)
+        transport = connection.transport
+        client = redis.Redis(connection_pool=channel.pool)  # kombu's Client prefixes SET but not GET
         result.details["url"] = connection.as_uri()
-        probe_client(result, get_auth(settings), client, deep, settings)
+        settings = transport.entra_settings
+        probe_client(result, get_auth(settings), client, deep, settings, key_prefix=transport.entra_prefix)
 
 
 def probe_results(result: Any, deep: bool) -> None:
@@ -65,7 +99,7 @@ def probe_results(result: Any, deep: bool) -> None:
 
     backend = _app().backend
     settings = backend.entra_settings
-    probe_client(result, get_auth(settings), backend.client, deep, settings)
+    probe_client(result, get_auth(settings), backend.client, deep, settings, key_prefix=backend.entra_prefix)
 
 
 CHECK_IDS: Final = (
@@ -75,6 +109,10 @@ CHECK_IDS: Final = (
         "broker or result backend",
     ),
     CheckId("E051", "`CELERY_BROKER_URL` is not a Redis URL"),
+    CheckId(
+        "E052",
+        "Celery's `global_keyprefix` has no hash tag while its Redis may be sharded (Azure Managed Redis)",
+    ),
 )
 
 

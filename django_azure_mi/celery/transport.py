@@ -16,6 +16,12 @@ expiry like the cache's:
     CELERY_BROKER_URL = "rediss://<name>.redis.cache.windows.net:6380/0"
     CELERY_BROKER_TRANSPORT = "django_azure_mi.celery.transport:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {"managed_identity": {"username": "<object id>"}}  # all keys optional
+
+On Azure Managed Redis (``*.redis.azure.net``, or ``"cluster": "auto"``/``True`` in the transport options)
+every key gets the hash-tag prefix ``{celery}:`` unless ``global_keyprefix`` names another one with a hash
+tag, so that kombu's multi-key commands (BRPOP over the priority queues, the QoS transactions) stay in one
+slot, and the pool connects to the node serving that slot (:mod:`django_azure_mi.cache.slots`): AMR's OSS
+policy needs no cluster client, and its Enterprise policy no cross-slot transaction.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ import redis
 from kombu.transport import redis as kombu_redis
 
 from ..cache.auth import EntraSettings, check_location, parse_options
-from ..cache.connection import EntraConnectionMixin, EntraConnectionPool
+from ..cache.connection import EntraConnectionMixin
+from ..cache.slots import pinned_slot, pool_for
 from ..diagnostics import SettingError
 from . import SPEC
 
@@ -109,7 +116,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         params = self._connparams(asynchronous=asynchronous)
         self.keyprefix_fanout: str = str(self.keyprefix_fanout).format(db=params["db"])
         settings = self.connection.entra_settings
-        return EntraConnectionPool(entra_settings=settings, **params)
+        return pool_for(self.connection.entra_slot, entra_settings=settings, **params)
 
 
 class Transport(kombu_redis.Transport):  # type: ignore[misc]
@@ -120,9 +127,14 @@ class Transport(kombu_redis.Transport):  # type: ignore[misc]
 
     def __init__(self, client: Any, **kwargs: Any) -> None:
         # how often the event loop looks for due connections (Channel.maybe_reauth): a few attribute reads
-        options = client.transport_options or {}
-        if "reauth_check_interval" not in options:
-            client.transport_options = {**options, "reauth_check_interval": REAUTH_CHECK_INTERVAL}
+        options = dict(client.transport_options or {})
+        options.setdefault("reauth_check_interval", REAUTH_CHECK_INTERVAL)
+        # on a sharded Redis (Azure Managed Redis) every key under one hash tag, the pool on its node
+        prefix, self.entra_slot = pinned_slot(options, WHERE, client.hostname or "")
+        if prefix is not None:
+            options["global_keyprefix"] = prefix
+        self.entra_prefix = options.get("global_keyprefix") or ""
+        client.transport_options = options
         super().__init__(client, **kwargs)
         self.entra_settings = broker_settings(client.transport_options)
 

@@ -9,6 +9,7 @@ milliseconds instead of waiting them out.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time as _time
 from typing import Final
@@ -16,7 +17,8 @@ from typing import Final
 
 class Clock:
     """The system's clock: ``time()`` (epoch seconds: token expiries), ``monotonic()`` (deadlines),
-    ``wait(cond, timeout)`` (a condition wait, ``cond`` held) and ``sleep()``."""
+    ``wait(cond, timeout)`` (a condition wait, ``cond`` held), ``wait_async(event, timeout)`` (the same on an
+    event loop) and ``sleep()``."""
 
     # the builtins themselves: TokenProvider.current() reads the clock on every call (no extra frame)
     time = staticmethod(_time.time)
@@ -27,6 +29,14 @@ class Clock:
 
     def sleep(self, seconds: float) -> None:
         _time.sleep(seconds)
+
+    async def wait_async(self, event: asyncio.Event, timeout: float) -> bool:
+        """Wait on the running loop until ``event`` is set or ``timeout`` seconds passed."""
+        try:
+            await asyncio.wait_for(event.wait(), max(timeout, 0.0))
+        except TimeoutError:
+            return False
+        return True
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}>"

@@ -116,7 +116,7 @@ class TokenProvider:
         return (self._claims_challenge(claims) if claims else self.current()).info
 
     async def get_token_async(self, *scopes: str, claims: str | None = None) -> AccessToken:
-        """Async: returns at once when cached, otherwise waits in a thread, not the loop."""
+        """Async: returns at once when cached, otherwise waits on the loop, not in it."""
         return await AsyncTokenProvider(self).get_token(*scopes, claims=claims)
 
     def current(self) -> Token:
@@ -134,6 +134,10 @@ class TokenProvider:
         except NotReady as exc:
             why = _WHY[exc.reason].format(retry_in=exc.retry_in, timeout=self._timeout)
             raise self._unavailable(why) from None
+
+    async def current_async(self) -> Token:
+        """:meth:`current` for a coroutine (:meth:`AsyncTokenProvider.current`)."""
+        return await AsyncTokenProvider(self).current()
 
     def as_async(self) -> AsyncTokenProvider:
         """This provider as an ``azure.core`` ``AsyncTokenCredential`` (for ``.aio`` SDK clients)."""
@@ -322,7 +326,8 @@ def _idleness(provider: TokenProvider, lifetimes: float) -> Idleness[Token] | No
 
 class AsyncTokenProvider:
     """A :class:`TokenProvider` seen as an ``azure.core`` ``AsyncTokenCredential``: returns at once when the
-    token is cached, otherwise waits in a thread, not the event loop."""
+    token is cached, otherwise waits on the event loop for the provider's single flight (a claims challenge
+    or another scope: in a thread, not the event loop)."""
 
     def __init__(self, provider: TokenProvider) -> None:
         self.provider = provider
@@ -338,6 +343,8 @@ class AsyncTokenProvider:
         token = self._cached(scopes) if not claims else None
         if token is not None:
             return token.access
+        if not claims and scopes == self.provider._scopes:
+            return (await self.provider.current_async()).access
         call = functools.partial(self.provider.get_token, *scopes, claims=claims)
         return await asyncio.get_running_loop().run_in_executor(None, call)
 
@@ -347,8 +354,29 @@ class AsyncTokenProvider:
         token = self._cached(scopes) if not options else None
         if token is not None:
             return token.info
+        if not options and scopes == self.provider._scopes:
+            return (await self.provider.current_async()).info
         call = functools.partial(self.provider.get_token_info, *scopes, options=options)
         return await asyncio.get_running_loop().run_in_executor(None, call)
+
+    async def current(self) -> Token:
+        """:meth:`TokenProvider.current` for a coroutine: the cached token without an await; otherwise the
+        caller waits on its event loop for the worker's single flight (no thread per caller). The cached
+        branch repeats :meth:`TokenProvider.current`'s, which is inlined there (the hot path)."""
+        provider = self.provider
+        refresher = provider._refresher
+        token = refresher.value
+        now = provider.clock.time()
+        if token is not None and now < token.usable_until:
+            provider._hits += 1
+            if now >= refresher.poke_after:
+                refresher.poke()
+            return token
+        try:
+            return await refresher.get_async(provider._timeout)
+        except NotReady as exc:
+            why = _WHY[exc.reason].format(retry_in=exc.retry_in, timeout=provider._timeout)
+            raise provider._unavailable(why) from None
 
     def _cached(self, scopes: tuple[str, ...]) -> Token | None:
         """The cached token if it can be had without taking a lock or waiting."""

@@ -28,6 +28,8 @@ Invariants
    ``after_fork()`` does it when the runtime's fork hook calls it; every slow path also compares the pid
    first, before taking a lock the parent may have held at fork time.
 6. ``last_exception`` carries neither traceback nor context: frames could hold secrets.
+8. Async callers (:meth:`Refresher.get_async`) wait on the event loop, not in a thread: every settled
+   attempt and ``close()`` call their watchers (under ``_cond``), which wake their loops thread-safely.
 7. Idle: when a scheduled renewal is due and ``activity()`` has not changed for ``idle_after(value)``
    seconds, the worker goes back to IDLE instead (its thread exits, ``poke_after`` = 0): the next reader
    pokes it awake, and renews then, in the background while the value is usable, else waiting for it.
@@ -35,6 +37,8 @@ Invariants
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -69,7 +73,93 @@ class NotReady(Exception):
         self.retry_in = retry_in
 
 
-class Refresher(Generic[T]):
+class _Waits(Generic[T]):
+    """:class:`Refresher`'s callers who wait for a value: threads (:meth:`get`) and coroutines
+    (:meth:`get_async`, invariant 8)."""
+
+    _cond: threading.Condition
+    _watchers: list[Callable[[], None]]
+    _usable_until: Callable[[T], float]
+    value: T | None
+    closed: bool
+    attempts: int
+    waits: int
+    clock: Clock
+    _in_flight: bool
+    _failures: int
+    _next_at: float
+    _wanted: bool
+
+    def _check_fork(self) -> None: ...
+    def _ensure_worker(self) -> None: ...
+
+    def get(self, timeout: float) -> T:
+        """A usable value, waiting at most ``timeout`` seconds for the worker. A caller who finds none asks
+        for an attempt now, unless the source is failing (then the backoff decides when)."""
+        self._check_fork()
+        deadline = self.clock.time() + timeout
+        with self._cond:
+            self._ensure_worker()
+            seen = self.attempts
+            while (value := self._ready(seen, deadline)) is None:
+                self.clock.wait(self._cond, deadline - self.clock.time())
+            return value
+
+    def _ready(self, seen: int, deadline: float) -> T | None:
+        """With ``_cond`` held: a usable value; None to wait (asking for an attempt if none is under way);
+        or :class:`NotReady`. ``seen``: the attempts finished when the caller came."""
+        value, now = self.value, self.clock.time()
+        if value is not None and now < self._usable_until(value):
+            self.waits += 1
+            return value
+        if self.closed:
+            raise NotReady("closed")
+        if self.attempts > seen:
+            raise NotReady("failed")
+        if not self._in_flight:
+            if self._failures and self._next_at > deadline:
+                raise NotReady("backoff", self._next_at - now)
+            if not self._failures:
+                self._wanted = True
+                self._cond.notify_all()
+        if deadline - now <= 0:
+            raise NotReady("timeout")
+        return None
+
+    async def get_async(self, timeout: float) -> T:
+        """:meth:`get` for a coroutine: the wait is on the event loop (woken by the worker), not a thread.
+        Takes ``_cond`` only for moments: it is never held across a fetch (invariant 1)."""
+        self._check_fork()
+        loop = asyncio.get_running_loop()
+        settled = asyncio.Event()
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(settled.set)
+
+        deadline = self.clock.time() + timeout
+        with self._cond:
+            self._ensure_worker()
+            seen = self.attempts
+            self._watchers = [*self._watchers, wake]
+        try:
+            while True:
+                with self._cond:
+                    settled.clear()  # a wake-up from now on is for what _ready sees next
+                    value = self._ready(seen, deadline)
+                if value is not None:
+                    return value
+                await self.clock.wait_async(settled, deadline - self.clock.time())
+        finally:
+            with self._cond:
+                self._watchers = [w for w in self._watchers if w is not wake]
+
+    def _wake_watchers(self) -> None:
+        for wake in self._watchers:
+            with contextlib.suppress(RuntimeError):  # its loop is closed: the waiter is gone
+                wake()
+
+
+class Refresher(_Waits[T]):
     """Keeps a value of type ``T`` fresh in one background thread (see the module docstring).
     ``fetch(previous)`` returns a new value, raises :class:`Defer`, or fails; ``schedule(value)`` says when
     to renew it (epoch seconds, jitter included); ``usable_until(value)`` until when it may be handed out;
@@ -100,6 +190,7 @@ class Refresher(Generic[T]):
         self.last_exception: BaseException | None = None
         self.closed, self._failures, self._next_at = False, 0, math.inf  # _failures: consecutive
         self._subscribers: list[Callable[[T], None]] = []
+        self._watchers: list[Callable[[], None]] = []  # async waiters' wake-ups (invariant 8)
         # finished attempts (value, Defer or failure), values installed, failed attempts, callers that waited
         self.attempts = self.acquired = self.failed = self.waits = 0
         self._reset_sync()
@@ -122,34 +213,6 @@ class Refresher(Generic[T]):
             self._ensure_worker()
             if self.clock.time() >= self._next_at:
                 self._cond.notify_all()
-
-    def get(self, timeout: float) -> T:
-        """A usable value, waiting at most ``timeout`` seconds for the worker. A caller who finds none asks
-        for an attempt now, unless the source is failing (then the backoff decides when)."""
-        self._check_fork()
-        deadline = self.clock.time() + timeout
-        with self._cond:
-            self._ensure_worker()
-            seen = self.attempts
-            while True:
-                value, now = self.value, self.clock.time()
-                if value is not None and now < self._usable_until(value):
-                    self.waits += 1
-                    return value
-                if self.closed:
-                    raise NotReady("closed")
-                if self.attempts > seen:
-                    raise NotReady("failed")
-                if not self._in_flight:
-                    if self._failures and self._next_at > deadline:
-                        raise NotReady("backoff", self._next_at - now)
-                    if not self._failures:
-                        self._wanted = True
-                        self._cond.notify_all()
-                remaining = deadline - now
-                if remaining <= 0:
-                    raise NotReady("timeout")
-                self.clock.wait(self._cond, remaining)
 
     def refresh(self, *, wait: bool = False, timeout: float = 15.0) -> bool:
         """Ask for an attempt now. With ``wait``, block until it finished and return whether a new value
@@ -190,6 +253,7 @@ class Refresher(Generic[T]):
         with self._cond:
             self.closed = True
             self._cond.notify_all()
+            self._wake_watchers()
             thread = self._thread
         if join and thread is not None and thread is not threading.current_thread():
             thread.join(join)
@@ -273,6 +337,7 @@ class Refresher(Generic[T]):
             if deferred is not None or failure is not None or logger.isEnabledFor(self._log_level):
                 _log(self, outcome, error, self._failures, valid_for, next_at - now)  # before waiters see it
             self._cond.notify_all()
+            self._wake_watchers()
         if failure is None and not isinstance(outcome, Exception):
             for callback in subscribers:
                 try:

@@ -8,7 +8,7 @@ import sys
 import threading
 from types import FrameType
 
-from .local import SERVICES, LocalAzure
+from .local import SERVICES, LocalAzure, add_redis_policy
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated, from {', '.join(SERVICES)} (default: all; the identity endpoint always runs)",
     )
     parser.add_argument("--env-file", help="also write the export lines to this file (for `set -a; . FILE`)")
+    add_redis_policy(parser)
     parser.add_argument("--ttl", type=float, default=3600, help="token lifetime in seconds (default 3600)")
     args = parser.parse_args(argv)
     services = tuple(s.strip() for s in args.services.split(",") if s.strip())
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    with LocalAzure(services, ttl=args.ttl) as local:
+    with LocalAzure(services, ttl=args.ttl, redis_policy=args.redis_policy) as local:
         exports = local.exports()
         if args.env_file:
             with open(args.env_file, "w") as fh:

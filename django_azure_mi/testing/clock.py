@@ -12,6 +12,7 @@ the fake time every few milliseconds and is woken at once by :meth:`FakeClock.ad
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
@@ -55,6 +56,13 @@ class FakeClock(Clock):
         with self._lock:
             self._waiting.add(cond)
         return cond.wait(self.POLL)  # the caller loops on the fake time
+
+    async def wait_async(self, event: asyncio.Event, timeout: float) -> bool:
+        try:  # the caller loops on the fake time
+            await asyncio.wait_for(event.wait(), self.POLL)
+        except TimeoutError:
+            return False
+        return True
 
     def __repr__(self) -> str:
         return f"<FakeClock t={self._now:.3f}>"

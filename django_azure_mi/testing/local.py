@@ -2,6 +2,7 @@
 settings.py at them.
 
     python -m django_azure_mi.testing [--services postgres,redis,storage,keyvault] [--env-file .env.azure]
+                                      [--redis-policy oss|enterprise|none|single]
 
 prints ``export NAME='value'`` lines (and writes them to ``--env-file``), then serves until SIGINT or
 SIGTERM, when every stand-in stops (Postgres, redis-server, Azurite, the in-process servers) and its
@@ -10,7 +11,9 @@ temporary directory goes. The variables:
 * the identity endpoint: ``AZURE_POD_IDENTITY_AUTHORITY_HOST`` (the real azure-identity's
   ``ManagedIdentityCredential`` asks the emulator), ``AZURE_CLIENT_ID`` unset (the system-assigned identity);
 * ``AZURE_POSTGRES_HOST``/``_PORT``/``_NAME``/``_USER``/``_SSLROOTCERT``;
-* ``AZURE_REDIS_URL``, ``AZURE_REDIS_CA_CERTS``, ``AZURE_REDIS_USERNAME`` (the identity's object id);
+* ``AZURE_REDIS_URL``, ``AZURE_REDIS_CA_CERTS``, ``AZURE_REDIS_USERNAME`` (the identity's object id),
+  ``AZURE_REDIS_POLICY``: Azure Managed Redis with the OSS clustering policy (``oss``, AMR's default),
+  ``enterprise`` or ``none`` (Non-clustered), or ``single`` (Azure Cache for Redis);
 * ``AZURE_STORAGE_ACCOUNT_URL``, ``AZURE_STORAGE_CONTAINER``, ``AZURE_STORAGE_CA_BUNDLE``;
 * ``AZURE_KEY_VAULT_URL`` (read by :func:`django_azure_mi.keyvault.secret`) with a ``django-secret-key``;
 * ``REQUESTS_CA_BUNDLE``: the stand-ins' CAs, for the SDKs.
@@ -27,19 +30,43 @@ import shlex
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 SERVICES = ("postgres", "redis", "storage", "keyvault")
+_REDIS_KINDS = {
+    "single": "Azure Cache for Redis",
+    "none": "Azure Managed Redis, Non-clustered policy",
+    "oss": "Azure Managed Redis, OSS clustering policy",
+    "enterprise": "Azure Managed Redis, Enterprise clustering policy",
+}
 ROLE = "app-system"  # the Postgres role of the emulator's system-assigned identity (its name)
+
+
+def add_redis_policy(parser: Any) -> None:
+    """The ``--redis-policy`` option of the stand-ins CLI and the demo."""
+    parser.add_argument(
+        "--redis-policy",
+        default="oss",
+        choices=("oss", "enterprise", "none", "single"),
+        help="the Redis: Azure Managed Redis with the OSS (default, as AMR's), Enterprise or Non-clustered "
+        "('none') clustering policy, or Azure Cache for Redis ('single')",
+    )
 
 
 class LocalAzure:
     """The chosen stand-ins, wired to one IMDS emulator. Context manager: ``env`` once entered."""
 
-    def __init__(self, services: tuple[str, ...] = SERVICES, *, ttl: float = 3600) -> None:
+    def __init__(
+        self, services: tuple[str, ...] = SERVICES, *, ttl: float = 3600, redis_policy: str = "oss"
+    ) -> None:
+        from .redis import POLICIES
+
         unknown = set(services) - set(SERVICES)
         if unknown:
             raise ValueError(f"unknown services {sorted(unknown)}; choose from {', '.join(SERVICES)}")
-        self.services, self.ttl = services, ttl
+        if redis_policy not in POLICIES:
+            raise ValueError(f"unknown Redis policy {redis_policy!r}; choose from {', '.join(POLICIES)}")
+        self.services, self.ttl, self.redis_policy = services, ttl, redis_policy
         self.env: dict[str, str] = {}
         self.unset: list[str] = []
         self.lines: list[str] = []  # what is running where, for people
@@ -84,17 +111,19 @@ class LocalAzure:
             )
             self.lines.append(f"PostgreSQL (TLS, tokens)  {pg.host}:{pg.port}/{pg.dbname}  role {ROLE!r}")
         if "redis" in self.services:
-            from .redis import RedisStandIn
+            from .redis import redis_stand_in
 
-            redis = stack.enter_context(RedisStandIn())
+            redis = stack.enter_context(redis_stand_in(self.redis_policy))
             redis.add_identity(imds.object_id())
             stack.callback(redis.attach(imds))
             self.env.update(
                 AZURE_REDIS_URL=redis.url,
                 AZURE_REDIS_CA_CERTS=redis.ca_file,
                 AZURE_REDIS_USERNAME=imds.object_id(),
+                AZURE_REDIS_POLICY=redis.policy,
             )
-            self.lines.append(f"Redis (TLS, ACL users)    {redis.url}")
+            kind = _REDIS_KINDS[redis.policy]
+            self.lines.append(f"Redis (TLS, ACL users)    {redis.url}   {kind}")
         if "storage" in self.services:
             from .azurite import AzuriteStandIn
 

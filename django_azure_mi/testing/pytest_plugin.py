@@ -38,6 +38,16 @@ if TYPE_CHECKING:
     from .redisenterprise import RedisEnterpriseStandIn
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.getgroup("django-azure-mi").addoption(
+        "--azure-redis-policy",
+        default="single",
+        choices=("single", "none", "oss", "enterprise"),
+        help="what the azure_redis fixture is: Azure Cache for Redis ('single', the default) or Azure "
+        "Managed Redis with the Non-clustered ('none'), OSS ('oss') or Enterprise ('enterprise') policy",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "azure_imds(**kwargs): options for the azure_imds fixture's IMDSEmulator (ttl, mode, ...)"
@@ -263,11 +273,12 @@ def _enforcing(server: R, imds: IMDSEmulator) -> Iterator[R]:
 
 
 @pytest.fixture(scope="session")
-def azure_redis_server() -> Iterator[RedisStandIn]:
-    """One token-checking Redis (with its enforcer) for the test session (see ``azure_redis``)."""
-    from .redis import RedisStandIn
+def azure_redis_server(request: pytest.FixtureRequest) -> Iterator[RedisStandIn]:
+    """One token-checking Redis (with its enforcer) for the test session (see ``azure_redis``): Azure Cache
+    for Redis, or the Azure Managed Redis policy that ``--azure-redis-policy`` names."""
+    from .redis import redis_stand_in
 
-    with RedisStandIn() as server:
+    with redis_stand_in(request.config.getoption("--azure-redis-policy", "single")) as server:
         yield server
 
 
@@ -278,6 +289,25 @@ def azure_redis(azure_redis_server: RedisStandIn, azure_imds: IMDSEmulator) -> I
     ``azure_redis.url`` (rediss://) and ``azure_redis.ca_file`` configure clients; ``closed_connections``
     counts the connections the enforcer closed because their token expired."""
     with _enforcing(azure_redis_server, azure_imds) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def azure_redis_nonclustered_server() -> Iterator[RedisStandIn]:
+    """One Azure Managed Redis with the Non-clustered policy for the test session (see
+    ``azure_redis_nonclustered``)."""
+    from .redis import redis_stand_in
+
+    with redis_stand_in("none") as server:
+        yield server
+
+
+@pytest.fixture
+def azure_redis_nonclustered(
+    azure_redis_nonclustered_server: RedisStandIn, azure_imds: IMDSEmulator
+) -> Iterator[RedisStandIn]:
+    """``azure_redis`` on Azure Managed Redis's Non-clustered policy: one endpoint, database 0 only."""
+    with _enforcing(azure_redis_nonclustered_server, azure_imds) as server:
         yield server
 
 

@@ -46,6 +46,7 @@ class RedisStandIn(Enforcer, StandIn):
 
     # "single": Azure Cache for Redis; "none", "oss", "enterprise": Azure Managed Redis's clustering policies
     policy = "single"
+    server_args: tuple[str, ...] = ()  # redis-server options of this policy
 
     def __init__(self, *, resource: str = REDIS_RESOURCE, tls: bool = True) -> None:
         self.resource = resource
@@ -106,14 +107,22 @@ class RedisStandIn(Enforcer, StandIn):
             "OPTIONS": {"MANAGED_IDENTITY": identity, **tls, **{k.lower(): v for k, v in auto.items()}},
         }
 
-    def celery_settings(self, broker_db: int = 0, result_db: int = 1, **identity: Any) -> dict[str, Any]:
+    def celery_settings(
+        self, broker_db: int = 0, result_db: int | None = None, **identity: Any
+    ) -> dict[str, Any]:
         """Celery settings (without the ``CELERY_`` prefix) for a broker and result backend on this
-        stand-in with our transport and backend; ``identity``: the ``managed_identity`` option."""
+        stand-in with our transport and backend; ``identity``: the ``managed_identity`` option. The
+        results go to database 1 on Azure Cache for Redis, to database 0 (the only one) on AMR, where the
+        options say ``cluster: "auto"`` as an AMR host name would."""
         from ..celery import TRANSPORT, result_backend
 
         tls = {"ssl_ca_certs": self.ca_file} if self.tls_enabled else {}
         base = self.url.rsplit("/", 1)[0]
-        options = {"managed_identity": identity} if identity else {}
+        if result_db is None:
+            result_db = 1 if self.policy == "single" else 0
+        options: dict[str, Any] = {"managed_identity": identity} if identity else {}
+        if self.policy != "single":
+            options["cluster"] = "auto"
         return {
             "broker_url": f"{base}/{broker_db}",
             "broker_transport": TRANSPORT,
@@ -136,7 +145,7 @@ class RedisStandIn(Enforcer, StandIn):
 
     def _start_server(self) -> None:
         assert self._tmp
-        self._server = launch_redis(self._tmp, self.redis_port)
+        self._server = launch_redis(self._tmp, self.redis_port, *self.server_args)
         bootstrap_acl(self.host, self.redis_port, self.admin_password)
 
     def _stop_server(self) -> None:
@@ -202,6 +211,35 @@ class RedisStandIn(Enforcer, StandIn):
         for conn in conns:
             _close(conn)
         self.reset_counters()
+
+
+class RedisNonClusteredStandIn(RedisStandIn):
+    """Azure Managed Redis with the **Non-clustered policy**: one endpoint, no slot rules, database 0 only
+    (``SELECT 1`` answers ``ERR DB index is out of range``, as AMR does)."""
+
+    policy = "none"
+    server_args = ("--databases", "1")
+
+
+POLICIES = ("single", "none", "oss", "enterprise")
+
+
+def redis_stand_in(policy: str = "single") -> RedisStandIn:
+    """A Redis stand-in (not started) for ``policy``: "single" (Azure Cache for Redis), or one of Azure
+    Managed Redis's clustering policies, "none" (Non-clustered), "oss" or "enterprise"."""
+    if policy == "single":
+        return RedisStandIn()
+    if policy == "none":
+        return RedisNonClusteredStandIn()
+    if policy == "oss":
+        from .rediscluster import RedisClusterStandIn
+
+        return RedisClusterStandIn()
+    if policy == "enterprise":
+        from .redisenterprise import RedisEnterpriseStandIn
+
+        return RedisEnterpriseStandIn()
+    raise ValueError(f"unknown Redis policy {policy!r}: choose from {', '.join(POLICIES)}")
 
 
 def launch_redis(directory: str, port: int, *args: str) -> subprocess.Popen[bytes]:

@@ -69,15 +69,20 @@ class RedisEnterpriseStandIn(RedisStandIn):
                 if not data:
                     break
                 parsed = commands.feed(data)
+                replies = []  # a pipeline's replies go back together, as they came
                 for index, command in enumerate(parsed):
                     self._observe(client, command)
-                    client.sendall(proxy.answer(command))
+                    replies.append(proxy.answer(command))
                     if proxy.streaming:  # what follows in this read goes on as a stream
+                        client.sendall(b"".join(replies))
+                        replies = []
                         later = parsed[index + 1 :]
                         for command in later:
                             self._observe(client, command)
                         upstream.sendall(b"".join(map(_encode, later)) + commands.take_pending())
                         break
+                if replies:
+                    client.sendall(b"".join(replies))
                 if commands.broken:
                     break
             if proxy.streaming:

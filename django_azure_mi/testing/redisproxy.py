@@ -113,8 +113,10 @@ class Enforcer:
 
     def _serve(self, raw_client: socket.socket, upstream_port: int) -> None:
         try:
+            raw_client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle delay per reply
             client = self._context.wrap_socket(raw_client, server_side=True) if self._context else raw_client
             upstream = socket.create_connection((self.host, upstream_port))
+            upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, ssl.SSLError):
             _close(raw_client)
             return

@@ -56,13 +56,17 @@ DATABASES = {
     }
 }
 
-# Azure Cache for Redis / Azure Managed Redis with Microsoft Entra authentication (django-redis).
+# Azure Managed Redis (or Azure Cache for Redis) with Microsoft Entra authentication (django-redis). Our
+# client class works on every AMR clustering policy; "auto" asks the endpoint once whether it is a cluster
+# (the default on *.redis.azure.net hosts; the local stand-ins run on localhost).
 CACHES = {
     "default": {
         "BACKEND": "django_redis.cache.RedisCache",
-        "LOCATION": env("AZURE_REDIS_URL", "rediss://localhost:6380/0"),
+        "LOCATION": env("AZURE_REDIS_URL", "rediss://localhost:10000/0"),
         "OPTIONS": {
             "CONNECTION_FACTORY": "django_azure_mi.cache.EntraConnectionFactory",
+            "CLIENT_CLASS": "django_azure_mi.cache.EntraClient",
+            "CLUSTER": "auto",
             "MANAGED_IDENTITY": {"USERNAME": env("AZURE_REDIS_USERNAME")},  # None: the token's object id
             **(
                 {"CONNECTION_POOL_KWARGS": {"ssl_ca_certs": env("AZURE_REDIS_CA_CERTS")}}

@@ -27,6 +27,7 @@ DESELECTED = [
 ]
 FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.M)
 COUNTS = re.compile(r"(\d+) (passed|failed|errors?|skipped|deselected)")
+SUMMARY = re.compile(r"\d+ (passed|failed|errors?)\b.* in [\d.]+s")
 
 
 def unpack(cache: Path, workdir: Path) -> Path:
@@ -46,57 +47,57 @@ def run(
 ) -> tuple[int, set[str], str]:
     """django-redis's suite (or ``only`` these test ids, one process) on ``target``: (tests run or -1, the
     failed test ids, the output)."""
-    env = {**os.environ, "DJANGO_REDIS_SUITE": json.dumps(target), "PYTHONPATH": str(HERE)}
+    env = {"DJANGO_REDIS_SUITE": json.dumps(target)}
+    args = [
+        "-n",
+        "0" if only or target.get("amr") else "2",  # AMR: one database, so one worker
+        "-o",
+        "pythonpath=tests",
+        "-p",
+        "no:django",
+        "--timeout=120",  # a test that hangs on a stand-in fails instead of holding the lane
+        "--tb=line",  # where most tests fail (stock on a cluster), full tracebacks took minutes
+        *(
+            only
+            or [
+                "-k",
+                " and ".join(f"not {s}" for s in SKIPPED_SETTINGS),
+                *[f"--deselect={d}" for d in DESELECTED],
+                "tests",
+            ]
+        ),
+    ]
+    return pytest_run(tests.parent, name, env, args, quiet=bool(only))
+
+
+def pytest_run(
+    cwd: Path, name: str, env: dict[str, str], args: list[str], quiet: bool = False
+) -> tuple[int, set[str], str]:
+    """pytest in a subprocess (in ``cwd``, ``env`` added, this directory on PYTHONPATH, none of the
+    package's or the project's plugins): (tests run or -1, the failed test ids, the output)."""
+    env = {**os.environ, **env, "PYTHONPATH": str(HERE)}
     env.pop("DJANGO_SETTINGS_MODULE", None)
     started = time.monotonic()
+    plugins = ["-p", "no:cacheprovider", "-p", "no:django_azure_mi", "-p", "no:randomly"]
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-rfE",
-            "-n",
-            "0" if only else "2",
-            "-o",
-            "addopts=",
-            "-o",
-            "pythonpath=tests",
-            "-p",
-            "no:cacheprovider",
-            "-p",
-            "no:django",
-            "-p",
-            "no:django_azure_mi",
-            "-p",
-            "no:randomly",
-            *(
-                only
-                or [
-                    "-k",
-                    " and ".join(f"not {s}" for s in SKIPPED_SETTINGS),
-                    *[f"--deselect={d}" for d in DESELECTED],
-                    "tests",
-                ]
-            ),
-        ],
-        cwd=tests.parent,
+        [sys.executable, "-m", "pytest", "-q", "-rfE", "-o", "addopts=", *plugins, *args],
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
         timeout=900,
     )
     output = done.stdout + done.stderr
-    counts = {kind: int(n) for n, kind in COUNTS.findall(output.splitlines()[-1] if output else "")}
+    summary = [line for line in done.stdout.splitlines() if SUMMARY.search(line)]  # pytest's last line
+    counts = {kind: int(n) for n, kind in COUNTS.findall(summary[-1] if summary else "")}
     failures = set(FAILED.findall(output))
     ran = counts.get("passed", 0) + counts.get("failed", 0) if counts else -1
-    if only:
-        return ran, failures, output
-    print(
-        f"{name:<17} ran {ran:>5} tests in {time.monotonic() - started:5.0f} s, "
-        f"{len(failures)} failures/errors",
-        flush=True,
-    )
+    if not quiet:
+        print(
+            f"{name:<17} ran {ran:>5} tests in {time.monotonic() - started:5.0f} s, "
+            f"{len(failures)} failures/errors",
+            flush=True,
+        )
     return ran, failures, output
 
 

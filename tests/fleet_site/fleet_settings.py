@@ -28,13 +28,18 @@ LOGGING = {
     "version": 1,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {
-        "django_azure_mi": {"handlers": ["console"], "level": "WARNING"},
+        "django_azure_mi": {"handlers": ["console"], "level": _config.get("log_level", "WARNING")},
         "django.request": {
             "handlers": ["console"],
             "level": "ERROR",
         },  # a 500's traceback, in the test output
     },
 }
+
+# django-rq (tests/test_rq.py): its queue on the cache's Redis, through django-redis and our factory
+if _config.get("rq"):
+    INSTALLED_APPS.append("django_rq")
+    RQ_QUEUES = {"default": {"USE_REDIS_CACHE": "default"}}
 
 # Celery (tests/fleet_site/fleet_celery.py), when the test gives its settings (RedisStandIn.celery_settings)
 for _name, _value in (_config.get("celery") or {}).items():

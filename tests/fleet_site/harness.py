@@ -54,14 +54,15 @@ def site_env(
 
 
 @contextlib.contextmanager
-def stand_ins(ttl: float) -> Iterator[tuple[Any, Any, Any]]:
+def stand_ins(ttl: float, redis_policy: str = "single") -> Iterator[tuple[Any, Any, Any]]:
     """(imds, pg, redis): the identity endpoint with the given token lifetime, and Postgres and Redis
-    stand-ins that accept its tokens for the site's identity ("app-identity" in Postgres)."""
+    (``redis_policy``: testing.redis.POLICIES) stand-ins that accept its tokens for the site's identity
+    ("app-identity" in Postgres)."""
     from django_azure_mi.testing.imds import IMDSEmulator
     from django_azure_mi.testing.postgres import PostgresStandIn
-    from django_azure_mi.testing.redis import RedisStandIn
+    from django_azure_mi.testing.redis import redis_stand_in
 
-    with IMDSEmulator(ttl=ttl) as imds, PostgresStandIn() as pg, RedisStandIn() as redis:
+    with IMDSEmulator(ttl=ttl) as imds, PostgresStandIn() as pg, redis_stand_in(redis_policy) as redis:
         pg.add_role("app-identity")
         pg.attach(imds)
         redis.add_identity(imds.object_id())

@@ -41,8 +41,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         selecting = [a for a in _arguments() if a.selects]
-        only = {a.name: options[a.name] for a in selecting if options[a.name]} or None
-        arguments = {a.name: options[a.name] for a in _arguments() if not a.selects}
+        only = {a.name: options[a.dest] for a in selecting if options[a.dest]} or None
+        arguments = {a.name: options[a.dest] for a in _arguments() if not a.selects}
         selected = probes.targets(only, arguments=arguments)
         self._check_selection(only or {}, selected)
         started = time.monotonic()

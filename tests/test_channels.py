@@ -1,0 +1,262 @@
+"""Django Channels' Redis layer on the managed identity (``django_azure_mi.channels``), against the enforcing
+Redis stand-in: messages to channels and groups across token rotations, nothing closed at expiry; the
+settings refused with the setting named; ``manage.py check`` and ``azure_check``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError, SystemCheckError
+from redis.crc import key_slot
+
+from django_azure_mi.channels.layers import RedisChannelLayer
+from django_azure_mi.diagnostics import SettingError
+
+BACKEND = "django_azure_mi.channels.RedisChannelLayer"
+PUBSUB = "django_azure_mi.channels.RedisPubSubChannelLayer"
+
+
+def layer_settings(server, backend=BACKEND, **config):
+    return {
+        "BACKEND": backend,
+        "CONFIG": {"hosts": [{"address": server.url, "ssl_ca_certs": server.ca_file}], **config},
+    }
+
+
+@pytest.fixture
+def use_layer(settings):
+    """``use_layer(entry)``: CHANNEL_LAYERS['default'] = entry, and the layer Channels builds from it."""
+    from channels.layers import channel_layers
+
+    def use(entry):
+        settings.CHANNEL_LAYERS = {"default": entry}
+        channel_layers.backends.clear()
+        return channel_layers["default"]
+
+    yield use
+    channel_layers.backends.clear()
+
+
+@pytest.mark.parametrize("backend", [BACKEND, PUBSUB])
+@pytest.mark.azure_imds(ttl=5)
+def test_messages_to_channels_and_groups_across_token_rotations(
+    use_layer, backend, azure_redis, azure_imds, caplog
+):
+    """Receivers (blocked in BZPOPMIN, or subscribed) and a sender, for two token lifetimes (5 s tokens):
+    every message arrives once and in order, on its channel and through a group; no connection closed at
+    expiry. The pub/sub layer's subscribed connection is replaced before expiry, make-before-break."""
+    caplog.set_level("INFO", logger="django_azure_mi")
+    config = {"capacity": 1000} if backend == BACKEND else {}
+    layer = use_layer(layer_settings(azure_redis, backend, **config))
+
+    async def main():
+        direct = await layer.new_channel()
+        member = await layer.new_channel()
+        await layer.group_add("room", member)
+        received = {"direct": [], "group": []}
+
+        async def receive(channel, into):
+            while True:
+                message = await layer.receive(channel)
+                if message["n"] < 0:
+                    return
+                into.append(message["n"])
+
+        receivers = [
+            asyncio.create_task(receive(direct, received["direct"])),
+            asyncio.create_task(receive(member, received["group"])),
+        ]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 12
+        n = 0
+        while loop.time() < deadline:
+            await layer.send(direct, {"type": "chat.message", "n": n})
+            await layer.group_send("room", {"type": "chat.message", "n": n})
+            n += 1
+            await asyncio.sleep(0.3)  # the receivers block in BZPOPMIN between messages
+        await layer.send(direct, {"type": "chat.message", "n": -1})
+        await layer.group_send("room", {"type": "chat.message", "n": -1})
+        await asyncio.wait_for(asyncio.gather(*receivers), 10)
+        await layer.group_discard("room", member)
+        await (layer.close_pools() if backend == BACKEND else layer.flush())
+        return n, received
+
+    sent, received = asyncio.run(main())
+    assert sent > 30
+    assert azure_redis.closed_connections == 0, azure_redis.closures
+    if backend == BACKEND:
+        assert received["direct"] == list(range(sent)) and received["group"] == list(range(sent))
+    else:  # replaced make-before-break (channels/pubsub.py), never reconnected
+        assert caplog.text.count("pub/sub connection replaced before its token expires") >= 2
+        assert "replacing a pub/sub connection" not in caplog.text
+        assert received["direct"] == list(range(sent)) and received["group"] == list(range(sent))
+
+
+def test_the_layers_settings_are_checked_and_named(use_layer, azure_redis, settings):
+    where = "CHANNEL_LAYERS['default']['CONFIG']"
+    cases = [
+        ({"hosts": ["rediss://cache.example.net:6380/0"], "MANAGED_IDENTITY": {"USERNAM": "x"}}, "USERNAME"),
+        ({"hosts": ["redis://cache.example.net:6379/0"]}, "clear text"),
+        ({"hosts": ["rediss://user:hunter2@cache.example.net:6380/0"]}, "credentials in the URL"),
+        ({"hosts": [{"address": "rediss://cache.example.net:6380/0", "password": "x"}]}, "'password'"),
+        ({"hosts": [{"master_name": "m", "sentinels": [("s", 26379)]}]}, "Sentinel"),
+        ({"hosts": ["rediss://app.westeurope.redis.azure.net:10000/2"]}, "database"),
+        ({"hosts": ["rediss://cache.example.net:6380/0?ssl_cert_reqs=none"]}, "would not verify"),
+    ]
+    for config, expected in cases:
+        entry = {"BACKEND": BACKEND, "CONFIG": config}
+        with pytest.raises(SettingError, match=expected) as info:
+            use_layer(entry)
+        assert where in str(info.value) or "CHANNEL_LAYERS['default']" in str(info.value)
+        with pytest.raises(SystemCheckError, match=r"CHANNEL_LAYERS\['default'\]"):  # check says the same
+            call_command("check")
+    with pytest.raises(SettingError, match="'password'"):
+        RedisChannelLayer(hosts=[{"address": azure_redis.url, "password": "x"}])
+
+
+def test_check_and_azure_check_on_a_working_layer(use_layer, azure_redis, azure_imds, capsys):
+    use_layer(layer_settings(azure_redis))
+    call_command("check")
+    capsys.readouterr()  # check's own line (Django 6.1 prints it to stdout)
+    call_command("azure_check", "--json", "--channel-layer", "default")
+    (result,) = json.loads(capsys.readouterr().out)["results"]
+    assert result["ok"] and result["service"] == "channels", result
+    assert result["details"]["ping"] and result["details"]["send_receive"]
+    assert result["identity"]["oid"] == azure_imds.object_id()
+    with pytest.raises(CommandError, match="no CHANNEL_LAYERS"):
+        call_command("azure_check", "--channel-layer", "nope")
+
+
+@pytest.mark.parametrize("backend", [BACKEND, PUBSUB])
+def test_a_refused_layer_call_carries_no_token(use_layer, backend, azure_redis, azure_imds, caplog):
+    """A layer whose identity Redis refuses: the error names the fix; no token in its message, its chain,
+    the frames of its traceback (coroutines included), the logs or the event a real sentry-sdk (with local
+    variables) sends."""
+    import traceback
+
+    from redis.exceptions import AuthenticationError
+
+    from .test_secrets import JWT, Reporter
+
+    wrong = {"USERNAME": "00000000-0000-0000-0000-000000000000"}
+    layer = use_layer(layer_settings(azure_redis, backend, MANAGED_IDENTITY=wrong))
+
+    async def main():
+        try:
+            await layer.send("some.channel", {"type": "x"})
+        finally:
+            await (layer.close_pools() if backend == BACKEND else layer.flush())
+
+    with pytest.raises(AuthenticationError) as info:
+        asyncio.run(main())
+    token = azure_imds.last_token("https://redis.azure.com").token
+    assert "USERNAME" in str(info.value)
+    assert token not in "".join(traceback.format_exception(info.value)) and token not in caplog.text
+    frames = [f for f, _ in traceback.walk_tb(info.value.__traceback__) if f.f_code.co_filename != __file__]
+    assert frames and all(token not in repr(frame.f_locals) for frame in frames)
+    reporter = Reporter()
+    try:
+        sent = reporter.capture(info.value)
+    finally:
+        reporter.close()
+    assert b"AuthenticationError" in sent and b'"vars"' in sent and not JWT.search(sent)
+
+
+@pytest.mark.parametrize("backend", [BACKEND, PUBSUB])
+@pytest.mark.parametrize("policy", ["cluster", "enterprise", "nonclustered"])
+def test_two_processes_on_each_amr_policy(backend, policy, request, azure_imds):
+    """Two layers (two processes' worth: each its own channel prefix, so its own keys) on each AMR policy's
+    stand-in: OSS (``cluster``), the Enterprise proxy and the Non-clustered endpoint; sends and group sends
+    between them. The core layer (``cluster`` True, what an AMR host gets by default) keeps its keys under
+    the hash tag {asgi} on the node serving that slot (the OSS endpoint serves none: MOVED); without a hash
+    tag its group_send script spans slots and the Enterprise proxy refuses it (CROSSSLOT). The pub/sub
+    layer needs no slot: a cluster delivers a message published on any node to subscribers on every node;
+    on OSS a slot move while they talk is followed."""
+    from django.utils.module_loading import import_string
+
+    server = request.getfixturevalue(f"azure_redis_{policy}")
+    entry = layer_settings(server, backend, **({"cluster": True} if backend == BACKEND else {}))
+    first, second = (import_string(backend)(**entry["CONFIG"]) for _ in range(2))
+    if backend == BACKEND:
+        assert first.prefix == "{asgi}"
+
+    async def main():
+        a, b = await first.new_channel(), await second.new_channel()
+        await first.group_add("room", a)
+        await second.group_add("room", b)
+        await second.send(a, {"type": "x", "n": 1})
+        if policy == "cluster" and backend == BACKEND:  # the slot moves: both pools follow
+            slot = key_slot(b"{asgi}")
+            owner = server.shard_nodes.index(server.owner(slot))
+            await asyncio.to_thread(server.move_slot, slot, (owner + 1) % len(server.shard_nodes))
+        await first.group_send("room", {"type": "x", "n": 2})
+        got = [
+            await asyncio.wait_for(layer.receive(c), 5) for layer, c in ((first, a), (first, a), (second, b))
+        ]
+        for layer in (first, second):
+            await (layer.close_pools() if backend == BACKEND else layer.flush())
+        return [m["n"] for m in got]
+
+    assert asyncio.run(main()) == [1, 2, 2]
+    assert server.closed_connections == 0
+
+
+def test_the_core_layer_keeps_its_keys_in_one_slot_on_amr_hosts():
+    amr = "rediss://app.westeurope.redis.azure.net:10000/0"
+    assert RedisChannelLayer(hosts=[amr]).prefix == "{asgi}"
+    assert RedisChannelLayer(hosts=[amr], prefix="{chat}").prefix == "{chat}"
+    assert RedisChannelLayer(hosts=["rediss://cache.redis.cache.windows.net:6380/0"]).prefix == "asgi"
+    assert RedisChannelLayer(hosts=[amr], cluster=False).prefix == "asgi"  # one server, the user says
+    assert RedisChannelLayer(hosts=["rediss://localhost:7000/0"], cluster=True).prefix == "{asgi}"
+    with pytest.raises(SettingError, match="'cluster'") as info:
+        RedisChannelLayer(hosts=[amr], cluster="yes")
+    assert info.value.check_id == "E026"
+    with pytest.raises(SettingError, match="hash tag") as info:
+        RedisChannelLayer(hosts=[amr], prefix="chat")
+    assert info.value.check_id == "E061"
+
+
+@pytest.mark.azure_imds(ttl=5)
+def test_a_failed_make_before_break_falls_back_to_the_connections_own_replacement(
+    use_layer, azure_redis, azure_imds, caplog, monkeypatch
+):
+    """A shard's replacement that can't finish in time (here: no time at all) keeps the old PubSub, whose
+    connection then replaces itself before expiry (reconnect and resubscribe, missing what is published
+    in between). Nothing is closed at expiry; messages keep arriving in order."""
+    from django_azure_mi.channels import pubsub
+
+    monkeypatch.setattr(pubsub, "STEP_TIMEOUT", 0.0)
+    caplog.set_level("INFO", logger="django_azure_mi")
+    layer = use_layer(layer_settings(azure_redis, PUBSUB))
+
+    async def main():
+        channel = await layer.new_channel()
+        received = []
+
+        async def receive():
+            while True:
+                received.append((await layer.receive(channel))["n"])
+
+        receiver = asyncio.create_task(receive())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 11  # two token lifetimes
+        n = 0
+        while loop.time() < deadline:
+            await layer.send(channel, {"type": "x", "n": n})
+            n += 1
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+        receiver.cancel()
+        await layer.flush()
+        return received, n
+
+    received, sent = asyncio.run(main())
+    assert "replacing a pub/sub connection failed" in caplog.text
+    # (a step that needs no wait can still finish in no time: some replacements succeed)
+    replaced = caplog.text.count("Redis: replacing a pub/sub connection before its token expires")
+    assert replaced >= 1
+    assert azure_redis.closed_connections == 0, azure_redis.closures
+    assert received == sorted(set(received)) and sent - len(received) <= 3 * replaced
