@@ -105,6 +105,8 @@ def test_the_layers_settings_are_checked_and_named(use_layer, azure_redis, setti
         ({"hosts": [{"master_name": "m", "sentinels": [("s", 26379)]}]}, "Sentinel"),
         ({"hosts": ["rediss://app.westeurope.redis.azure.net:10000/2"]}, "database"),
         ({"hosts": ["rediss://cache.example.net:6380/0?ssl_cert_reqs=none"]}, "would not verify"),
+        ({"hosts": [{"address": "rediss://cache.example.net:6380/0", "socket_timeout": 5}]}, "1011"),
+        ({"hosts": ["rediss://cache.example.net:6380/0?socket_timeout=3"]}, "socket_timeout"),
     ]
     for config, expected in cases:
         entry = {"BACKEND": BACKEND, "CONFIG": config}
@@ -115,6 +117,52 @@ def test_the_layers_settings_are_checked_and_named(use_layer, azure_redis, setti
             call_command("check")
     with pytest.raises(SettingError, match="'password'"):
         RedisChannelLayer(hosts=[{"address": azure_redis.url, "password": "x"}])
+
+
+def test_the_core_layer_reads_longer_than_its_receive_blocks():
+    """redis-py 8's default read timeout (5 s) is the receive's blocking time (channels_redis#422): ours
+    reads for 10 s unless given, and a given one must be longer (E062). The settings' dicts are left as
+    they were."""
+    host = {"address": "rediss://cache.redis.cache.windows.net:6380/0"}
+    layer = RedisChannelLayer(hosts=[host])
+    assert layer.hosts[0]["socket_timeout"] == 10.0 and "socket_timeout" not in host
+    assert RedisChannelLayer(hosts=[{**host, "socket_timeout": None}]).hosts[0]["socket_timeout"] == 10.0
+    assert RedisChannelLayer(hosts=[{**host, "socket_timeout": 30}]).hosts[0]["socket_timeout"] == 30
+    with pytest.raises(SettingError, match="longer than 5 s") as info:
+        RedisChannelLayer(hosts=[{**host, "socket_timeout": 5}])
+    assert info.value.check_id == "E062"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ttl", [60, 6])
+def test_an_idle_receiver_keeps_its_connection(ttl, use_layer, azure_redis, request):
+    """A receive with nothing to receive for 22 s. 60 s tokens: each BZPOPMIN blocks its full 5 s and ends
+    with Redis's empty answer, not with a read timeout (redis-py 8's 5 s default made that a TimeoutError,
+    retried three times then raised: the consumer died, its websocket closed with 1011): the receive gets
+    the message sent at the end, on the connections it had. 6 s tokens: a BZPOPMIN never blocks past its
+    connection's re-AUTH due time (cache/connection.py, _entra_bounded), so nothing is closed at expiry."""
+    request.getfixturevalue("azure_imds").ttl = ttl
+    layer = use_layer(layer_settings(azure_redis))
+    admin = azure_redis.admin()
+
+    async def main():
+        channel = await layer.new_channel()
+        receiving = asyncio.create_task(layer.receive(channel))
+        await asyncio.sleep(1)
+        before = admin.info("stats")["total_connections_received"]
+        await asyncio.sleep(21)
+        after = admin.info("stats")["total_connections_received"]
+        await layer.send(channel, {"type": "x", "n": 1})
+        try:
+            return await asyncio.wait_for(receiving, 10), after - before
+        finally:
+            await layer.close_pools()
+
+    message, connections = asyncio.run(main())
+    assert message == {"type": "x", "n": 1}
+    assert azure_redis.closed_connections == 0, azure_redis.closures
+    if ttl == 60:
+        assert connections <= 1, connections  # a receive cleaner's, at most; no reconnect
 
 
 def test_check_and_azure_check_on_a_working_layer(use_layer, azure_redis, azure_imds, capsys):

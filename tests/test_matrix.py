@@ -247,6 +247,11 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("layer option misspelt", layer(MANAGED_IDENTITY={"USER": OID}), "E020"),
     ("layer database on AMR", layer(hosts=[f"{AMR}/3"]), "E027"),
     ("layer prefix without a hash tag on AMR", layer(hosts=[f"{AMR}/0"], prefix="asgi"), "E061"),
+    (
+        "layer read timeout within its receive's block",
+        layer(hosts=[{"address": AZURE_REDIS, "socket_timeout": 5}]),
+        "E062",
+    ),
     # STORAGES
     ("account_key", storage(account_key="a2V5"), "E030"),
     ("sas_token", storage(sas_token="sv=2024&sig=x"), "E030"),

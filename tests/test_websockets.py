@@ -89,6 +89,13 @@ async def chat(urls, seconds=SECONDS, fault=None):
     everyone_in, all_sent = asyncio.Event(), asyncio.Event()
     joined = 0
     faults: list[asyncio.Task] = []
+    done_sending: set[str] = set()
+    started = time.monotonic()
+
+    def finished_sending(name: str) -> None:  # also after an error: the others don't wait for it
+        done_sending.add(name)
+        if len(done_sending) == ROOMS * PER_ROOM:
+            all_sent.set()
 
     async def client(i: int) -> None:
         nonlocal joined
@@ -118,11 +125,10 @@ async def chat(urls, seconds=SECONDS, fault=None):
                     n += 1
                     await asyncio.sleep(INTERVAL)
                 sent[name] = n
-                if len(sent) == ROOMS * PER_ROOM:
-                    all_sent.set()
+                finished_sending(name)
                 await all_sent.wait()
                 room = range(i % ROOMS, ROOMS * PER_ROOM, ROOMS)
-                expected = sum(sent[f"c{j}"] for j in room)
+                expected = sum(sent.get(f"c{j}", 0) for j in room)
                 deadline = time.monotonic() + 60  # the last messages arrive (behind, on a loaded machine)
                 while sum(map(len, received[name].values())) < expected and time.monotonic() < deadline:
                     await asyncio.sleep(0.2)
@@ -130,7 +136,9 @@ async def chat(urls, seconds=SECONDS, fault=None):
                 with contextlib.suppress(asyncio.CancelledError):
                     await reader
         except Exception as exc:  # a closed websocket, a refused connection
-            errors.append(f"{name}: {type(exc).__name__}: {exc}")
+            errors.append(f"{name} at {time.monotonic() - started:.1f} s: {type(exc).__name__}: {exc}")
+            finished_sending(name)
+            everyone_in.set()  # nobody waits for a client that won't join
 
     await asyncio.gather(*(client(i) for i in range(ROOMS * PER_ROOM)))
     await asyncio.gather(*faults)

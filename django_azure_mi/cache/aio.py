@@ -65,14 +65,26 @@ class AsyncEntraConnectionMixin(EntraConnectionState):
         self._entra_due = self._entra_health_by = float("inf")
         await super().disconnect(*args, **kwargs)  # type: ignore[misc]
 
+    async def send_command(self, *args: Any, **kwargs: Any) -> None:
+        if self._entra_blocks(args):  # see EntraConnectionState._entra_bounded
+            await self._entra_if_due()
+            args = self._entra_bounded(args)
+        await super().send_command(*args, **kwargs)  # type: ignore[misc]
+
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if self._entra_clock.time() >= self._entra_due and not self._entra_busy:  # the hot path: inline
+            await self._entra_if_due()
+        await super().send_packed_command(command, check_health)  # type: ignore[misc]
+
+    async def _entra_if_due(self) -> None:
         if self._entra_clock.time() >= self._entra_due and not self._entra_busy:
             if self._entra_subscribed():
+                if not self._entra_replace_now():
+                    return
                 logger.info("Redis: replacing a pub/sub connection before its token expires")
-                await self.disconnect()  # reconnected below; its PubSub subscribes again
+                await self.disconnect()  # reconnected by redis-py; its PubSub subscribes again
             else:
                 await self.entra_reauth()
-        await super().send_packed_command(command, check_health)  # type: ignore[misc]
 
     async def entra_reauth(self) -> None:
         """AUTH again with the current token if it is newer than the one this connection used."""

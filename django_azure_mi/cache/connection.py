@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Final
 
 import redis
 import redis.asyncio
@@ -37,6 +37,12 @@ from .auth import SSL_CLASSES, TLS_DEFAULTS, EntraAuth, EntraSettings, UsesEntra
 logger = logging.getLogger("django_azure_mi.cache")
 
 SOCKET_TIMEOUT = 5.0  # connect and read timeout of our Redis connections where the settings give none
+# Blocking commands whose last argument is their timeout (seconds; 0 blocks until data comes), as
+# redis-py and kombu spell them (a set lookup per command: the hot path)
+_BLOCKING_NAMES = ("BLPOP", "BRPOP", "BZPOPMIN", "BZPOPMAX", "BRPOPLPUSH", "BLMOVE")
+BLOCKING: Final = frozenset(
+    [n for name in _BLOCKING_NAMES for n in (name, name.lower(), name.encode(), name.lower().encode())]
+)
 
 
 class _Credentials(redis.CredentialProvider):
@@ -116,7 +122,7 @@ class EntraConnectionState(UsesEntra):
         """Signed in (or re-AUTHed) with ``token``: when to re-AUTH; when a PubSub checks at the latest."""
         self._entra_exp = token.expires_on
         self._entra_due = entra.due(token)
-        self._entra_health_by = time.monotonic() + (self._entra_due - entra.clock.time())
+        self._entra_health_deadline(entra.clock.time())
 
     # A pub/sub connection sends nothing while it listens, so it would never reach the replacement in
     # send_packed_command: redis-py's PubSub pings it (the health check, before each read) once its
@@ -165,9 +171,45 @@ class EntraConnectionState(UsesEntra):
                 return True
         return False
 
+    def _entra_blocks(self, args: tuple[Any, ...]) -> bool:
+        """``args`` is a blocking command (:data:`BLOCKING`) on a signed-in connection."""
+        return len(args) > 2 and args[0] in BLOCKING and self._entra_due != float("inf")
+
+    def _entra_bounded(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        """A blocking command (after the due check) that blocks no longer than until this connection is
+        due to re-AUTH: a receiver idle in BZPOPMIN or BRPOP then re-AUTHs before its next call instead of
+        being closed at its token's expiry while it waits (its caller gets the empty answer of a timeout and
+        blocks again). A timeout of 0 (until data comes) is left alone: its caller expects no empty answer."""
+        try:
+            timeout = float(args[-1])
+        except (TypeError, ValueError):
+            return args
+        left = self._entra_due - self._entra_clock.time()
+        if timeout <= 0 or timeout <= left:
+            return args
+        return (*args[:-1], round(max(0.05, left), 3))
+
     def entra_due(self, now: float | None = None) -> bool:
         """Due to re-AUTH at ``now`` (default: now on the runtime's clock)."""
         return (self._entra_clock.time() if now is None else now) >= self._entra_due
+
+    def _entra_replace_now(self) -> bool:
+        """Whether a subscribed connection that is due is replaced now: once the identity holds a newer
+        token (a replacement signed in with this one would be due at once, and a replacement misses what is
+        published meanwhile); until then (a refresh pending, an identity outage) it looks again soon, up to
+        its token's expiry."""
+        newest = self.entra.provider.expires_on
+        if newest is not None and newest > self._entra_exp:
+            return True
+        now = self._entra_clock.time()
+        self._entra_due = min(now + self.entra.interval, self._entra_exp)
+        self._entra_health_deadline(now)
+        return False
+
+    def _entra_health_deadline(self, now: float) -> None:
+        """A PubSub's next health check by the re-AUTH due time (``now``: the runtime's clock), on the real
+        monotonic clock redis-py compares it with."""
+        self._entra_health_by = time.monotonic() + (self._entra_due - now)
 
     def entra_owner_due(self) -> bool:
         """For an owner that replaces a subscribed connection itself (make-before-break): due half the
@@ -211,9 +253,22 @@ class EntraConnectionMixin(EntraConnectionState):
         self._entra_due = self._entra_health_by = float("inf")
         super().disconnect(*args, **kwargs)  # type: ignore[misc]
 
+    def send_command(self, *args: Any, **kwargs: Any) -> None:
+        if self._entra_blocks(args):
+            self._entra_if_due()
+            args = self._entra_bounded(args)
+        super().send_command(*args, **kwargs)  # type: ignore[misc]
+
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if self._entra_clock.time() >= self._entra_due and not self._entra_busy:  # the hot path: inline
+            self._entra_if_due()
+        super().send_packed_command(command, check_health)  # type: ignore[misc]
+
+    def _entra_if_due(self) -> None:
         if self._entra_clock.time() >= self._entra_due and not self._entra_busy:
             if self._entra_subscribed():
+                if not self._entra_replace_now():
+                    return
                 # Replace it in its owner's thread (see _entra_subscribed): redis-py reconnects it below,
                 # signing in with the current token, and its PubSub subscribes again (its connect
                 # callback), as after any reconnect.
@@ -221,7 +276,6 @@ class EntraConnectionMixin(EntraConnectionState):
                 self.disconnect()
             else:
                 self.entra_reauth()
-        super().send_packed_command(command, check_health)  # type: ignore[misc]
 
     def entra_reauth(self) -> None:
         """AUTH again with the current token if it is newer than the one this connection used."""

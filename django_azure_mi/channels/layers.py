@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any, Final
+from urllib.parse import parse_qs, urlsplit
 
 from channels_redis import pubsub as _pubsub
 from channels_redis.core import RedisChannelLayer as _CoreLayer
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..cache.aio import AsyncEntraConnectionPool
 from ..cache.aio_slots import AsyncSlotPinnedPool
@@ -24,6 +29,12 @@ from .pubsub import PubSubLoopLayer
 
 OPTION: Final = "MANAGED_IDENTITY"
 AMR_PREFIX: Final = "{asgi}"  # the core layer's default key prefix on Azure Managed Redis: one hash slot
+READ_SLACK: Final = 5.0  # the core layer's read timeout: its receive's blocking time plus this
+# A Redis blip (a failover, patching, a restart: Azure's take seconds) must not close every websocket whose
+# consumer sends meanwhile: the layers' connections retry a lost or refused connection 9 times over about
+# 8 s (redis-py's full-jitter backoff from 0.1 s, doubling, capped at 2 s), where the cache's and Celery's
+# give up after about 1 s.
+RETRIES: Final = 9
 
 
 def config_where(config: dict[str, Any]) -> str:
@@ -92,6 +103,38 @@ def core_prefix(config: dict[str, Any], where: str) -> None:
         )
 
 
+def receive_read_timeouts(hosts: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
+    """The core layer's decoded ``hosts`` (copies) with its read timeout: its receive blocks in
+    ``BZPOPMIN`` for ``brpop_timeout`` (5 s) and redis-py 8's default read timeout is also 5 s, so an idle
+    receive often ended in a TimeoutError, which closes the websocket with 1011 (django/channels_redis#422,
+    redis/redis-py#4091). Unset (or None): ``brpop_timeout`` + 5 s, which still ends a wait on a dead
+    connection; a given one must be longer than ``brpop_timeout``."""
+    block = float(_CoreLayer.brpop_timeout)
+    hosts = [dict(host) for host in hosts]  # channels_redis's decoded hosts are the settings' own dicts
+    for n, host in enumerate(hosts):
+        given = host.get("socket_timeout")
+        query = parse_qs(urlsplit(str(host.get("address") or "")).query).get("socket_timeout")
+        if query:  # redis-py's from_url lets the URL's options win
+            given = query[-1]
+        if given is None:
+            host["socket_timeout"] = block + READ_SLACK
+            continue
+        try:
+            seconds = float(given)
+        except (TypeError, ValueError):
+            seconds = 0.0
+        if seconds <= block:
+            raise SettingError(
+                "E062",
+                f"{where}['hosts'][{n}] has socket_timeout {given!r}: the layer's receive blocks in BZPOPMIN "
+                f"for up to {block:g} s, so an idle receive would end in a TimeoutError, which closes the "
+                "websocket (code 1011).",
+                f"Leave socket_timeout out (the layer's is {block + READ_SLACK:g} s) or make it longer "
+                f"than {block:g} s.",
+            )
+    return hosts
+
+
 class _Identity:
     """The ``MANAGED_IDENTITY`` option of both layers, validated with their ``hosts``."""
 
@@ -113,6 +156,9 @@ class _Identity:
         host = dict(host)
         address = host.pop("address", None)
         kwargs: dict[str, Any] = {"entra_settings": self.entra_settings, **host}
+        if "retry" not in kwargs and "retry_on_error" not in kwargs:
+            kwargs["retry"] = Retry(ExponentialWithJitterBackoff(base=0.1, cap=2.0), RETRIES)
+            kwargs["retry_on_error"] = [RedisConnectionError, RedisTimeoutError]
         if slot is not None:
             kwargs["slot"] = slot
         pool_class = AsyncEntraConnectionPool if slot is None else AsyncSlotPinnedPool
@@ -137,7 +183,9 @@ class RedisChannelLayer(_Identity, _CoreLayer):  # type: ignore[misc]
         if self.sharded:
             core_prefix(kwargs, where)
         super().__init__(hosts=hosts, **kwargs)
-        validate_hosts(self.hosts, self.entra_settings, where)
+        decoded: list[dict[str, Any]] = self.hosts  # type: ignore[has-type]
+        validate_hosts(decoded, self.entra_settings, where)
+        self.hosts = receive_read_timeouts(decoded, where)
 
     def create_pool(self, index: int) -> AsyncEntraConnectionPool:
         """Sharded (Azure Managed Redis), pinned to the node serving the prefix's hash slot: the OSS

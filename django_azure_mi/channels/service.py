@@ -41,7 +41,7 @@ def validate_config(config: Any, where: str, backend: str = BACKENDS[0]) -> None
 
     from ..cache.auth import parse_options
     from ..diagnostics import SettingError
-    from .layers import core_prefix, sharded, validate_hosts
+    from .layers import core_prefix, receive_read_timeouts, sharded, validate_hosts
 
     if not isinstance(config, dict):
         raise SettingError(
@@ -53,9 +53,10 @@ def validate_config(config: Any, where: str, backend: str = BACKENDS[0]) -> None
     except ValueError as exc:
         raise SettingError("E060", f"{where}['hosts']: {exc}", "Give a list of Redis URLs.") from None
     validate_hosts(hosts, settings, where)
-    is_core = backend == "django_azure_mi.channels.RedisChannelLayer"
-    if is_core and sharded(config.get("cluster"), hosts, where):
-        core_prefix(dict(config), where)
+    if backend == "django_azure_mi.channels.RedisChannelLayer":
+        if sharded(config.get("cluster"), hosts, where):
+            core_prefix(dict(config), where)
+        receive_read_timeouts(hosts, where)
 
 
 def targets(selection: Selection) -> list[Target]:
@@ -119,6 +120,11 @@ CHECK_IDS: Final = (
         "E061",
         "the core channel layer's `prefix` has no hash tag while its Redis is Azure Managed Redis "
         "(its scripts would span hash slots)",
+    ),
+    CheckId(
+        "E062",
+        "the core channel layer's `socket_timeout` is not longer than its receive's blocking time (5 s): "
+        "idle websockets would be closed",
     ),
 )
 

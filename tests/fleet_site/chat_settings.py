@@ -17,6 +17,7 @@ CHANNEL_LAYERS = {"default": _config["layer"]}
 AZURE_MANAGED_IDENTITY = _config.get("identity", {})
 LOGGING = {
     "version": 1,
+    "disable_existing_loggers": False,  # the servers' own (uvicorn.error: exceptions in the application)
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {"django_azure_mi": {"handlers": ["console"], "level": _config.get("log_level", "INFO")}},
 }
