@@ -198,8 +198,7 @@ class EntraConnectionState(UsesEntra):
         token (a replacement signed in with this one would be due at once, and a replacement misses what is
         published meanwhile); until then (a refresh pending, an identity outage) it looks again soon, up to
         its token's expiry."""
-        newest = self.entra.provider.expires_on
-        if newest is not None and newest > self._entra_exp:
+        if self._entra_token_renewed():
             return True
         now = self._entra_clock.time()
         self._entra_due = min(now + self.entra.interval, self._entra_exp)
@@ -218,6 +217,10 @@ class EntraConnectionState(UsesEntra):
         token would be due at once; the token is renewed before the connection's own due time)."""
         if self._entra_clock.time() < self._entra_due - 2 * self._entra_pubsub_interval:
             return False
+        return self._entra_token_renewed()
+
+    def _entra_token_renewed(self) -> bool:
+        """The identity holds a newer token than the one this connection signed in with."""
         newest = self.entra.provider.expires_on
         return newest is not None and newest > self._entra_exp
 
