@@ -3,23 +3,26 @@
 
 Starts the IMDS emulator (the app's managed identity), a token-checking Postgres, Redis with Entra-style
 ACL users behind a TLS enforcer, Azurite with OAuth over HTTPS and a Key Vault stand-in; points the example
-site's environment variables at them; migrates; runs `manage.py azure_check`; walks through the site over
-HTTP (upload, signed link, cache, database rows, status and health pages); then keeps the site running until
-Ctrl-C. `--once` stops after the walkthrough (CI runs that), exiting non-zero if any step failed.
+site's environment variables at them; migrates; runs `manage.py azure_check`; serves the site's ASGI
+application with uvicorn and walks through it (upload, signed link, cache, database rows, the live chat over
+websockets and the channel layer, status and health pages); then keeps the site running until Ctrl-C.
+`--once` stops after the walkthrough (CI runs that), exiting non-zero if any step failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import secrets
+import socket
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -43,22 +46,47 @@ def check(condition: bool, what: str) -> None:
     say(f"    ✓ {what}")
 
 
-class _ThreadingServer(WSGIServer):
-    daemon_threads = True
+def serve(port: int, stack: contextlib.ExitStack) -> str:
+    """The site's ASGI application (HTTP and websockets) on uvicorn in a thread; its base URL. ``port``
+    taken, or 0: any free port."""
+    import uvicorn
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        threading.Thread(target=self._handle, args=(request, client_address), daemon=True).start()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config("demo_site.asgi:application", log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise Failed("uvicorn did not start")
+        time.sleep(0.05)
 
-    def _handle(self, request: Any, client_address: Any) -> None:
-        try:
-            self.finish_request(request, client_address)
-        finally:
-            self.shutdown_request(request)
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+    stack.callback(stop)
+    return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+def chat(base: str, when: str = "") -> None:
+    """Two websockets on the live chat: what one sends reaches both, through the channel layer."""
+    from websockets.sync.client import connect
+
+    url = base.replace("http://", "ws://") + "/ws/chat/"
+    text = f"hello over Channels {secrets.token_hex(4)}"
+    with connect(url, origin=base, open_timeout=30) as alice, connect(url, origin=base) as bob:
+        alice.send(json.dumps({"text": text}))
+        got = [json.loads(ws.recv(timeout=30))["text"] for ws in (alice, bob)]
+    what = "live chat: a websocket message reached both websockets through the channel layer"
+    check(got == [text, text], f"{what} {when}".strip())
 
 
 def start_stand_ins(stack: contextlib.ExitStack, redis_policy: str) -> dict[str, str]:
@@ -111,12 +139,17 @@ def walkthrough(base: str, ca_bundle: str) -> None:
     rows = list(Note.objects.values_list("id", "text", "attachment"))
     check(len(rows) >= 1, f"Postgres holds {len(rows)} note row(s): {rows[:3]}")
 
+    chat(base)
+
     status = session.get(base + "/status", timeout=30)
+    if status.status_code != 200 or ">healthy<" not in status.text:
+        say(re.sub(r"<[^>]+>", " ", status.text)[-3000:])
     check(status.status_code == 200 and ">healthy<" in status.text, "GET /status: every connection healthy")
     ready = session.get(base + "/health/ready", timeout=30)
     check(ready.status_code == 200 and ready.json()["status"] == "ok", "GET /health/ready: 200")
     live = session.get(base + "/health/live", timeout=30)
     check(live.status_code == 200, "GET /health/live: 200")
+    chat(base, "after the health probes")
 
 
 def main() -> int:
@@ -148,17 +181,8 @@ def main() -> int:
         step(3, "manage.py azure_check")
         call_command("azure_check")  # raises CommandError (exit 1) if anything is unhealthy
 
-        step(4, "Serve the site")
-        from django.core.wsgi import get_wsgi_application
-
-        port = 0 if args.once else args.port
-        try:
-            server = make_server("127.0.0.1", port, get_wsgi_application(), _ThreadingServer, _QuietHandler)
-        except OSError:
-            server = make_server("127.0.0.1", 0, get_wsgi_application(), _ThreadingServer, _QuietHandler)
-        base = f"http://127.0.0.1:{server.server_port}"
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        stack.callback(server.shutdown)
+        step(4, "Serve the site (uvicorn: HTTP and websockets)")
+        base = serve(0 if args.once else args.port, stack)
         say(f"    {base}/")
 
         walkthrough(base, env["REQUESTS_CA_BUNDLE"])

@@ -4,6 +4,8 @@ tokens on its own and closes them at expiry unless re-AUTHed, and a slot can mov
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 
 import pytest
@@ -130,6 +132,43 @@ def test_the_enterprise_endpoint_keeps_the_slot_rules_of_a_sharded_database(
     assert pubsub.get_message(timeout=2)["data"] == b"hello"
     pubsub.close()
     client.close()
+
+
+@pytest.mark.parametrize("policy", ["single", "oss", "enterprise", "none"])
+def test_a_client_that_goes_ends_its_blocked_command(policy, azure_imds):
+    """A client closed while its BZPOPMIN waits (a cancelled channels_redis receive): the command ends with
+    it, as redis-server ends a direct client's, so the next message goes to the next receiver. (The
+    Enterprise stand-in's proxy, answering per command, kept it waiting upstream: a ghost receiver that
+    took the next message and lost it.)"""
+    from django_azure_mi.testing.redis import redis_stand_in
+
+    with redis_stand_in(policy) as server:
+        server.add_identity(azure_imds.object_id())
+        server.attach(azure_imds)
+        token = get_token_provider(REDIS).get_token(REDIS).token  # issued after attach: a password there
+        cluster = policy == "oss"
+        gone = token_client(server, azure_imds.object_id(), token, cluster=cluster)
+        key = "{t}queue"
+        waiting = threading.Thread(target=_pop, args=(gone, key))
+        waiting.start()
+        admins = server.admins()
+
+        def blocked():
+            return sum(admin.info("clients")["blocked_clients"] for admin in admins)
+
+        assert wait_for(lambda: blocked() == 1, 5), "the BZPOPMIN did not block"
+        gone.close()  # the socket closes under the waiting command
+        assert wait_for(lambda: blocked() == 0, 5), "a closed client's BZPOPMIN still waits on the server"
+        waiting.join(5)
+        client = token_client(server, azure_imds.object_id(), token, cluster=cluster)
+        client.zadd(key, {"m": 1})
+        assert client.bzpopmin(key, 2) == (key.encode(), b"m", 1.0)
+        client.close()
+
+
+def _pop(client, key):
+    with contextlib.suppress(Exception):  # its connection closed under it
+        client.bzpopmin(key, 30)
 
 
 def test_the_non_clustered_policy_has_database_0_only(azure_redis_nonclustered, azure_imds):

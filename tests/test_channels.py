@@ -5,6 +5,7 @@ settings refused with the setting named; ``manage.py check`` and ``azure_check``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import pytest
@@ -165,8 +166,9 @@ def test_an_idle_receiver_keeps_its_connection(ttl, use_layer, azure_redis, requ
         assert connections <= 1, connections  # a receive cleaner's, at most; no reconnect
 
 
-def test_check_and_azure_check_on_a_working_layer(use_layer, azure_redis, azure_imds, capsys):
-    use_layer(layer_settings(azure_redis))
+@pytest.mark.parametrize("backend", [BACKEND, PUBSUB])
+def test_check_and_azure_check_on_a_working_layer(use_layer, backend, azure_redis, azure_imds, capsys):
+    use_layer(layer_settings(azure_redis, backend))
     call_command("check")
     capsys.readouterr()  # check's own line (Django 6.1 prints it to stdout)
     call_command("azure_check", "--json", "--channel-layer", "default")
@@ -176,6 +178,39 @@ def test_check_and_azure_check_on_a_working_layer(use_layer, azure_redis, azure_
     assert result["identity"]["oid"] == azure_imds.object_id()
     with pytest.raises(CommandError, match="no CHANNEL_LAYERS"):
         call_command("azure_check", "--channel-layer", "nope")
+
+
+@pytest.mark.parametrize("backend", [BACKEND, PUBSUB])
+def test_a_probe_leaves_the_sites_layer_alone(use_layer, backend, azure_redis, azure_imds):
+    """A health or status page probing the layer while the site's server uses it (on the server's event
+    loop): the probe works on a layer of its own and closes only that one; the site's keeps working.
+    (Probing the site's own layer failed from the probe's loop and closed the server's pools.)"""
+    import threading
+
+    from django_azure_mi import probes
+
+    layer = use_layer(layer_settings(azure_redis, backend))
+    loop = asyncio.new_event_loop()
+    server = threading.Thread(target=loop.run_forever, daemon=True)
+    server.start()
+
+    def on_server(coroutine, timeout=10):
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout)
+
+    async def round_trip(n):
+        channel = await layer.new_channel()
+        await layer.send(channel, {"type": "x", "n": n})
+        return await asyncio.wait_for(layer.receive(channel), 5)
+
+    try:
+        assert on_server(round_trip(1)) == {"type": "x", "n": 1}
+        (result,) = probes.run([t for t in probes.targets() if t.service == "channels"], deep=False)
+        assert result.ok, (result.error, result.diagnosis)
+        assert on_server(round_trip(2)) == {"type": "x", "n": 2}
+    finally:
+        on_server(layer.close_pools() if backend == BACKEND else layer.flush())
+        loop.call_soon_threadsafe(loop.stop)
+        server.join(5)
 
 
 @pytest.mark.parametrize("backend", [BACKEND, PUBSUB])
@@ -244,11 +279,21 @@ def test_two_processes_on_each_amr_policy(backend, policy, request, azure_imds):
         got = [
             await asyncio.wait_for(layer.receive(c), 5) for layer, c in ((first, a), (first, a), (second, b))
         ]
+        if backend == BACKEND:  # a receive cancelled while it waits (its websocket gone) leaves no receiver
+            waiting = asyncio.create_task(first.receive(await first.new_channel()))  # behind that takes the
+            await asyncio.sleep(0.5)  # process's next message (the Enterprise proxy's blocked BZPOPMIN did)
+            waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
+            await asyncio.sleep(0.2)  # the server sees the cancelled receive's connection close
+            c = await first.new_channel()
+            await second.send(c, {"type": "x", "n": 3})
+            got.append(await asyncio.wait_for(first.receive(c), 5))
         for layer in (first, second):
             await (layer.close_pools() if backend == BACKEND else layer.flush())
         return [m["n"] for m in got]
 
-    assert asyncio.run(main()) == [1, 2, 2]
+    assert asyncio.run(main()) == ([1, 2, 2, 3] if backend == BACKEND else [1, 2, 2])
     assert server.closed_connections == 0
 
 

@@ -15,6 +15,6 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_demo_walkthrough():
     out = run_fresh([str(ROOT / "example_project" / "demo.py"), "--once"], cwd=ROOT, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "4 of 4 healthy." in out.stdout
+    assert "5 of 5 healthy." in out.stdout
     assert "Walkthrough passed." in out.stdout
     assert "✗" not in out.stdout

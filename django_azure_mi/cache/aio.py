@@ -169,13 +169,18 @@ class AsyncEntraConnectionPool(UsesEntra, redis.asyncio.ConnectionPool):
             for conn in due:
                 self._available_connections.remove(conn)
                 self._in_use_connections.add(conn)
-        for conn in due:
-            try:
-                await conn.entra_reauth()
-            except Exception:
-                await conn.disconnect()  # broken: the next user reconnects with a fresh token
-            finally:
-                await self.release(conn)
+        # All at once: each AUTH waits on its own connection, so the sweep takes one round trip however
+        # many are due (one after another, a pool of 50 idle connections on a busy loop took longer than
+        # the margin between the due time and the token's expiry: closures on a loaded machine)
+        await asyncio.gather(*(self._reauth_one(conn) for conn in due))
+
+    async def _reauth_one(self, conn: Any) -> None:
+        try:
+            await conn.entra_reauth()
+        except Exception:
+            await conn.disconnect()  # broken: the next user reconnects with a fresh token
+        finally:
+            await self.release(conn)
 
 
 @dataclass(eq=False)

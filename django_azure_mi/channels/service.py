@@ -75,10 +75,11 @@ def _probe(alias: str) -> Any:
         from ..cache.auth import get_auth
         from ..probes import identity_facts
 
-        layer = channel_layers[alias]
+        # A layer of its own, closed afterwards: the site's (channel_layers[alias]) belongs to the server's
+        # event loop, and closing its pools would cut the live websockets' layer
+        layer = channel_layers.make_backend(alias)
         entra = layer.entra_settings
         result.identity = identity_facts(entra.scope, entra.client_id)
-        result.details["hosts"] = len(layer.hosts)
         asyncio.run(_exercise(layer, result.details, deep))
         auth = get_auth(entra)
         result.details.update(reauths=auth.reauths, reauth_failures=auth.reauth_failures)
@@ -90,9 +91,20 @@ async def _exercise(layer: Any, details: dict[str, Any], deep: bool) -> None:
     """PING every host; with ``deep``, a message sent to a new channel and received back."""
     import asyncio
 
+    from .layers import RedisPubSubChannelLayer
+
+    pubsub = isinstance(layer, RedisPubSubChannelLayer)
     try:
-        for index in range(len(layer.hosts)):
-            details["ping"] = bool(await layer.connection(index).ping())
+        if pubsub:  # a shard per host, on this loop's layer
+            shards = layer._get_layer()._shards
+            details["hosts"] = len(shards)
+            for shard in shards:
+                shard._ensure_redis()
+                details["ping"] = bool(await shard._redis.ping())
+        else:
+            details["hosts"] = len(layer.hosts)
+            for index in range(len(layer.hosts)):
+                details["ping"] = bool(await layer.connection(index).ping())
         if deep:
             channel = await layer.new_channel("azure_check.")
             sent = {"type": "azure.check", "id": uuid.uuid4().hex}
@@ -101,8 +113,8 @@ async def _exercise(layer: Any, details: dict[str, Any], deep: bool) -> None:
             if received != sent:
                 raise RuntimeError("the message received on the probe channel is not the one sent")
             details["send_receive"] = True
-    finally:
-        await layer.close_pools()
+    finally:  # the probe's own layer: its connections closed (the pub/sub layer's flush closes its shards)
+        await (layer.flush() if pubsub else layer.close_pools())
 
 
 def summary(details: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ shard are not AMR's; ``INFO`` says ``cluster_enabled:1``; a malformed request en
 
 from __future__ import annotations
 
+import select
 import socket
 import ssl
 import threading
@@ -31,6 +32,13 @@ from .redisproxy import _close, _CommandReader
 
 SPLIT = {b"MGET", b"MSET", b"DEL", b"EXISTS", b"UNLINK", b"TOUCH"}
 STREAMING = {b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE", b"MONITOR"}
+# Commands that can wait on the server: while one waits, the proxy watches its client too, and a client that
+# goes ends the command (its upstream connection closed), as redis-server does for a direct client; else a
+# BZPOPMIN left behind by a cancelled receive would take the next message and lose it
+BLOCKING = {
+    *(b"BLPOP", b"BRPOP", b"BRPOPLPUSH", b"BLMOVE", b"BLMPOP"),
+    *(b"BZPOPMIN", b"BZPOPMAX", b"BZMPOP", b"XREAD", b"XREADGROUP", b"WAIT", b"WAITAOF"),
+}
 
 
 class RedisEnterpriseStandIn(RedisStandIn):
@@ -65,7 +73,8 @@ class RedisEnterpriseStandIn(RedisStandIn):
         commands = _CommandReader()
         try:
             while not proxy.streaming:
-                data = client.recv(65536)
+                data = bytes(proxy.early) or client.recv(65536)
+                proxy.early.clear()
                 if not data:
                     break
                 parsed = commands.feed(data)
@@ -106,6 +115,7 @@ class _Session:
         self.replies = _ReplyReader(upstream)
         self.in_multi = False
         self.streaming = False
+        self.early = bytearray()  # what the client sent while a blocking command waited
 
     def answer(self, command: list[bytes]) -> bytes:
         name = command[0].upper() if command else b""
@@ -126,7 +136,20 @@ class _Session:
             if len(groups) > 1:
                 return self._split(name, groups, len(command) - 1)
         self.upstream.sendall(_encode(command))
+        if name in BLOCKING and not self.in_multi:
+            self._wait_for_reply()
         return self.replies.frame()
+
+    def _wait_for_reply(self) -> None:
+        """Until the server answers a blocking command; a client that closes meanwhile ends it. (Whatever
+        else the client sends meanwhile waits in its socket, as it would in redis-server's buffer.)"""
+        while not self.replies.buf:
+            pending = isinstance(self.client, ssl.SSLSocket) and self.client.pending()
+            readable = select.select([self.upstream, self.client], [], [], 0 if pending else None)[0]
+            if self.upstream in readable:
+                return
+            if _closed(self.client, self.early):
+                raise ValueError("the client went while its command was waiting")
 
     def _split(self, name: bytes, groups: dict[int, list[tuple[int, list[bytes]]]], count: int) -> bytes:
         """Send one command per slot (pipelined), then merge their replies as one command's."""
@@ -155,6 +178,23 @@ def _by_slot(name: bytes, args: list[bytes]) -> dict[int, list[tuple[int, list[b
         pair = args[position : position + step]
         groups.setdefault(key_slot(pair[0]), []).append((position // step, pair))
     return groups
+
+
+def _closed(sock: socket.socket, early: bytearray) -> bool:
+    """Whether the peer closed ``sock`` (TLS or plain); what it sent meanwhile is kept in ``early``."""
+    if not (isinstance(sock, ssl.SSLSocket) and sock.pending()) and not select.select([sock], [], [], 0)[0]:
+        return False
+    sock.setblocking(False)
+    try:
+        data = sock.recv(65536)
+    except (ssl.SSLWantReadError, BlockingIOError):
+        return False  # part of a TLS record
+    except OSError:
+        return True
+    finally:
+        sock.setblocking(True)
+    early += data
+    return not data
 
 
 def _encode(command: list[bytes]) -> bytes:

@@ -35,6 +35,7 @@ MIDDLEWARE = [
 ]
 ROOT_URLCONF = "demo_site.urls"
 WSGI_APPLICATION = "demo_site.wsgi.application"
+ASGI_APPLICATION = "demo_site.asgi.application"  # HTTP and the live chat's websockets
 TEMPLATES = [{"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True}]
 USE_TZ = True
 STATIC_URL = "static/"
@@ -73,6 +74,25 @@ CACHES = {
                 if env("AZURE_REDIS_CA_CERTS")
                 else {}
             ),
+        },
+    }
+}
+
+# Django Channels (the live chat) on the same Redis, signed in with the same identity. "cluster": "auto" asks
+# the endpoint once whether it is an Azure Managed Redis OSS cluster; on AMR every key of the layer goes under
+# the hash tag {asgi} (one slot), which every clustering policy accepts.
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "django_azure_mi.channels.RedisChannelLayer",
+        "CONFIG": {
+            "hosts": [
+                {
+                    "address": env("AZURE_REDIS_URL", "rediss://localhost:10000/0"),
+                    **({"ssl_ca_certs": env("AZURE_REDIS_CA_CERTS")} if env("AZURE_REDIS_CA_CERTS") else {}),
+                }
+            ],
+            "cluster": "auto",
+            "MANAGED_IDENTITY": {"USERNAME": env("AZURE_REDIS_USERNAME")},
         },
     }
 }
