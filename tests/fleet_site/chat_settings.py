@@ -19,5 +19,8 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,  # the servers' own (uvicorn.error: exceptions in the application)
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"django_azure_mi": {"handlers": ["console"], "level": _config.get("log_level", "INFO")}},
+    "loggers": {
+        "django_azure_mi": {"handlers": ["console"], "level": _config.get("log_level", "INFO")},
+        "channels_redis": {"handlers": ["console"], "level": "INFO"},  # "… over capacity in group …"
+    },
 }
