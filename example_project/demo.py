@@ -17,6 +17,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import socket
 import sys
 import threading
@@ -152,6 +153,10 @@ def walkthrough(base: str, ca_bundle: str) -> None:
     chat(base, "after the health probes")
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
     from django_azure_mi.testing.local import add_redis_policy
 
@@ -162,6 +167,10 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=8000, help="port for the site (default 8000, 0 = any)")
     add_redis_policy(parser)
     args = parser.parse_args()
+    # docker stop, IDE stop buttons and systemd send SIGTERM; a closed terminal SIGHUP: stop as on Ctrl-C,
+    # so that every stand-in (Postgres, redis-server, Azurite) stops and its temporary directory goes
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
 
     with contextlib.ExitStack() as stack:
         step(1, "Start the local Azure stand-ins")
@@ -202,3 +211,6 @@ if __name__ == "__main__":
     except Failed as exc:
         say(f"    ✗ {exc}")
         sys.exit(1)
+    except KeyboardInterrupt:  # stopped while starting: everything started has been stopped
+        say("\nStopped.")
+        sys.exit(130)

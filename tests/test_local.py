@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -9,7 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+import dotenv
 import pytest
+from dotenv.parser import parse_stream
 
 
 def processes_under(roots: list[str]) -> list[int]:
@@ -50,8 +53,8 @@ def alive(pids: set[int]) -> set[int]:
 
 @pytest.mark.parametrize(
     ("signum", "policy"),
-    [(signal.SIGINT, "oss"), (signal.SIGTERM, "enterprise")],
-    ids=["SIGINT-oss", "SIGTERM-enterprise"],
+    [(signal.SIGINT, "oss"), (signal.SIGTERM, "enterprise"), (signal.SIGHUP, "single")],
+    ids=["SIGINT-oss", "SIGTERM-enterprise", "SIGHUP-single"],
 )
 def test_serves_then_stops_every_child_on_a_signal(signum, policy, tmp_path):
     env_file = tmp_path / ".env.azure"
@@ -74,14 +77,17 @@ def test_serves_then_stops_every_child_on_a_signal(signum, policy, tmp_path):
         assert lines[-1].startswith("# ready"), "".join(lines)
         assert env_file.exists(), "".join(lines)
         exports = env_file.read_text()
-        exported = [line[7:] for line in exports.splitlines() if line.startswith("export ")]
-        values = dict(line.split("=", 1) for line in exported)
+        unparsed = [b.original.string for b in parse_stream(io.StringIO(exports)) if b.error]
+        assert unparsed == [], unparsed  # python-dotenv "could not parse" the `unset` lines it used to get
+        values = dotenv.dotenv_values(env_file)
         for name in ("AZURE_POD_IDENTITY_AUTHORITY_HOST", "AZURE_POSTGRES_PORT", "AZURE_REDIS_URL",
                      "AZURE_STORAGE_ACCOUNT_URL", "AZURE_KEY_VAULT_URL", "REQUESTS_CA_BUNDLE"):  # fmt: skip
             assert name in values, exports
         assert values["AZURE_REDIS_POLICY"] == policy
+        assert "# IDENTITY_ENDPOINT must not be set" in exports and "unset " not in exports
+        assert container_exists(values), "the CLI names a container it did not create"
         roots = [
-            str(Path(values[name].strip("'")).parents[1])
+            str(Path(values[name]).parents[1])
             for name in ("AZURE_POSTGRES_SSLROOTCERT", "AZURE_REDIS_CA_CERTS", "AZURE_STORAGE_CA_BUNDLE")
         ]
         # redis-server and Azurite run under the command; Postgres (pg_ctl) detaches, found by its data dir
@@ -99,6 +105,57 @@ def test_serves_then_stops_every_child_on_a_signal(signum, policy, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def container_exists(values: dict) -> bool:
+    """AZURE_STORAGE_CONTAINER exists, asked as the site would ask (the identity, the stand-in's CA)."""
+    from azure.identity import ManagedIdentityCredential
+    from azure.storage.blob import ContainerClient
+
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update({name: value for name, value in values.items() if value is not None})
+    try:
+        credential = ManagedIdentityCredential()
+        container = ContainerClient(
+            values["AZURE_STORAGE_ACCOUNT_URL"],
+            values["AZURE_STORAGE_CONTAINER"],
+            credential=credential,
+            connection_verify=values["AZURE_STORAGE_CA_BUNDLE"],
+        )
+        return bool(container.exists())
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def test_a_missing_azurite_is_one_line_that_says_how_to_install_it(monkeypatch, capsys):
+    """No Azurite: one line naming the npm package and AZURITE_BIN, or --no-storage; no traceback, exit 2
+    (it was a 25-line traceback pointing at tools/azurite, a folder a wheel user doesn't have)."""
+    from django_azure_mi.testing import __main__ as cli
+    from django_azure_mi.testing import azurite
+
+    monkeypatch.setattr(azurite, "_candidates", lambda: ["/nonexistent/azurite-blob"])
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    assert cli.main(["--services", "storage"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert f"npm install azurite@{azurite.AZURITE_VERSION}" in err and "AZURITE_BIN" in err
+    assert "--no-storage" in err and "Traceback" not in err
+    assert {signum: signal.getsignal(signum) for signum in handlers} == handlers  # put back
+
+
+def test_runuser_not_on_path_says_so(monkeypatch):
+    """As root without /usr/sbin on PATH: what is missing and what to do, not FileNotFoundError."""
+    from django_azure_mi.testing import postgres
+    from django_azure_mi.testing.base import Missing
+
+    monkeypatch.setattr(postgres.shutil, "which", lambda name: None)
+    monkeypatch.setattr(postgres.os.path, "exists", lambda path: False)
+    with pytest.raises(Missing, match=r"runuser .*add /usr/sbin to PATH"):
+        postgres.runuser()
 
 
 def test_a_stand_in_that_fails_to_start_partway_leaves_nothing_running(monkeypatch):

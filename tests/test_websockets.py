@@ -1,7 +1,8 @@
 """A websocket chat on real ASGI servers (uvicorn with 2 workers, two Daphne processes) with our channel
 layers on the enforcing Redis stand-ins, across three rotations of 15 s tokens: 50 clients in 5 rooms, every
 message delivered to every member of its room once and in order, no websocket closed, no Redis connection
-closed at a token's expiry (tests/fleet_site/chat_app.py)."""
+closed at a token's expiry (tests/fleet_site/chat_app.py); both layers on Azure Cache for Redis and on each
+of Azure Managed Redis's clustering policies."""
 
 from __future__ import annotations
 
@@ -39,8 +40,8 @@ def chat_env(imds, redis, backend, policy):
         # process here) and channels_redis dropped group messages, as it does for stock (logged "over
         # capacity", checked below)
         config["capacity"] = 10_000
-        if policy == "oss":
-            config["cluster"] = True
+        if policy != "single":  # what an AMR host gets by default: keys under {asgi}, the slot's node
+            config["cluster"] = "auto"
     layer = {"BACKEND": backend, "CONFIG": config}
     env = {**os.environ, **{k: v for k, v in imds.environ().items() if v is not None}}
     env.update(
@@ -71,19 +72,25 @@ def servers(kind, env, tmp_path):
     return procs, [f"ws://127.0.0.1:{p}" for p in ports]
 
 
-async def wait_ready(urls, procs, timeout=60.0):
+async def wait_ready(urls, procs, workers=1, timeout=60.0):
+    """Until every URL answers, from ``workers`` processes each (uvicorn's workers share one port: a worker
+    that starts late on a loaded machine would leave every client to the other)."""
     deadline = time.monotonic() + timeout
     for url in urls:
-        while True:
+        pids: set[int] = set()
+        while len(pids) < workers:
             try:
-                async with websockets.connect(f"{url}/ws/ready/", open_timeout=2):
-                    break
+                async with websockets.connect(f"{url}/ws/ready/", open_timeout=2) as ws:
+                    pids.add(json.loads(await asyncio.wait_for(ws.recv(), 2))["pid"])
+                    continue
             except (OSError, websockets.exceptions.WebSocketException, asyncio.TimeoutError):
-                if time.monotonic() > deadline or any(p.process.poll() is not None for p in procs):
-                    raise RuntimeError(
-                        "the server did not start:\n" + "\n".join(p.output()[-2000:] for p in procs)
-                    ) from None
-                await asyncio.sleep(0.5)
+                pass
+            if time.monotonic() > deadline or any(p.process.poll() is not None for p in procs):
+                raise RuntimeError(
+                    f"the server did not start ({len(pids)} of {workers} workers answered):\n"
+                    + "\n".join(p.output()[-2000:] for p in procs)
+                ) from None
+            await asyncio.sleep(0.2)
 
 
 async def chat(urls, seconds=SECONDS, fault=None):
@@ -161,6 +168,11 @@ async def chat(urls, seconds=SECONDS, fault=None):
         ("daphne", CORE, "single"),
         ("uvicorn", PUBSUB, "single"),
         ("uvicorn", CORE, "oss"),
+        ("uvicorn", CORE, "enterprise"),
+        ("uvicorn", CORE, "none"),
+        ("uvicorn", PUBSUB, "oss"),
+        ("uvicorn", PUBSUB, "enterprise"),
+        ("uvicorn", PUBSUB, "none"),
     ],
 )
 def test_a_websocket_chat_across_token_rotations(kind, backend, policy, tmp_path):
@@ -172,7 +184,7 @@ def test_a_websocket_chat_across_token_rotations(kind, backend, policy, tmp_path
         redis.attach(imds)
         procs, urls = servers(kind, chat_env(imds, redis, backend, policy), tmp_path)
         try:
-            asyncio.run(wait_ready(urls, procs))
+            asyncio.run(wait_ready(urls, procs, workers=2 if kind == "uvicorn" else 1))
             sent, received, pids, errors, _ = asyncio.run(chat(urls))
         finally:
             logs = "\n".join(p.stop() for p in procs)
@@ -200,15 +212,17 @@ def test_a_websocket_chat_across_token_rotations(kind, backend, policy, tmp_path
 
 @pytest.mark.timeout(400)
 @pytest.mark.parametrize(
-    "fault,backend", [("identity-down", CORE), ("identity-down", PUBSUB), ("redis-restart", PUBSUB)]
+    "fault,backend",
+    [("identity-down", CORE), ("identity-down", PUBSUB), ("redis-restart", CORE), ("redis-restart", PUBSUB)],
 )
 def test_the_chat_through_faults(fault, backend, tmp_path):
     """The identity endpoint down for 30 s across the moment the token is renewed (60 s tokens: the
     connections' re-AUTH falls due during the outage and waits for the new token, which comes before the
-    old one expires): nothing lost or closed. Redis restarted (every connection dropped, 2 s down, back
-    empty): no websocket closed, the pub/sub layer resubscribes and every message sent from 5 s after the
-    restart arrives once and in order. (The core layer keeps its groups in Redis: a Redis that comes back
-    empty has lost them, as with stock channels_redis; Azure's replicated tiers keep the data.)"""
+    old one expires): nothing lost or closed. Redis restarted (every connection dropped, 2 s down): no
+    websocket closed, and every message sent from 5 s after the restart arrives once and in order; the
+    pub/sub layer resubscribes (Redis comes back empty), the core layer finds its groups and queues again
+    (Redis comes back with its data, as a replicated tier's failover does; a Redis that comes back empty
+    has lost the groups, as with stock channels_redis)."""
     from django_azure_mi.testing.faults import Fault
     from django_azure_mi.testing.imds import IMDSEmulator
     from django_azure_mi.testing.redis import redis_stand_in
@@ -234,12 +248,12 @@ def test_the_chat_through_faults(fault, backend, tmp_path):
             else:
                 time.sleep(10)
                 window.append(time.monotonic())
-                redis.restart(downtime=2.0)
+                redis.restart(downtime=2.0, keep_data=backend == CORE)
             window.append(time.monotonic())
 
         procs, urls = servers("uvicorn", chat_env(imds, redis, backend, "single"), tmp_path)
         try:
-            asyncio.run(wait_ready(urls, procs))
+            asyncio.run(wait_ready(urls, procs, workers=2))
             seconds = 65.0 if fault == "identity-down" else 30.0
             sent, received, _, errors, sent_at = asyncio.run(chat(urls, seconds, inject))
         finally:

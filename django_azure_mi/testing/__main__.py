@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import threading
 from types import FrameType
 
+from .base import Missing
 from .local import SERVICES, LocalAzure, add_redis_policy
 
 
@@ -22,25 +24,34 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(SERVICES),
         help=f"comma-separated, from {', '.join(SERVICES)} (default: all; the identity endpoint always runs)",
     )
-    parser.add_argument("--env-file", help="also write the export lines to this file (for `set -a; . FILE`)")
+    parser.add_argument("--no-storage", action="store_true", help="leave Blob Storage (Azurite) out")
+    parser.add_argument(
+        "--env-file", help="also write the variables to this .env file (python-dotenv, `set -a; . FILE`)"
+    )
     add_redis_policy(parser)
     parser.add_argument("--ttl", type=float, default=3600, help="token lifetime in seconds (default 3600)")
     args = parser.parse_args(argv)
     services = tuple(s.strip() for s in args.services.split(",") if s.strip())
+    if args.no_storage:
+        services = tuple(s for s in services if s != "storage")
 
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    with LocalAzure(services, ttl=args.ttl, redis_policy=args.redis_policy) as local:
-        exports = local.exports()
+    with contextlib.ExitStack() as stack:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: the terminal closed
+            stack.callback(signal.signal, signum, signal.signal(signum, on_signal))
+        try:
+            local = stack.enter_context(LocalAzure(services, ttl=args.ttl, redis_policy=args.redis_policy))
+        except Missing as exc:  # one line that says what to install, no traceback
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         if args.env_file:
             with open(args.env_file, "w") as fh:
-                fh.write(exports)
-        sys.stdout.write(exports)
+                fh.write(local.dotenv())
+        sys.stdout.write(local.exports())
         sys.stdout.flush()
         for line in local.lines:
             print(f"# {line}", file=sys.stderr)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .base import StandIn
+from .base import Missing, StandIn
 from .certs import TLSFiles, make_tls_files
 from .imds import IMDSEmulator
 from .net import free_port
@@ -36,7 +36,19 @@ AZURITE_VERSION = "3.37.0"
 
 
 def find_azurite() -> str:
-    candidates = [
+    for candidate in _candidates():
+        if candidate and os.path.exists(candidate):
+            return candidate
+    raise Missing(
+        f"the Blob Storage stand-in needs Azurite: `npm install azurite@{AZURITE_VERSION}` and "
+        "AZURITE_BIN=$PWD/node_modules/.bin/azurite-blob (in a clone of django-azure-mi: `make venv`); or "
+        "leave storage out (--no-storage)."
+    )
+
+
+def _candidates() -> list[str]:
+    """Where Azurite is looked for: AZURITE_BIN, this repository's tools/azurite, PATH."""
+    return [
         os.environ.get("AZURITE_BIN", ""),
         str(
             Path(__file__).resolve().parents[2]
@@ -48,13 +60,6 @@ def find_azurite() -> str:
         ),
         shutil.which("azurite-blob") or "",
     ]
-    for candidate in candidates:
-        if candidate and os.path.exists(candidate):
-            return candidate
-    raise RuntimeError(
-        f"azurite-blob not found: run `npm ci` in tools/azurite (make does it), `npm install "
-        f"azurite@{AZURITE_VERSION}` (then AZURITE_BIN=node_modules/.bin/azurite-blob), or set AZURITE_BIN."
-    )
 
 
 def check_version(binary: str) -> str:

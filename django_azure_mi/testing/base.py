@@ -5,6 +5,11 @@ from __future__ import annotations
 from typing import Self
 
 
+class Missing(RuntimeError):
+    """What a stand-in needs is not installed (a server binary, Azurite, runuser): the message says in one
+    line what to install or set. The stand-ins CLI prints it without a traceback."""
+
+
 class StandIn:
     """``with StandIn() as server: ...`` starts and stops it. A start that fails partway stops what it had
     started (a server process, a temporary directory) before the error goes on: nothing is orphaned."""

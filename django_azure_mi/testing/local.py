@@ -39,6 +39,7 @@ _REDIS_KINDS = {
     "oss": "Azure Managed Redis, OSS clustering policy",
     "enterprise": "Azure Managed Redis, Enterprise clustering policy",
 }
+CONTAINER = "media"  # created by the CLI, named by AZURE_STORAGE_CONTAINER
 ROLE = "app-system"  # the Postgres role of the emulator's system-assigned identity (its name)
 
 
@@ -128,13 +129,14 @@ class LocalAzure:
             from .azurite import AzuriteStandIn
 
             azurite = stack.enter_context(AzuriteStandIn())
+            azurite.create_container(CONTAINER, imds)  # the container the variables name
             cas.append(azurite.ca_file)
             self.env.update(
                 AZURE_STORAGE_ACCOUNT_URL=azurite.account_url,
-                AZURE_STORAGE_CONTAINER="media",
+                AZURE_STORAGE_CONTAINER=CONTAINER,
                 AZURE_STORAGE_CA_BUNDLE=azurite.ca_file,
             )
-            self.lines.append(f"Blob Storage (Azurite)    {azurite.account_url}")
+            self.lines.append(f"Blob Storage (Azurite)    {azurite.account_url}   container {CONTAINER!r}")
         if "keyvault" in self.services:
             from .keyvault import KeyVaultStandIn
 
@@ -153,9 +155,16 @@ class LocalAzure:
             self.env["REQUESTS_CA_BUNDLE"] = str(bundle)
 
     def exports(self) -> str:
-        """``export``/``unset`` lines for a POSIX shell (``eval`` them, or ``set -a; . FILE``)."""
+        """``unset``/``export`` lines for a POSIX shell (``eval "$(python -m django_azure_mi.testing)"``)."""
         lines = [f"unset {name}" for name in self.unset]
         lines += [f"export {name}={shlex.quote(value)}" for name, value in self.env.items()]
+        return "\n".join(lines) + "\n"
+
+    def dotenv(self) -> str:
+        """``NAME='value'`` lines that python-dotenv, django-environ, docker's ``--env-file`` and a shell
+        (``set -a; . FILE``) all read; the variables to unset are comments (a .env file can't unset)."""
+        lines = [f"# {name} must not be set (it would send azure-identity elsewhere)" for name in self.unset]
+        lines += [f"{name}={shlex.quote(value)}" for name, value in self.env.items()]
         return "\n".join(lines) + "\n"
 
     def apply(self) -> None:

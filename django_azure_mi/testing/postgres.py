@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .base import StandIn
+from .base import Missing, StandIn
 from .certs import TLSFiles, make_tls_files
 from .imds import IMDSEmulator
 from .net import free_port
@@ -59,9 +59,9 @@ def find_bindir() -> str:
     initdb = shutil.which("initdb")
     if initdb:
         return os.path.dirname(initdb)
-    raise RuntimeError(
-        "PostgreSQL server binaries (initdb, pg_ctl) not found: install PostgreSQL (Debian: postgresql) "
-        "or set PG_BINDIR."
+    raise Missing(
+        "the Postgres stand-in needs PostgreSQL's server binaries (initdb, pg_ctl): install PostgreSQL "
+        "(Debian: postgresql) or set PG_BINDIR; or leave postgres out (--services)."
     )
 
 
@@ -74,6 +74,19 @@ def _driver() -> tuple[Any, Any]:
         import psycopg2 as psycopg  # type: ignore[no-redef]
         from psycopg2 import sql  # type: ignore[no-redef]
     return psycopg, sql
+
+
+def runuser() -> str:
+    """util-linux's runuser: as root, the server runs as ``postgres`` (initdb refuses root)."""
+    found = shutil.which("runuser") or next(
+        (path for path in ("/usr/sbin/runuser", "/sbin/runuser") if os.path.exists(path)), None
+    )
+    if found is None:
+        raise Missing(
+            "as root the Postgres stand-in runs the server as the user postgres with runuser (util-linux), "
+            "which is not on PATH: add /usr/sbin to PATH or install util-linux; or run as another user."
+        )
+    return found
 
 
 class PostgresStandIn(SignIns, StandIn):
@@ -218,7 +231,7 @@ class PostgresStandIn(SignIns, StandIn):
 
     def _run(self, cmd: list[str]) -> None:
         if self._run_as:
-            cmd = ["runuser", "-u", self._run_as, "--", *cmd]
+            cmd = [runuser(), "-u", self._run_as, "--", *cmd]
         done = subprocess.run(cmd, capture_output=True, text=True, cwd=self._tmp, check=False)
         if done.returncode != 0:
             log = ""

@@ -32,7 +32,7 @@ import uuid
 import weakref
 from typing import Any
 
-from .base import StandIn
+from .base import Missing, StandIn
 from .certs import TLSFiles, make_tls_files
 from .imds import IMDSEmulator
 from .net import free_port
@@ -156,10 +156,15 @@ class RedisStandIn(Enforcer, StandIn):
             if self._server.poll() is None:
                 self._server.kill()
 
-    def restart(self, downtime: float = 1.0) -> None:
+    def restart(self, downtime: float = 1.0, *, keep_data: bool = False) -> None:
         """Restart the cache as a patch or failover does: every client connection drops, new ones fail for
-        ``downtime`` seconds, and the server comes back empty on the same port. Identities keep
+        ``downtime`` seconds, and the server comes back on the same port, empty (a tier without a replica)
+        or, with ``keep_data``, with the data it held (a replicated tier's failover). Identities keep
         their access and every unexpired token is still accepted (Azure checks signatures, not a list)."""
+        if keep_data:
+            for admin in self.admins():
+                admin.save()  # loaded again at start (the server's --dir)
+                admin.close()
         self._stop_server()
         with self._lock:
             conns = list(self._conns)
@@ -247,7 +252,10 @@ def launch_redis(directory: str, port: int, *args: str) -> subprocess.Popen[byte
     ``args``; returns once it accepts connections."""
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     if not os.path.exists(binary):
-        raise RuntimeError("redis-server not found: install Redis 7 (Debian: redis-server).")
+        raise Missing(
+            "the Redis stand-in needs redis-server 7: install Redis (Debian: redis-server); or leave "
+            "redis out (--services)."
+        )
     os.makedirs(directory, exist_ok=True)
     log = os.path.join(directory, "redis.log")
     command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]

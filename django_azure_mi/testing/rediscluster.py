@@ -137,7 +137,7 @@ class RedisClusterStandIn(RedisStandIn):
                 except subprocess.TimeoutExpired:
                     node.process.kill()
 
-    def restart(self, downtime: float = 1.0) -> None:
+    def restart(self, downtime: float = 1.0, *, keep_data: bool = False) -> None:
         raise NotImplementedError("restarting the cluster stand-in is not supported yet")
 
     # ------------------------------------------------------------------ admin

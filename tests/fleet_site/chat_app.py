@@ -19,6 +19,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.room = self.scope["url_route"]["kwargs"]["room"]
         await self.channel_layer.group_add(self.room, self.channel_name)
         await self.accept()
+        if self.room == "ready":  # which worker answered (the test waits until every one has)
+            await self.send_json({"pid": os.getpid()})
 
     async def disconnect(self, code):
         await self.channel_layer.group_discard(self.room, self.channel_name)
