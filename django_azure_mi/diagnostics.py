@@ -110,7 +110,8 @@ def diagnose_identity(exc: BaseException) -> ServiceFailure | None:
     if "identity not found" in upstream or " 400" in upstream:
         return ServiceFailure(
             "unknown-identity",
-            "The identity endpoint does not know this identity.",
+            'The identity endpoint does not know this identity (400 "Identity not found"): no '
+            "user-assigned identity with this client id is assigned to this host.",
             "Assign the user-assigned identity to this app (az webapp identity assign / az containerapp "
             "identity assign --user-assigned <id>) and set AZURE_MANAGED_IDENTITY['CLIENT_ID'] to its "
             "client id.",
@@ -151,7 +152,12 @@ def generic(title: str, where: str, exc: BaseException) -> ServiceFailure:
             f"{title} is unreachable.",
             f"Check the host and port in {where} and the network path.",
         )
-    return ServiceFailure("error", f"The {title} probe failed.", "See the error above.")
+    return ServiceFailure(
+        "error",
+        f"The {title} probe failed with an error this package does not recognise.",
+        f"Act on what the error says; if it names no cause, check the settings in {where} and the network "
+        f"path to {title}, and run `manage.py azure_check --json` for the details.",
+    )
 
 
 def diagnose(service: str, exc: BaseException, where: str) -> ServiceFailure:

@@ -14,6 +14,8 @@ import dotenv
 import pytest
 from dotenv.parser import parse_stream
 
+USER_ASSIGNED = "22222222-3333-4444-5555-666666666666"
+
 
 def processes_under(roots: list[str]) -> list[int]:
     """Pids whose command line names one of ``roots`` (the stand-ins' temporary directories)."""
@@ -57,10 +59,12 @@ def alive(pids: set[int]) -> set[int]:
     ids=["SIGINT-oss", "SIGTERM-enterprise", "SIGHUP-single"],
 )
 def test_serves_then_stops_every_child_on_a_signal(signum, policy, tmp_path):
+    """SIGHUP: with a user-assigned identity (--client-id), which the site then signs in with."""
     env_file = tmp_path / ".env.azure"
+    extra = ["--client-id", USER_ASSIGNED] if signum == signal.SIGHUP else []
     command = [sys.executable, "-m", "django_azure_mi.testing", "--env-file", str(env_file)]
     proc = subprocess.Popen(
-        [*command, "--redis-policy", policy] if policy != "oss" else command,  # oss: the default
+        [*command, "--redis-policy", policy, *extra] if policy != "oss" else command,  # oss: the default
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -85,6 +89,7 @@ def test_serves_then_stops_every_child_on_a_signal(signum, policy, tmp_path):
             assert name in values, exports
         assert values["AZURE_REDIS_POLICY"] == policy
         assert "# IDENTITY_ENDPOINT must not be set" in exports and "unset " not in exports
+        assert values.get("AZURE_CLIENT_ID") == (USER_ASSIGNED if extra else None), exports
         assert container_exists(values), "the CLI names a container it did not create"
         roots = [
             str(Path(values[name]).parents[1])
@@ -115,7 +120,7 @@ def container_exists(values: dict) -> bool:
     saved = {name: os.environ.get(name) for name in values}
     os.environ.update({name: value for name, value in values.items() if value is not None})
     try:
-        credential = ManagedIdentityCredential()
+        credential = ManagedIdentityCredential(client_id=values.get("AZURE_CLIENT_ID"))
         container = ContainerClient(
             values["AZURE_STORAGE_ACCOUNT_URL"],
             values["AZURE_STORAGE_CONTAINER"],

@@ -479,3 +479,14 @@ def test_the_renewal_schedules_of_the_adapters_read_the_runtimes_clock():
             if count > allowed.get(module_name(path), 0):
                 found[module_name(path)] = count
     assert found == {}
+
+
+def test_no_fix_says_see_the_error_above():
+    """A fix names an action: "see the error above" sent a new user back to an error the diagnosis should
+    have read (and on the status page there is no error above)."""
+    found = [
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if "error above" in path.read_text().lower()
+    ]
+    assert found == []

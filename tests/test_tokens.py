@@ -65,6 +65,7 @@ def test_a_provider_built_directly_serves_its_own_scope_only(make_provider, azur
     assert claims(provider.get_token(STORAGE).token)["aud"] == "https://storage.azure.com"
 
 
+@pytest.mark.azure_imds(known_client_ids=[CLIENT_ID])  # assigned to the host
 def test_system_and_user_assigned_identities_get_their_own_object_ids(azure_imds):
     system = claims(get_token_provider(STORAGE).get_token(STORAGE).token)
     user = claims(get_token_provider(STORAGE, client_id=CLIENT_ID).get_token(STORAGE).token)
@@ -77,17 +78,48 @@ def test_system_and_user_assigned_identities_get_their_own_object_ids(azure_imds
         assert claim in user
 
 
+@pytest.mark.azure_imds(known_client_ids=[CLIENT_ID])  # assigned to the host
 def test_client_id_setting_selects_the_user_assigned_identity(azure_imds, settings):
     settings.AZURE_MANAGED_IDENTITY = {"CLIENT_ID": CLIENT_ID}
     token = get_token_provider(STORAGE).get_token(STORAGE)
     assert claims(token.token)["oid"] == azure_imds.object_id(CLIENT_ID)
 
 
-@pytest.mark.azure_imds(mode="app_service")
+@pytest.mark.azure_imds(mode="app_service", known_client_ids=[CLIENT_ID])
 def test_app_service_flavour(azure_imds):
     token = get_token_provider(STORAGE, client_id=CLIENT_ID).get_token(STORAGE)
     assert claims(token.token)["oid"] == azure_imds.object_id(CLIENT_ID)
     assert azure_imds.request_count() == 1
+
+
+UNASSIGNED = "99999999-8888-7777-6666-555555555555"
+
+
+@pytest.mark.azure_imds(ttl=600)
+def test_a_client_id_the_host_has_no_identity_for_gets_azures_answer(azure_imds, settings):
+    """As Azure's identity endpoint: a client id that is not one of the host's identities gets 400
+    "Identity not found", and the error says the identity is not assigned to the host. (The emulator
+    used to make up an identity for any client id, so a wrong CLIENT_ID showed up locally as a Postgres
+    or Redis refusal.)"""
+    import requests
+
+    from django_azure_mi import diagnostics
+
+    url = f"{azure_imds.endpoint}?api-version=2018-02-01&resource={STORAGE_RESOURCE}&client_id={UNASSIGNED}"
+    answer = requests.get(url, headers={"Metadata": "true"}, timeout=5)
+    assert (answer.status_code, answer.json()["error_description"]) == (400, "Identity not found")
+    settings.AZURE_MANAGED_IDENTITY = {"CLIENT_ID": UNASSIGNED, "TIMEOUT": 5}
+    with pytest.raises(TokenUnavailableError) as info:
+        get_token_provider(STORAGE).get_token(STORAGE)
+    failure = diagnostics.diagnose_identity(info.value)
+    assert failure is not None and failure.kind == "unknown-identity", failure
+    assert "is assigned to this host" in failure.diagnosis and "identity assign" in failure.fix
+
+
+@pytest.mark.azure_imds(lenient=True)
+def test_a_lenient_emulator_makes_up_an_identity_for_any_client_id(azure_imds):
+    token = get_token_provider(STORAGE, client_id=UNASSIGNED).get_token(STORAGE)
+    assert claims(token.token)["oid"] == azure_imds.object_id(UNASSIGNED)
 
 
 def test_emulator_requires_the_metadata_header(azure_imds):
@@ -333,6 +365,7 @@ def test_emulator_callbacks_see_each_issued_token(azure_imds):
     assert token.token not in repr(issued[0])
 
 
+@pytest.mark.azure_imds(known_client_ids=[CLIENT_ID])  # assigned to the host
 def test_default_credential_reaches_managed_identity(settings, azure_imds, monkeypatch):
     """CREDENTIAL="default" (DefaultAzureCredential) passes CLIENT_ID on to its managed-identity step."""
     for name in ("AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_USERNAME"):

@@ -26,6 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-storage", action="store_true", help="leave Blob Storage (Azurite) out")
     parser.add_argument(
+        "--client-id",
+        action="append",
+        default=[],
+        help="a user-assigned identity of the host, with access to every stand-in (repeatable; the first "
+        "is the site's: AZURE_CLIENT_ID). Other client ids get Azure's 400 \"Identity not found\".",
+    )
+    parser.add_argument(
         "--env-file", help="also write the variables to this .env file (python-dotenv, `set -a; . FILE`)"
     )
     add_redis_policy(parser)
@@ -44,7 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: the terminal closed
             stack.callback(signal.signal, signum, signal.signal(signum, on_signal))
         try:
-            local = stack.enter_context(LocalAzure(services, ttl=args.ttl, redis_policy=args.redis_policy))
+            local = stack.enter_context(
+                LocalAzure(
+                    services, ttl=args.ttl, redis_policy=args.redis_policy, client_ids=tuple(args.client_id)
+                )
+            )
         except Missing as exc:  # one line that says what to install, no traceback
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -41,7 +41,8 @@ class Identities:
     system_assigned: bool
 
     def add_identity(self, client_id: str, object_id: str | None = None, name: str | None = None) -> Identity:
-        """Register a user-assigned identity (any client id is accepted unless ``known_client_ids``)."""
+        """Assign a user-assigned identity to the host (Azure: ``az … identity assign --user-assigned``);
+        other client ids get 400 "Identity not found", unless the emulator is ``lenient``."""
         with self._lock:
             identity = Identity(object_id or str(uuid.uuid4()), client_id, name or f"app-{client_id[:8]}")
             self._identities[client_id] = identity

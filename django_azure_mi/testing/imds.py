@@ -8,7 +8,9 @@ A real HTTP server on 127.0.0.1 that the real ``azure.identity.ManagedIdentityCr
   ``X-IDENTITY-HEADER: {IDENTITY_HEADER}``.
 
 It issues RS256 JWTs shaped like Entra's (aud = resource, iss ``https://sts.windows.net/<tid>/``, oid,
-tid, iat, nbf, exp, appid, uti); one object id per identity (system-assigned, one per client id). Tests count
+tid, iat, nbf, exp, appid, uti); one object id per identity: the system-assigned one and each user-assigned
+one the host has (``add_identity``; any other client id gets Azure's 400 "Identity not found" unless the
+emulator is ``lenient``). Tests count
 requests per resource, script faults (status codes with Retry-After, latency, hangs, malformed JSON, refused
 connections), hold a response until released, and subscribe to every issued token (the Postgres/Redis
 stand-ins accept exactly the tokens it issued).
@@ -68,6 +70,7 @@ class IMDSEmulator(Identities, Minting, Faults, StandIn):
         mode: str = "imds",
         tenant_id: str | None = None,
         known_client_ids: list[str] | None = None,
+        lenient: bool = False,
         system_assigned: bool = True,
         port: int = 0,
         limits: bool = True,
@@ -98,7 +101,9 @@ class IMDSEmulator(Identities, Minting, Faults, StandIn):
         self.throttled = 0
         self._in_flight = 0
         self._recent: collections.deque[float] = collections.deque()
-        self._strict = known_client_ids is not None
+        # As Azure: a client id that is not one of the host's identities (add_identity, known_client_ids)
+        # gets 400 "Identity not found"; ``lenient`` makes up an identity for any client id instead.
+        self._strict = not lenient
         self._lock = threading.Lock()
         self._identities: dict[str | None, Identity] = {None: Identity(str(uuid.uuid4()), None, "app-system")}
         for client_id in known_client_ids or ():

@@ -9,7 +9,8 @@ SIGTERM, when every stand-in stops (Postgres, redis-server, Azurite, the in-proc
 temporary directory goes. The variables:
 
 * the identity endpoint: ``AZURE_POD_IDENTITY_AUTHORITY_HOST`` (the real azure-identity's
-  ``ManagedIdentityCredential`` asks the emulator), ``AZURE_CLIENT_ID`` unset (the system-assigned identity);
+  ``ManagedIdentityCredential`` asks the emulator), ``AZURE_CLIENT_ID`` unset (the system-assigned identity)
+  or, with ``--client-id`` (repeatable: user-assigned identities of the host), the first one's;
 * ``AZURE_POSTGRES_HOST``/``_PORT``/``_NAME``/``_USER``/``_SSLROOTCERT``;
 * ``AZURE_REDIS_URL``, ``AZURE_REDIS_CA_CERTS``, ``AZURE_REDIS_USERNAME`` (the identity's object id),
   ``AZURE_REDIS_POLICY``: Azure Managed Redis with the OSS clustering policy (``oss``, AMR's default),
@@ -40,7 +41,6 @@ _REDIS_KINDS = {
     "enterprise": "Azure Managed Redis, Enterprise clustering policy",
 }
 CONTAINER = "media"  # created by the CLI, named by AZURE_STORAGE_CONTAINER
-ROLE = "app-system"  # the Postgres role of the emulator's system-assigned identity (its name)
 
 
 def add_redis_policy(parser: Any) -> None:
@@ -58,8 +58,16 @@ class LocalAzure:
     """The chosen stand-ins, wired to one IMDS emulator. Context manager: ``env`` once entered."""
 
     def __init__(
-        self, services: tuple[str, ...] = SERVICES, *, ttl: float = 3600, redis_policy: str = "oss"
+        self,
+        services: tuple[str, ...] = SERVICES,
+        *,
+        ttl: float = 3600,
+        redis_policy: str = "oss",
+        client_ids: tuple[str, ...] = (),
     ) -> None:
+        """``client_ids``: user-assigned identities of the host, each with access to every stand-in; the
+        first is the site's (``AZURE_CLIENT_ID``, the Postgres role and Redis user exported). Without
+        them the site uses the system-assigned identity."""
         from .redis import POLICIES
 
         unknown = set(services) - set(SERVICES)
@@ -68,6 +76,7 @@ class LocalAzure:
         if redis_policy not in POLICIES:
             raise ValueError(f"unknown Redis policy {redis_policy!r}; choose from {', '.join(POLICIES)}")
         self.services, self.ttl, self.redis_policy = services, ttl, redis_policy
+        self.client_ids = client_ids
         self.env: dict[str, str] = {}
         self.unset: list[str] = []
         self.lines: list[str] = []  # what is running where, for people
@@ -96,31 +105,43 @@ class LocalAzure:
             else:
                 self.env[name] = value
         self.lines.append(f"identity endpoint (IMDS)  {imds.url}   object id {imds.object_id()}")
+        users = [imds.add_identity(client_id) for client_id in self.client_ids]
+        for user in users:
+            self.lines.append(f"user-assigned identity    {user.client_id}   object id {user.object_id}")
+        site = users[0] if users else imds.identity(None)  # the identity the site signs in with
+        if users:
+            self.env["AZURE_CLIENT_ID"] = str(users[0].client_id)
+        else:  # the system-assigned identity, whatever the shell had
+            self.unset.append("AZURE_CLIENT_ID")
+        identities = [imds.identity(None), *users]
         cas: list[str] = []
         if "postgres" in self.services:
             from .postgres import PostgresStandIn
 
             pg = stack.enter_context(PostgresStandIn())
-            pg.add_role(ROLE)
+            for identity in identities:
+                pg.add_role(identity.name, identity.client_id)
             stack.callback(pg.attach(imds))
             self.env.update(
                 AZURE_POSTGRES_HOST=pg.host,
                 AZURE_POSTGRES_PORT=str(pg.port),
                 AZURE_POSTGRES_NAME=pg.dbname,
-                AZURE_POSTGRES_USER=ROLE,
+                AZURE_POSTGRES_USER=site.name,
                 AZURE_POSTGRES_SSLROOTCERT=pg.ca_file,
             )
-            self.lines.append(f"PostgreSQL (TLS, tokens)  {pg.host}:{pg.port}/{pg.dbname}  role {ROLE!r}")
+            where = f"{pg.host}:{pg.port}/{pg.dbname}"
+            self.lines.append(f"PostgreSQL (TLS, tokens)  {where}  role {site.name!r}")
         if "redis" in self.services:
             from .redis import redis_stand_in
 
             redis = stack.enter_context(redis_stand_in(self.redis_policy))
-            redis.add_identity(imds.object_id())
+            for identity in identities:
+                redis.add_identity(identity.object_id)
             stack.callback(redis.attach(imds))
             self.env.update(
                 AZURE_REDIS_URL=redis.url,
                 AZURE_REDIS_CA_CERTS=redis.ca_file,
-                AZURE_REDIS_USERNAME=imds.object_id(),
+                AZURE_REDIS_USERNAME=site.object_id,
                 AZURE_REDIS_POLICY=redis.policy,
             )
             kind = _REDIS_KINDS[redis.policy]
@@ -142,7 +163,8 @@ class LocalAzure:
 
             vault = stack.enter_context(KeyVaultStandIn())
             stack.callback(vault.attach(imds))
-            vault.grant(imds.object_id())
+            for identity in identities:
+                vault.grant(identity.object_id)
             vault.set_secret("django-secret-key", secrets.token_urlsafe(50))
             cas.append(vault.ca_file)
             self.env["AZURE_KEY_VAULT_URL"] = vault.url
