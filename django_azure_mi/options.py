@@ -14,6 +14,7 @@ One TLS rule (:func:`require_tls`): a bearer token goes only over TLS, unless th
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 import ssl
@@ -157,6 +158,21 @@ class Bound:
         return self.binding.provider
 
 
+def refuse_near_miss(options: Any, name: str, where: str, check_id: str) -> None:
+    """A key of ``options`` (``where``: the dict) spelled almost as our option ``name``
+    (``managed_identiy``) is refused, naming the spelling: else it goes to the driver as one of its own
+    options (psycopg: "invalid connection option") or is ignored, and the identity is never used."""
+    for key in options if isinstance(options, dict) else ():
+        if not isinstance(key, str) or key == name:
+            continue
+        if difflib.get_close_matches(key.lower(), [name.lower()], n=1, cutoff=0.8):
+            raise SettingError(
+                check_id,
+                f"{where}[{key!r}] is neither an option of ours nor of the driver: did you mean {name!r}?",
+                f"Rename it to {name!r}.",
+            )
+
+
 def bind(spec: OptionSpec, raw: Any, where: str) -> ServiceBinding:
     """Validate ``raw`` (the option dict, None for defaults) against ``spec``; ``where`` names the dict
     that holds it, e.g. ``"DATABASES['default']['OPTIONS']"``. Raises SettingError naming key and fix."""
@@ -168,7 +184,15 @@ def bind(spec: OptionSpec, raw: Any, where: str) -> ServiceBinding:
     for key in raw:
         if key not in allowed:
             right = [k for k in allowed if isinstance(key, str) and k.lower() == key.lower()]
-            hint = f" (in this dict it is spelled {right[0]!r})" if right else ""
+            close = difflib.get_close_matches(str(key).lower(), [k.lower() for k in allowed], n=1)
+            near = [k for k in allowed if close and k.lower() == close[0]]
+            hint = (
+                f" (in this dict it is spelled {right[0]!r})"
+                if right
+                else f" (did you mean {near[0]!r}?)"
+                if near
+                else ""
+            )
             raise SettingError(
                 spec.check_id,
                 f"{where} has unknown key {key!r}{hint};",

@@ -102,6 +102,24 @@ def test_each_misconfiguration_has_its_id(settings, expected, monkeypatch):
     assert ids(**settings) == [expected]
 
 
+@pytest.mark.parametrize(
+    ("settings", "expected", "words"),
+    [
+        (db(OPTIONS={"managed_identiy": {}}), "E010", "did you mean 'managed_identity'?"),
+        (db(OPTIONS={"managed_identity": {"clientid": CLIENT_ID}}), "E010", "did you mean 'client_id'?"),
+        (cache(options={"MANAGED_IDENTIY": {}}), "E020", "did you mean 'MANAGED_IDENTITY'?"),
+        (cache(options={"MANAGED_IDENTITY": {"USER_NAME": OID}}), "E020", "did you mean 'USERNAME'?"),
+        (storage(managed_identity={"clientid": CLIENT_ID}), "E031", "did you mean 'client_id'?"),
+    ],
+)
+def test_a_near_miss_of_our_options_is_named_at_check_time(settings, expected, words):
+    """A typo of our option (it used to reach psycopg as "invalid connection option" at the first
+    connection, diagnosed as "see the error above") or of one of its keys: the check names the spelling."""
+    with override_settings(**settings):
+        (message,) = check_settings()
+    assert message.id == f"django_azure_mi.{expected}" and words in message.msg + (message.hint or ""), message
+
+
 def test_key_vault_url_must_be_https(monkeypatch):
     monkeypatch.setenv("AZURE_KEY_VAULT_URL", "http://my-vault.vault.azure.net")
     assert ids() == ["E040"]

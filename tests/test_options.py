@@ -53,3 +53,32 @@ def test_one_tls_rule(host, tls, allowed):
     else:
         with pytest.raises(SettingError, match="problem"):
             require_tls("E999", host, tls, "problem")
+
+
+@pytest.mark.parametrize(
+    ("url", "suggested"),
+    [
+        ("redis://cache.redis.cache.windows.net:6379/0", "rediss://cache.redis.cache.windows.net:6380/"),
+        ("redis://cache.redis.cache.windows.net/0", "rediss://cache.redis.cache.windows.net:6380/"),
+        ("redis://app.westeurope.redis.azure.net:6379/0", "rediss://app.westeurope.redis.azure.net:10000/"),
+        ("redis://app.westeurope.redis.azure.net:10000/0", "rediss://app.westeurope.redis.azure.net:10000/"),
+    ],
+)
+def test_a_plain_redis_url_is_told_the_tls_port(url, suggested):
+    """E022's fix names the port Azure serves TLS on (6379 has none there; it used to be kept)."""
+    from django_azure_mi.cache.auth import check_location
+    from django_azure_mi.diagnostics import SettingError
+
+    with pytest.raises(SettingError) as info:
+        check_location(url)
+    assert info.value.check_id == "E022" and suggested in str(info.value), str(info.value)
+
+
+def test_an_http_account_url_is_told_to_use_https():
+    from django_azure_mi.diagnostics import SettingError
+    from django_azure_mi.storage import AzureManagedIdentityStorage
+
+    with pytest.raises(SettingError) as info:
+        AzureManagedIdentityStorage(account_url="http://acct.blob.core.windows.net", azure_container="media")
+    assert info.value.check_id == "E032"
+    assert "Use https://acct.blob.core.windows.net" in str(info.value), str(info.value)

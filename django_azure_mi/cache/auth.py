@@ -27,7 +27,7 @@ from ..core.errors import TokenUnavailableError, describe_error
 from ..core.refresher import Refresher
 from ..core.token import Token
 from ..diagnostics import SettingError
-from ..options import Bound, OptionSpec, ServiceBinding, bind, require_tls, verifies
+from ..options import Bound, OptionSpec, ServiceBinding, bind, refuse_near_miss, require_tls, verifies
 from .diagnosis import diagnose_error
 from .spec import OPTION as OPTION
 from .spec import SPEC as SPEC
@@ -75,7 +75,8 @@ def parse_options(
 
 def refuse_credentials(options: dict[str, Any], keys: tuple[str, str], where: str = WHERE) -> None:
     """A password or user name in the cache's OPTIONS (django-redis: upper case; the built-in backend: lower
-    case) next to the managed identity."""
+    case) next to the managed identity; a near miss of ``MANAGED_IDENTITY``."""
+    refuse_near_miss(options, OPTION, where, SPEC.check_id)
     for key in keys:
         if options.get(key):
             raise SettingError(
@@ -91,6 +92,14 @@ AMR_HOSTS: Final = (".redis.azure.net",)
 
 def is_amr_host(url: str) -> bool:
     return (urlsplit(url).hostname or "").lower().endswith(AMR_HOSTS)
+
+
+def tls_port(host: str, port: Any) -> int:
+    """The TLS port to suggest for ``host``: the given one if it is Azure's (6380 Azure Cache for Redis,
+    10000 Azure Managed Redis), else the one the host's service listens on (6379 has no TLS on Azure)."""
+    if port in (6380, 10000, "6380", "10000"):
+        return int(port)
+    return 10000 if is_amr_host(f"rediss://{host}") else 6380
 
 
 def check_location(url: str, where: str = "CACHES[…]['LOCATION']") -> None:
@@ -120,8 +129,8 @@ def check_location(url: str, where: str = "CACHES[…]['LOCATION']") -> None:
         [parts.hostname],
         parts.scheme != "redis",
         f"{where} uses redis:// (no TLS) to {parts.hostname}: the access token would travel in clear text.",
-        f"Use rediss://{parts.hostname}:{parts.port or 6380}/… (Azure Cache for Redis: port 6380; Azure "
-        "Managed Redis: 10000).",
+        f"Use rediss://{parts.hostname}:{tls_port(parts.hostname or '', parts.port)}/… (TLS: Azure Cache "
+        "for Redis listens on port 6380, Azure Managed Redis on 10000).",
     )
 
 
@@ -164,8 +173,8 @@ def check_transport(
         tls,
         f"{where}: the connection to {host} would not use TLS ({connection_class.__name__}): the access "
         "token would travel in clear text.",
-        f"Use rediss://{host}:{kwargs.get('port') or 6380}/… and no plain connection_class (Azure Cache "
-        "for Redis: port 6380; Azure Managed Redis: 10000).",
+        f"Use rediss://{host}:{tls_port(host, kwargs.get('port'))}/… and no plain connection_class (TLS: "
+        "Azure Cache for Redis listens on port 6380, Azure Managed Redis on 10000).",
     )
     if not tls:
         return

@@ -190,8 +190,8 @@ class AzureManagedIdentityStorage(BlobFiles):
                 "E032",
                 [parts.hostname],
                 parts.scheme == "https",
-                f"{self.where}['account_url'] = {self.account_url!r}: bearer tokens go only over https",
-                "(plain http is allowed to loopback hosts only).",
+                f"{self.where}['account_url'] = {self.account_url!r}: bearer tokens go only over https.",
+                f"Use https://{parts.netloc}{parts.path} (plain http is allowed to loopback hosts only).",
             )
             path_account = parts.path.strip("/").split("/")[0] if parts.path.strip("/") else ""
             host_account = (parts.hostname or "").split(".")[0] if ".blob." in (parts.hostname or "") else ""

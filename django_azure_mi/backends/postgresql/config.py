@@ -9,7 +9,16 @@ from typing import Any, Final
 
 from ... import runtime
 from ...diagnostics import SettingError
-from ...options import Bound, OptionSpec, ServiceBinding, bind, boolean, is_remote, require_tls
+from ...options import (
+    Bound,
+    OptionSpec,
+    ServiceBinding,
+    bind,
+    boolean,
+    is_remote,
+    refuse_near_miss,
+    require_tls,
+)
 
 OPTION: Final = "managed_identity"
 SPEC: Final = OptionSpec(
@@ -48,6 +57,7 @@ def alias_config(settings_dict: dict[str, Any], alias: str) -> AliasConfig | Non
     False. Raises SettingError naming the setting and the fix. No network, no credential."""
     where = f"DATABASES[{alias!r}]"
     options = settings_dict.get("OPTIONS") or {}
+    refuse_near_miss(options, OPTION, f"{where}['OPTIONS']", SPEC.check_id)
     binding = bind(SPEC, options.get(OPTION), f"{where}['OPTIONS']")
     if not binding.values["enabled"]:
         return None
