@@ -77,6 +77,8 @@ class Runtime:
                     raw = conf.read_setting(settings) if configured else None
                     self._config = conf.build_config(raw)
                     self._provisional = not configured
+                    if configured:
+                        _say_if_not_installed()
                 config = self._config
         return config
 
@@ -244,6 +246,19 @@ def per_runtime_unless(stale: Callable[[T], bool]) -> Callable[[Callable[[Any, R
 
 _lock = threading.Lock()
 _current: Runtime | None = None
+
+
+def _say_if_not_installed() -> None:
+    """Our backends work without the app, but its system checks (a PASSWORD refused, the TLS rule) and
+    ``azure_check`` don't run: said once per runtime, the first time one of them reads the settings."""
+    from django.apps import apps
+
+    if apps.ready and not apps.is_installed("django_azure_mi"):
+        logger.warning(
+            "django_azure_mi is not in INSTALLED_APPS: its system checks (manage.py check: PASSWORD refused, "
+            "TLS, option typos) and manage.py azure_check are off, and mistakes show only at the first "
+            "connection. Add 'django_azure_mi' to INSTALLED_APPS."
+        )
 
 
 def get() -> Runtime:

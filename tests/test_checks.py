@@ -117,7 +117,8 @@ def test_a_near_miss_of_our_options_is_named_at_check_time(settings, expected, w
     connection, diagnosed as "see the error above") or of one of its keys: the check names the spelling."""
     with override_settings(**settings):
         (message,) = check_settings()
-    assert message.id == f"django_azure_mi.{expected}" and words in message.msg + (message.hint or ""), message
+    assert message.id == f"django_azure_mi.{expected}", message
+    assert words in message.msg + (message.hint or ""), message
 
 
 def test_key_vault_url_must_be_https(monkeypatch):

@@ -139,3 +139,21 @@ def test_token_cache_dir_is_created_private(settings, tmp_path, azure_imds):
     files = [p for p in target.iterdir() if p.suffix == ".json"]
     assert len(files) == 1
     assert stat.S_IMODE(os.stat(files[0]).st_mode) == 0o600
+
+
+def test_our_backends_say_when_the_app_is_not_installed(caplog):
+    """Without 'django_azure_mi' in INSTALLED_APPS our checks and azure_check are off: the first use says
+    so, naming INSTALLED_APPS (a new user's PASSWORD passed `check` and failed only at connect)."""
+    from django.test import override_settings
+
+    from django_azure_mi import runtime
+
+    with override_settings(INSTALLED_APPS=["django.contrib.contenttypes"]):
+        runtime.reset()
+        caplog.set_level("WARNING", logger="django_azure_mi")
+        assert runtime.get().config  # what every backend reads first
+    assert "Add 'django_azure_mi' to INSTALLED_APPS" in caplog.text
+    caplog.clear()
+    runtime.reset()
+    assert runtime.get().config
+    assert "INSTALLED_APPS" not in caplog.text
