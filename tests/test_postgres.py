@@ -332,6 +332,20 @@ def test_auth_failure_explains_without_the_token(azure_postgres, azure_imds, use
     assert token not in message and token not in caplog.text
 
 
+def test_a_token_for_another_resource_is_diagnosed_as_such(azure_postgres, azure_imds, use_databases):
+    """The scope set to Storage's: the server says the token is for another resource, and the diagnosis
+    leads with that (it led with "USER must be the identity's Postgres role")."""
+    storage = "https://storage.azure.com/.default"
+    options = {"OPTIONS": {"managed_identity": {"scope": storage}}}
+    use_databases(default=azure_postgres.database_settings(ROLE, **options))
+    with pytest.raises(OperationalError) as info:
+        current_user()
+    message = str(info.value)
+    assert "because it is for another resource (aud https://storage.azure.com)" in message, message
+    assert "['OPTIONS']['managed_identity']['scope']" in message
+    assert "must be the identity's Postgres role" not in message
+
+
 def test_rejected_token_explains_without_the_token(azure_postgres, azure_imds, use_databases, caplog):
     use_databases(default=azure_postgres.database_settings(ROLE))
     token = get_token_provider(PG_SCOPE).get_token(PG_SCOPE).token

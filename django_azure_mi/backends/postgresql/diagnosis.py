@@ -8,7 +8,7 @@ from typing import Any, Final
 
 from ...diagnostics import ServiceFailure, generic, text_of
 
-AUTH_KINDS: Final = frozenset({"no-role", "auth-refused", "token-expired"})
+AUTH_KINDS: Final = frozenset({"no-role", "auth-refused", "token-expired", "wrong-audience"})
 _AUTH = ("password authentication failed", "access token", "no password supplied")
 _NO_ROLE = re.compile(r'role "[^"]*" does not exist')
 
@@ -34,6 +34,16 @@ def diagnose(exc: BaseException, config: Any, token: Any = None) -> ServiceFailu
     refused = f"Postgres refused the token for role {config.user!r}" + (
         f" (the identity's name is {facts['name']!r})" if facts["name"] else ""
     )
+    aud = str(facts["aud"] or "")
+    if "another resource" in lowered or (aud and "ossrdbms" not in aud):  # the server's stated reason first
+        return ServiceFailure(
+            "wrong-audience",
+            f"Postgres refused the token because it is for another resource (aud {aud or 'unknown'}), not "
+            "for Azure Database for PostgreSQL.",
+            f"Remove {where}['OPTIONS']['managed_identity']['scope'] (the default is the server's cloud's "
+            "https://ossrdbms-aad.database.windows.net/.default) or set it to that scope.",
+            facts,
+        )
     if _NO_ROLE.search(lowered):
         return ServiceFailure("no-role", f"{refused}: the role does not exist.", f"{role}.", facts)
     if "expired" in lowered and any(needle in lowered for needle in _AUTH):
