@@ -226,6 +226,7 @@ def test_pool_with_psycopg_pool_too_old_is_refused(azure_postgres, use_databases
 
 
 def test_two_aliases_with_their_own_identities(azure_postgres, azure_imds, use_databases):
+    azure_imds.add_identity(CLIENT_ID)  # a user-assigned identity of the host
     azure_postgres.add_role("reader-identity", client_id=CLIENT_ID)
     use_databases(
         default=azure_postgres.database_settings(ROLE),
