@@ -229,10 +229,15 @@ class AzuriteStandIn(StandIn):
 
     def storage_options(self, container: str = "media", **extra: Any) -> dict[str, Any]:
         """``STORAGES[...]["OPTIONS"]`` for our backend against this Azurite."""
-        options: dict[str, Any] = {
-            "account_url": self.account_url,
-            "azure_container": container,
-            "client_options": {"connection_verify": self.ca_file},
-        }
-        options.update(extra)
-        return options
+        return storage_entry(self.account_url, container, self.ca_file, **extra)["OPTIONS"]  # type: ignore[no-any-return]
+
+
+def storage_entry(account_url: str, container: str, ca_file: str, **extra: Any) -> dict[str, Any]:
+    """A ``STORAGES`` entry for our backend against an Azurite at ``account_url``."""
+    options: dict[str, Any] = {
+        "account_url": account_url,
+        "azure_container": container,
+        "client_options": {"connection_verify": ca_file},
+        **extra,
+    }
+    return {"BACKEND": "django_azure_mi.storage.AzureManagedIdentityStorage", "OPTIONS": options}

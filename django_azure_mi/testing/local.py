@@ -169,6 +169,7 @@ class LocalAzure:
             cas.append(vault.ca_file)
             self.env["AZURE_KEY_VAULT_URL"] = vault.url
             self.lines.append(f"Key Vault                 {vault.url}   secret 'django-secret-key'")
+        self.env["DJANGO_AZURE_MI_STAND_INS"] = "1"  # settings.py switches on it (testing.settings)
         if cas:
             workdir = tempfile.mkdtemp(prefix="django-azure-mi-local-")
             stack.callback(shutil.rmtree, workdir, ignore_errors=True)

@@ -283,16 +283,16 @@ class PostgresStandIn(SignIns, StandIn):
 
     def database_settings(self, role: str, *, client_id: str | None = None, **extra: Any) -> dict[str, Any]:
         """A ``DATABASES`` entry for our ENGINE that reaches this server as ``role``."""
-        options: dict[str, Any] = {"sslmode": "verify-full", "sslrootcert": self.ca_file}
-        if client_id:
-            options["managed_identity"] = {"client_id": client_id}
-        options.update(extra.pop("OPTIONS", {}))
-        return {
-            "ENGINE": ENGINE,
-            "HOST": self.host,
-            "PORT": self.port,
-            "NAME": self.dbname,
-            "USER": role,
-            "OPTIONS": options,
-            **extra,
-        }
+        return database_entry(self.host, self.port, self.dbname, role, self.ca_file, client_id, **extra)
+
+
+def database_entry(
+    host: str, port: int, name: str, role: str, ca_file: str, client_id: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """A ``DATABASES`` entry for our ENGINE that reaches a stand-in at ``host``:``port`` as ``role``."""
+    options: dict[str, Any] = {"sslmode": "verify-full", "sslrootcert": ca_file}
+    if client_id:
+        options["managed_identity"] = {"client_id": client_id}
+    options.update(extra.pop("OPTIONS", {}))
+    entry = {"ENGINE": ENGINE, "HOST": host, "PORT": port, "NAME": name, "USER": role, "OPTIONS": options}
+    return {**entry, **extra}

@@ -87,25 +87,8 @@ class RedisStandIn(Enforcer, StandIn):
         """A ``CACHES`` entry that signs in to this stand-in: ``backend`` "django-redis" (django-redis with
         our connection factory) or "builtin" (our subclass of Django's RedisCache); ``identity``: the
         ``MANAGED_IDENTITY`` option (``USERNAME``, ``CLIENT_ID``...)."""
-        tls = {"ssl_ca_certs": self.ca_file} if self.tls_enabled else {}
-        # as on an Azure Managed Redis host: the endpoint is asked whether it is a cluster
-        auto = {"CLUSTER": "auto"} if self.policy != "single" else {}
-        if backend == "django-redis":
-            options = {
-                "CONNECTION_FACTORY": "django_azure_mi.cache.EntraConnectionFactory",
-                "CLIENT_CLASS": "django_azure_mi.cache.EntraClient",
-                "MANAGED_IDENTITY": identity,
-                "CONNECTION_POOL_KWARGS": tls,
-                **auto,
-            }
-            return {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": self.url, "OPTIONS": options}
-        if backend != "builtin":
-            raise ValueError("backend is 'django-redis' or 'builtin'")
-        return {
-            "BACKEND": "django_azure_mi.cache.RedisCache",
-            "LOCATION": self.url,
-            "OPTIONS": {"MANAGED_IDENTITY": identity, **tls, **{k.lower(): v for k, v in auto.items()}},
-        }
+        ca = self.ca_file if self.tls_enabled else None
+        return cache_entry(self.url, ca, self.policy, backend, identity)
 
     def celery_settings(
         self, broker_db: int = 0, result_db: int | None = None, **identity: Any
@@ -114,24 +97,8 @@ class RedisStandIn(Enforcer, StandIn):
         stand-in with our transport and backend; ``identity``: the ``managed_identity`` option. The
         results go to database 1 on Azure Cache for Redis, to database 0 (the only one) on AMR, where the
         options say ``cluster: "auto"`` as an AMR host name would."""
-        from ..celery import TRANSPORT, result_backend
-
-        tls = {"ssl_ca_certs": self.ca_file} if self.tls_enabled else {}
-        base = self.url.rsplit("/", 1)[0]
-        if result_db is None:
-            result_db = 1 if self.policy == "single" else 0
-        options: dict[str, Any] = {"managed_identity": identity} if identity else {}
-        if self.policy != "single":
-            options["cluster"] = "auto"
-        return {
-            "broker_url": f"{base}/{broker_db}",
-            "broker_transport": TRANSPORT,
-            "broker_transport_options": dict(options),
-            "broker_use_ssl": tls or None,
-            "result_backend": result_backend(f"{base}/{result_db}"),
-            "result_backend_transport_options": dict(options),
-            "redis_backend_use_ssl": tls or None,
-        }
+        ca = self.ca_file if self.tls_enabled else None
+        return celery_entries(self.url, ca, self.policy, identity, broker_db, result_db)
 
     def start(self) -> RedisStandIn:
         self._tmp = tempfile.mkdtemp(prefix="django-azure-mi-redis-")
@@ -227,6 +194,68 @@ class RedisNonClusteredStandIn(RedisStandIn):
 
 
 POLICIES = ("single", "none", "oss", "enterprise")
+
+
+def cache_entry(
+    url: str, ca_file: str | None, policy: str, backend: str = "django-redis", identity: Any = None
+) -> dict[str, Any]:
+    """A ``CACHES`` entry for a stand-in at ``url`` (see :meth:`RedisStandIn.cache_settings`)."""
+    identity = dict(identity or {})
+    tls = {"ssl_ca_certs": ca_file} if ca_file else {}
+    auto = {"CLUSTER": "auto"} if policy != "single" else {}  # as on an AMR host: asked once
+    if backend == "django-redis":
+        options = {
+            "CONNECTION_FACTORY": "django_azure_mi.cache.EntraConnectionFactory",
+            "CLIENT_CLASS": "django_azure_mi.cache.EntraClient",
+            "MANAGED_IDENTITY": identity,
+            "CONNECTION_POOL_KWARGS": tls,
+            **auto,
+        }
+        return {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": url, "OPTIONS": options}
+    if backend != "builtin":
+        raise ValueError("backend is 'django-redis' or 'builtin'")
+    return {
+        "BACKEND": "django_azure_mi.cache.RedisCache",
+        "LOCATION": url,
+        "OPTIONS": {"MANAGED_IDENTITY": identity, **tls, **{k.lower(): v for k, v in auto.items()}},
+    }
+
+
+def celery_entries(
+    url: str,
+    ca_file: str | None,
+    policy: str,
+    identity: Any = None,
+    broker_db: int = 0,
+    result_db: int | None = None,
+) -> dict[str, Any]:
+    """Celery's settings (without ``CELERY_``) for a stand-in at ``url`` (see
+    :meth:`RedisStandIn.celery_settings`)."""
+    from ..celery import TRANSPORT, result_backend
+
+    tls = {"ssl_ca_certs": ca_file} if ca_file else {}
+    base = url.rsplit("/", 1)[0]
+    if result_db is None:
+        result_db = 1 if policy == "single" else 0
+    options: dict[str, Any] = {"managed_identity": dict(identity)} if identity else {}
+    if policy != "single":
+        options["cluster"] = "auto"
+    return {
+        "broker_url": f"{base}/{broker_db}",
+        "broker_transport": TRANSPORT,
+        "broker_transport_options": dict(options),
+        "broker_use_ssl": tls or None,
+        "result_backend": result_backend(f"{base}/{result_db}"),
+        "result_backend_transport_options": dict(options),
+        "redis_backend_use_ssl": tls or None,
+    }
+
+
+def channel_layer_entry(url: str, ca_file: str | None, policy: str) -> dict[str, Any]:
+    """A ``CHANNEL_LAYERS`` entry (our core layer) for a stand-in at ``url``."""
+    host: dict[str, Any] = {"address": url, **({"ssl_ca_certs": ca_file} if ca_file else {})}
+    config: dict[str, Any] = {"hosts": [host], **({"cluster": "auto"} if policy != "single" else {})}
+    return {"BACKEND": "django_azure_mi.channels.RedisChannelLayer", "CONFIG": config}
 
 
 def redis_stand_in(policy: str = "single") -> RedisStandIn:
