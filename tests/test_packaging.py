@@ -140,3 +140,78 @@ django.setup()
 for name in {modules!r}:
     importlib.import_module(name)
 """
+
+
+@pytest.mark.slow
+@pytest.mark.once
+def test_a_new_project_on_the_built_wheel_reaches_a_working_azure_check(sdist, tmp_path):
+    """The first hour, from the wheel: a clean venv with `django-azure-mi[all]`, a new `startproject`, the
+    app and the settings helper added to its settings.py, the stand-ins CLI started with a .env file, and
+    `manage.py azure_check` with that file's variables: every service healthy. (The README pointed a wheel
+    user at example_project/, which is not in the wheel, and four CA settings had to be guessed.)"""
+    import os
+    import signal
+    import time
+
+    uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+    if uv is None:
+        pytest.skip("uv is not installed (make installs it with the dev extra)")
+    wheels = tmp_path / "wheels"
+    built = subprocess.run(
+        [uv, "build", "--wheel", "--out-dir", str(wheels), str(sdist)], capture_output=True, text=True
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = wheels.glob("*.whl")
+    venv = tmp_path / "venv"
+    python = str(venv / "bin" / "python")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "AZURE_", "PYTHON"))}
+    for step in (
+        [uv, "venv", "--quiet", "--python", sys.executable, str(venv)],
+        [uv, "pip", "install", "--quiet", "--python", python, f"{wheel}[all]"],
+        [str(venv / "bin" / "django-admin"), "startproject", "mysite"],
+    ):
+        done = subprocess.run(step, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+        assert done.returncode == 0, (step, done.stdout[-1500:], done.stderr[-1500:])
+    settings = tmp_path / "mysite" / "mysite" / "settings.py"
+    settings.write_text(
+        settings.read_text().replace("INSTALLED_APPS = [", "INSTALLED_APPS = [\n    'django_azure_mi',")
+        + "\nimport os\n"
+        + "if os.environ.get('DJANGO_AZURE_MI_STAND_INS'):\n"
+        + "    from django_azure_mi.testing.settings import stand_in_settings\n\n"
+        + "    globals().update(stand_in_settings())\n"
+    )
+    env["AZURITE_BIN"] = str(ROOT / "tools" / "azurite" / "node_modules" / ".bin" / "azurite-blob")
+    env_file = tmp_path / ".env.azure"
+    cli = subprocess.Popen(
+        [python, "-m", "django_azure_mi.testing", "--env-file", str(env_file)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines: list[str] = []
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            line = cli.stderr.readline()
+            lines.append(line)
+            if line.startswith("# ready") or not line:
+                break
+        assert lines[-1].startswith("# ready"), "".join(lines)
+        import dotenv
+
+        site_env = {**env, **{k: v for k, v in dotenv.dotenv_values(env_file).items() if v is not None}}
+        check = subprocess.run(
+            [python, "manage.py", "azure_check"],
+            cwd=tmp_path / "mysite",
+            env=site_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-3000:]
+        assert re.search(r"(\d+) of \1 healthy", check.stdout), check.stdout[-2000:]
+    finally:
+        cli.send_signal(signal.SIGTERM)
+        cli.wait(60)
