@@ -170,3 +170,45 @@ def test_manage_py_check_reports_them():
 def test_what_was_silently_accepted_is_now_reported(settings, expected):
     """Issue 11's list of settings that were accepted without a word (and one that crashed the check)."""
     assert ids(**settings) == [expected]
+
+
+def celery(**extra):
+    from django_azure_mi.celery import TRANSPORT
+
+    return {
+        "CELERY_BROKER_TRANSPORT": TRANSPORT,
+        "CELERY_BROKER_URL": "rediss://cache.redis.cache.windows.net:6380/0",
+        **extra,
+    }
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected", "words"),
+    [
+        (celery(), None, ""),
+        (celery(CELERY_BROKER_URL="cache.redis.cache.windows.net"), "E051", "not a Redis URL"),
+        (celery(CELERY_BROKER_URL="redis://cache.redis.cache.windows.net:6379/0"), "E022", ":6380/"),
+        (celery(CELERY_BROKER_PASSWORD="key"), "E050", "CELERY_BROKER_PASSWORD is set"),
+        (
+            celery(CELERY_BROKER_TRANSPORT_OPTIONS={"managed_identiy": {}}),
+            "E050",
+            "did you mean 'managed_identity'?",
+        ),
+        (
+            celery(CELERY_BROKER_TRANSPORT_OPTIONS={"managed_identity": {"clientid": CLIENT_ID}}),
+            "E050",
+            "did you mean 'client_id'?",
+        ),
+    ],
+)
+def test_celery_settings_are_checked_by_manage_py_check(settings, expected, words):
+    """Celery's settings for our transport were validated only when a worker started (or by azure_check
+    --celery): `manage.py check` names the setting now."""
+    with override_settings(**settings):
+        messages = check_settings()
+    if expected is None:
+        assert messages == []
+        return
+    (message,) = messages
+    assert message.id == f"django_azure_mi.{expected}", message
+    assert words in message.msg + (message.hint or ""), message

@@ -17,8 +17,9 @@ BACKEND: Final = "django_azure_mi.celery.backend:RedisBackend"
 
 
 def check(errors: list[Any]) -> None:
-    """The key prefix and cluster switch of our transport and backend (the rest of their options is
-    validated when Celery builds them)."""
+    """What Celery validates only when a worker builds our transport and backend, at ``check`` time: the
+    URLs (a Redis URL, TLS, no credentials), no broker user or password, the ``managed_identity`` option
+    (and a near miss of its name), the key prefix and cluster switch."""
     from django.conf import settings
 
     from ..checks import run_check
@@ -32,23 +33,49 @@ def check(errors: list[Any]) -> None:
         found.append(
             ("CELERY_RESULT_BACKEND", backend.split("+", 1)[1], "CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS")
         )
+    if found and found[0][0] == "CELERY_BROKER_URL":
+        for name in ("CELERY_BROKER_USER", "CELERY_BROKER_PASSWORD"):
+            run_check(errors, name, _no_credential, getattr(settings, name, None), name)
     for url_setting, url, where in found:
-        if isinstance(url, str) and "://" in url:  # (not a URL: E051, when Celery builds the transport)
-            run_check(errors, url_setting, _url, url, url_setting)
-        run_check(errors, where, _one_slot, getattr(settings, where, None), where, url)
+        run_check(errors, url_setting, _url, url, url_setting)
+        run_check(errors, where, _options, getattr(settings, where, None), where, url, url_setting)
 
 
-def _url(url: str, where: str) -> None:
+def _url(url: Any, where: str) -> None:
     from ..cache.auth import check_location
+    from ..diagnostics import SettingError
 
+    if not isinstance(url, str) or "://" not in url:
+        raise SettingError(
+            "E051",
+            f"{where} is {url!r}, not a Redis URL.",
+            "Use rediss://<name>.redis.cache.windows.net:6380/0 (Azure Managed Redis: port 10000).",
+        )
     check_location(url, where)
 
 
-def _one_slot(options: Any, where: str, url: str) -> None:
-    from ..cache.slots import pinned_slot
+def _no_credential(value: Any, where: str) -> None:
+    from ..diagnostics import SettingError
 
-    if isinstance(options, dict):
-        pinned_slot(options, where, url)
+    if value:
+        raise SettingError(
+            "E050",
+            f"{where} is set while the broker signs in with a managed identity.",
+            "Remove it: the identity's object id and token are sent instead.",
+        )
+
+
+def _options(options: Any, where: str, url: str, url_setting: str) -> None:
+    from ..cache.auth import parse_options
+    from ..cache.slots import pinned_slot
+    from ..options import refuse_near_miss
+    from . import SPEC
+
+    if not isinstance(options, dict):
+        return
+    refuse_near_miss(options, "managed_identity", where, SPEC.check_id)
+    parse_options(options.get("managed_identity"), where, SPEC, url_setting)
+    pinned_slot(options, where, url)
 
 
 def targets(selection: Selection) -> list[Target]:
