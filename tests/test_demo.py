@@ -33,7 +33,7 @@ def test_the_demo_stops_cleanly_on_sigterm():
     import tempfile
     import time
 
-    from .test_local import alive, descendants, processes_under
+    from .test_local import alive, descendants, processes_under, read_until
 
     # every stand-in's directory under one of ours (the user postgres must reach it: not pytest's tmp_path)
     tmp_path = Path(tempfile.mkdtemp(prefix="django-azure-mi-demo-test-"))
@@ -49,13 +49,7 @@ def test_the_demo_stops_cleanly_on_sigterm():
         text=True,
     )
     try:
-        lines: list[str] = []
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            lines.append(line)
-            if "Press Ctrl-C to stop." in line or not line:
-                break
+        lines = read_until(proc.stdout, lambda line: "Press Ctrl-C to stop." in line, 300)
         assert "Press Ctrl-C to stop." in lines[-1], "".join(lines)[-3000:]
         running = descendants(proc.pid) | set(processes_under([str(tmp_path)]))
         assert len(running) >= 3, running  # postgres, redis-server(s), Azurite (node)

@@ -17,6 +17,19 @@ from dotenv.parser import parse_stream
 USER_ASSIGNED = "22222222-3333-4444-5555-666666666666"
 
 
+def read_until(stream, done, seconds: float) -> list[str]:
+    """Lines of a child's ``stream`` up to the first that ``done`` accepts, the end of the stream, or
+    ``seconds``; the caller asserts on the last one."""
+    lines: list[str] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        line = stream.readline()
+        lines.append(line)
+        if done(line) or not line:
+            break
+    return lines
+
+
 def processes_under(roots: list[str]) -> list[int]:
     """Pids whose command line names one of ``roots`` (the stand-ins' temporary directories)."""
     found = []
@@ -71,13 +84,8 @@ def test_serves_then_stops_every_child_on_a_signal(signum, policy, tmp_path):
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
     )
     try:
-        lines = []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            lines.append(line)
-            if line.startswith("# ready") or not line:  # not any line with "ready" ("already…")
-                break
+        # not any line with "ready" ("already…")
+        lines = read_until(proc.stderr, lambda line: line.startswith("# ready"), 120)
         assert lines[-1].startswith("# ready"), "".join(lines)
         assert env_file.exists(), "".join(lines)
         exports = env_file.read_text()

@@ -88,6 +88,21 @@ def test_metadata_matches_what_ci_runs(sdist):
     assert re.search(r"^Project-URL: Changelog, ", info, re.M)
 
 
+@pytest.fixture(scope="module")
+def uv_wheel(sdist, tmp_path_factory) -> tuple[str, Path]:
+    """(uv, the wheel built from the sdist once for the module's clean-venv tests)."""
+    uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+    if uv is None:
+        pytest.skip("uv is not installed (make installs it with the dev extra)")
+    wheels = tmp_path_factory.mktemp("wheels")
+    built = subprocess.run(
+        [uv, "build", "--wheel", "--out-dir", str(wheels), str(sdist)], capture_output=True, text=True
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = wheels.glob("*.whl")
+    return uv, wheel
+
+
 # What each extra enables: the modules that must import in a venv with only the package and that extra
 EXTRAS = {
     "postgres": ["django_azure_mi.backends.postgresql.base"],
@@ -102,18 +117,10 @@ EXTRAS = {
 
 @pytest.mark.slow
 @pytest.mark.once
-def test_each_extra_installs_alone_and_imports_what_it_enables(sdist, tmp_path):
+def test_each_extra_installs_alone_and_imports_what_it_enables(uv_wheel, tmp_path):
     """Each extra in a clean venv of its own (uv; no pytest, which happens to bring `packaging`): every
     module it enables imports. The celery extra lacked what kombu's Redis transport imports."""
-    uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
-    if uv is None:
-        pytest.skip("uv is not installed (make installs it with the dev extra)")
-    wheels = tmp_path / "wheels"
-    built = subprocess.run(
-        [uv, "build", "--wheel", "--out-dir", str(wheels), str(sdist)], capture_output=True, text=True
-    )
-    assert built.returncode == 0, built.stderr[-2000:]
-    (wheel,) = wheels.glob("*.whl")
+    uv, wheel = uv_wheel
     failures = {}
     for extra, modules in EXTRAS.items():
         venv = tmp_path / extra
@@ -144,24 +151,17 @@ for name in {modules!r}:
 
 @pytest.mark.slow
 @pytest.mark.once
-def test_a_new_project_on_the_built_wheel_reaches_a_working_azure_check(sdist, tmp_path):
+def test_a_new_project_on_the_built_wheel_reaches_a_working_azure_check(uv_wheel, tmp_path):
     """The first hour, from the wheel: a clean venv with `django-azure-mi[all]`, a new `startproject`, the
     app and the settings helper added to its settings.py, the stand-ins CLI started with a .env file, and
     `manage.py azure_check` with that file's variables: every service healthy. (The README pointed a wheel
     user at example_project/, which is not in the wheel, and four CA settings had to be guessed.)"""
     import os
     import signal
-    import time
 
-    uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
-    if uv is None:
-        pytest.skip("uv is not installed (make installs it with the dev extra)")
-    wheels = tmp_path / "wheels"
-    built = subprocess.run(
-        [uv, "build", "--wheel", "--out-dir", str(wheels), str(sdist)], capture_output=True, text=True
-    )
-    assert built.returncode == 0, built.stderr[-2000:]
-    (wheel,) = wheels.glob("*.whl")
+    from .test_local import read_until
+
+    uv, wheel = uv_wheel
     venv = tmp_path / "venv"
     python = str(venv / "bin" / "python")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "AZURE_", "PYTHON"))}
@@ -191,13 +191,7 @@ def test_a_new_project_on_the_built_wheel_reaches_a_working_azure_check(sdist, t
         text=True,
     )
     try:
-        lines: list[str] = []
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            line = cli.stderr.readline()
-            lines.append(line)
-            if line.startswith("# ready") or not line:
-                break
+        lines = read_until(cli.stderr, lambda line: line.startswith("# ready"), 180)
         assert lines[-1].startswith("# ready"), "".join(lines)
         import dotenv
 
