@@ -92,3 +92,29 @@ def test_the_postgres_gateway_survives_garbage_huge_lengths_and_half_open_ssl_re
     finally:
         for sock in half_open:
             sock.close()
+
+
+def test_a_redis_port_another_worker_took_is_picked_again_not_mistaken_for_ours(azure_redis, tmp_path):
+    """Parallel workers pick free ports at once; when another worker's redis-server binds the port first,
+    ours fails to bind while the other answers there. Taking that server for ours once sent the bootstrap
+    to another stand-in's locked-down server (CI: ``HELLO must be called with the client already
+    authenticated``). Now the launcher sees it is not ours and says so, and a stand-in picks again."""
+    from django_azure_mi.testing.redis import PortTaken, RedisStandIn, launch_redis
+
+    with pytest.raises(PortTaken):
+        launch_redis(str(tmp_path / "taken"), azure_redis.redis_port)
+    assert azure_redis.admin().ping()  # the other server is untouched
+
+    class Unlucky(RedisStandIn):
+        """The first port this stand-in picks is the other one's, as in the race."""
+
+        picks = [azure_redis.redis_port]
+
+        def _start_server(self) -> None:
+            if self.picks:
+                self.redis_port = self.picks.pop()
+            super()._start_server()
+
+    with Unlucky() as server:
+        assert server.redis_port != azure_redis.redis_port
+        assert server.admin().ping()

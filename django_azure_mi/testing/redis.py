@@ -103,8 +103,14 @@ class RedisStandIn(Enforcer, StandIn):
     def start(self) -> RedisStandIn:
         self._tmp = tempfile.mkdtemp(prefix="django-azure-mi-redis-")
         self.tls = make_tls_files(os.path.join(self._tmp, "tls"))
-        self.redis_port = free_port()
-        self._start_server()
+        for attempt in range(1, 4):
+            self.redis_port = free_port()
+            try:
+                self._start_server()
+                break
+            except PortTaken:
+                if attempt == 3:
+                    raise
         self._context = server_context(self.tls) if self.tls_enabled else None
         self.port = self._front(self.redis_port)
         threading.Thread(target=self._expiry_loop, name="redis-enforcer-expiry", daemon=True).start()
@@ -276,9 +282,16 @@ def redis_stand_in(policy: str = "single") -> RedisStandIn:
     raise ValueError(f"unknown Redis policy {policy!r}: choose from {', '.join(POLICIES)}")
 
 
+class PortTaken(RuntimeError):
+    """Another process took the free port picked for a redis-server before the server bound it (the stand-ins
+    of parallel test workers pick ports at once): pick again."""
+
+
 def launch_redis(directory: str, port: int, *args: str) -> subprocess.Popen[bytes]:
     """redis-server on 127.0.0.1:``port`` keeping nothing on disk (its files in ``directory``), with
-    ``args``; returns once it accepts connections."""
+    ``args``; returns once it accepts connections. Raises :class:`PortTaken` when ``port`` (or a cluster bus
+    port in ``args``) turns out to be another process's: a server that answers there but is not this one
+    (its ``process_id`` differs, or its default user is already off) is never taken for it."""
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     if not os.path.exists(binary):
         raise Missing(
@@ -296,14 +309,45 @@ def launch_redis(directory: str, port: int, *args: str) -> subprocess.Popen[byte
     )
     deadline = time.monotonic() + 10
     while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return server
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                raise RuntimeError(f"redis-server did not start (log: {directory}/redis.log)") from None
-            time.sleep(0.05)
+        answering = _answering_pid(port)
+        if answering == server.pid:
+            return server
+        exited = server.poll() is not None
+        if exited or time.monotonic() > deadline:
+            server.kill()
+            server.wait()
+            if answering is not None or "Address already in use" in _read(log):
+                for leftover in (log, os.path.join(directory, "nodes.conf")):  # the next attempt starts clean
+                    with contextlib.suppress(OSError):
+                        os.remove(leftover)
+                raise PortTaken(f"port {port} (or the cluster bus port) was taken by another process")
+            raise RuntimeError(f"redis-server did not start (log: {directory}/redis.log)")
+        time.sleep(0.05)
+
+
+def _answering_pid(port: int) -> int | None:
+    """The process id of the redis-server answering on ``port`` while its default user is still open (a
+    server this harness has just started); -1 for a server that is someone else's; None when nothing
+    answers."""
+    import redis
+
+    probe = redis.Redis(host="127.0.0.1", port=port, protocol=2, socket_timeout=2, socket_connect_timeout=1)
+    try:
+        return int(probe.info("server")["process_id"])
+    except (redis.AuthenticationError, redis.ResponseError):  # NOAUTH: another stand-in's, locked down
+        return -1
+    except (redis.ConnectionError, redis.TimeoutError):
+        return None
+    finally:
+        probe.close()
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as file:
+            return file.read()
+    except OSError:
+        return ""
 
 
 def bootstrap_acl(host: str, port: int, admin_password: str) -> None:

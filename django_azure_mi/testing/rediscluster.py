@@ -24,6 +24,7 @@ in cluster mode" where AMR answers "DB index is out of range"; shards have no re
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -33,7 +34,7 @@ from typing import Any
 
 from .certs import make_tls_files
 from .net import free_port
-from .redis import REDIS_RESOURCE, RedisStandIn, bootstrap_acl, launch_redis, server_context
+from .redis import REDIS_RESOURCE, PortTaken, RedisStandIn, bootstrap_acl, launch_redis, server_context
 
 SLOTS = 16384
 
@@ -80,6 +81,20 @@ class RedisClusterStandIn(RedisStandIn):
         self._tmp = tempfile.mkdtemp(prefix="django-azure-mi-redis-cluster-")
         self.tls = make_tls_files(os.path.join(self._tmp, "tls"))
         self._context = server_context(self.tls)
+        for attempt in range(1, 4):
+            try:
+                self._launch_nodes()
+                break
+            except PortTaken:  # another worker's server took a port picked here: pick them all again
+                self._stop_server()
+                self._close_listeners()
+                if attempt == 3:
+                    raise
+        self._form_cluster()
+        threading.Thread(target=self._expiry_loop, name="redis-enforcer-expiry", daemon=True).start()
+        return self
+
+    def _launch_nodes(self) -> None:
         names = ["entry"] + [f"shard{i}" for i in range(self.shards)]
         self.nodes = [Node(name, free_port(), free_port()) for name in names]
         for node in self.nodes:
@@ -87,10 +102,8 @@ class RedisClusterStandIn(RedisStandIn):
         self.port = self.entry.port
         self.redis_port = self.entry.redis_port
         for node in self.nodes:
+            shutil.rmtree(os.path.join(self._tmp or "", node.name), ignore_errors=True)  # a failed attempt
             self._launch(node)
-        self._form_cluster()
-        threading.Thread(target=self._expiry_loop, name="redis-enforcer-expiry", daemon=True).start()
-        return self
 
     def _launch(self, node: Node) -> None:
         assert self._tmp

@@ -27,7 +27,7 @@ import time
 from redis.crc import key_slot
 
 from .net import free_port
-from .redis import RedisStandIn, bootstrap_acl, launch_redis
+from .redis import PortTaken, RedisStandIn, bootstrap_acl, launch_redis
 from .redisproxy import _close, _CommandReader
 
 SPLIT = {b"MGET", b"MSET", b"DEL", b"EXISTS", b"UNLINK", b"TOUCH"}
@@ -51,12 +51,16 @@ class RedisEnterpriseStandIn(RedisStandIn):
         self._bus_port = (
             getattr(self, "_bus_port", 0) or free_port()
         )  # the default, port + 10000, may not exist
-        self._server = launch_redis(
-            self._tmp,
-            self.redis_port,
-            *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
-            *("--cluster-port", str(self._bus_port)),
-        )
+        try:
+            self._server = launch_redis(
+                self._tmp,
+                self.redis_port,
+                *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
+                *("--cluster-port", str(self._bus_port)),
+            )
+        except PortTaken:
+            self._bus_port = 0  # perhaps the bus port was the one taken: the next attempt picks both
+            raise
         bootstrap_acl(self.host, self.redis_port, self.admin_password)
         admin = self.admin()
         if not admin.execute_command("CLUSTER", "SLOTS"):  # a new node (not a restart): take every slot

@@ -102,6 +102,7 @@ class Enforcer:
         for listener in self._listeners:
             with contextlib.suppress(OSError):
                 listener.close()
+        self._listeners.clear()
 
     def _accept_loop(self, listener: socket.socket, upstream_port: int) -> None:
         while not self._stopping.is_set():
