@@ -24,9 +24,9 @@ PYENV_ROOT ?= $(shell pyenv root 2>/dev/null)
 PYENV_BINS := $(wildcard $(PYENV_ROOT)/versions/3.12*/bin $(PYENV_ROOT)/versions/3.13*/bin)
 tox newest versions pytest django-suites: export PATH := $(subst $(space),:,$(strip $(PYENV_BINS) $(PATH)))
 
-.PHONY: test lanes newest versions sdist check fast demo venv lint type pytest tox django-suites bench clean
+.PHONY: test lanes newest versions sdist check fast demo venv lint type docs dist pytest tox django-suites bench clean
 
-test: lint type
+test: lint type docs
 	$(MAKE) --no-print-directory -j2 --output-sync=target lanes
 
 lanes: newest versions
@@ -71,6 +71,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[all,dev]'
 	touch $@
+
+# The documentation site (mkdocs.yml) into site/; --strict: a broken link, anchor or nav entry fails
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+# What a release uploads: the sdist and the wheel in dist/, checked by twine, then the packaging tests on
+# those very files (each extra alone in a clean venv, a new project's first hour from the wheel)
+dist: $(STAMP) $(AZURITE)
+	rm -rf dist
+	$(BIN)/python -m build -q --outdir dist . > /dev/null
+	$(BIN)/twine check --strict dist/*
+	DJANGO_AZURE_MI_DIST=$(CURDIR)/dist $(BIN)/pytest -p no:cacheprovider -n 3 tests/test_packaging.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check django_azure_mi tests benchmarks example_project
@@ -124,5 +136,5 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/channels.py
 
 clean:
-	rm -rf $(VENV) .tox .pytest_cache .mypy_cache .ruff_cache *.egg-info tools/azurite/node_modules
+	rm -rf $(VENV) site dist .tox .pytest_cache .mypy_cache .ruff_cache *.egg-info tools/azurite/node_modules
 

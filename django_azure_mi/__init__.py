@@ -1,6 +1,6 @@
 """django-azure-mi: Managed Identity (Microsoft Entra ID) tokens for Django's Postgres, Redis and Blob.
 
-The small public API lives here; everything else is reached through settings (see README).
+The small public API lives here; everything else is reached through settings (see docs/getting-started.md).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 ``AZURE_MANAGED_IDENTITY`` and what every service shares), each service's in its descriptor
 (``service.py``, :mod:`django_azure_mi.services`). ``manage.py check`` reports them as
 ``django_azure_mi.<id>``, :class:`~django_azure_mi.diagnostics.SettingError` carries them (``.check_id``),
-and the README's table is generated from here (``python -m django_azure_mi.checkids``).
+and the docs' tables (``docs/checks.md``, ``docs/configuration.md``) are generated from here
+(``python -m django_azure_mi.checkids``).
 ``tests/test_structure.py`` fails when an id is raised but not listed, or listed but never raised.
 """
 
@@ -45,11 +46,25 @@ def by_id() -> dict[str, CheckId]:
 
 
 def markdown_table() -> str:
-    """The README's table of check ids."""
+    """The table of check ids (``docs/checks.md``)."""
     rows = ["| id | service | problem |", "|---|---|---|"]
     rows += [f"| `{c.id}` | {owner} | {c.summary} |" for owner, c in check_ids()]
     return "\n".join(rows)
 
 
-if __name__ == "__main__":  # python -m django_azure_mi.checkids > table.md
-    sys.stdout.write(markdown_table() + "\n")
+def scopes_table() -> str:
+    """Each service's default scope in each cloud (``docs/configuration.md``); a service that uses another's
+    scopes (Celery, Channels: the cache's) is not repeated."""
+    from .conf import CLOUDS
+
+    rows = ["| service | " + " | ".join(CLOUDS) + " |", "|---" * (len(CLOUDS) + 1) + "|"]
+    rows += [
+        f"| {service.title} | " + " | ".join(f"`{service.scope(cloud)}`" for cloud in CLOUDS) + " |"
+        for service in services.registered()
+        if service.scopes
+    ]
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m django_azure_mi.checkids: the tables the docs hold
+    sys.stdout.write(markdown_table() + "\n\n" + scopes_table() + "\n")

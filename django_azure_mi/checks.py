@@ -3,7 +3,7 @@ no network. ``manage.py azure_check`` talks to the services.
 
 The checks run the adapters' own validation, so a check and the error raised at runtime always agree; each
 :class:`~django_azure_mi.diagnostics.SettingError` carries its id. The ids, with what each means, are in
-:mod:`django_azure_mi.checkids` (the README's table is generated from it).
+:mod:`django_azure_mi.checkids` (docs/checks.md's table is generated from it).
 """
 
 from __future__ import annotations

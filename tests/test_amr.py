@@ -271,7 +271,7 @@ def test_django_redis_with_our_client_works_on_every_clustering_policy(amr, azur
 @pytest.mark.integration
 @pytest.mark.parametrize("policy", ["oss", "enterprise"])
 def test_a_users_suite_runs_on_an_amr_policy_with_one_option(policy):
-    """``--azure-redis-policy`` makes ``azure_redis`` an Azure Managed Redis of that policy: the README's
+    """``--azure-redis-policy`` makes ``azure_redis`` an Azure Managed Redis of that policy: docs/redis.md's
     cache test passes on it unchanged (its ``cache_settings()`` fit the policy)."""
     import subprocess
     import sys

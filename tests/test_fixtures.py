@@ -1,5 +1,6 @@
-"""The README's testing pattern, verbatim: the shipped fixtures test what they claim (the stand-ins, not the
-settings' SQLite), and the README shows exactly this code (``test_the_readme_shows_this_code``)."""
+"""The docs' testing pattern (docs/testing.md), verbatim: the shipped fixtures test what they claim (the
+stand-ins, not the settings' SQLite), and the docs show exactly this code
+(``test_the_docs_show_this_code``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import inspect
 import re
 from pathlib import Path
 
-# --- README: testing pattern (start)
+# --- docs: testing pattern (start)
 from django.core.cache import caches
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
@@ -36,17 +37,17 @@ def test_storage(azure_storage):
     assert storage.open(name).read() == b"hello"
 
 
-# --- README: testing pattern (end)
+# --- docs: testing pattern (end)
 
 
-def test_the_readme_shows_this_code():
-    source = inspect.getsource(inspect.getmodule(test_the_readme_shows_this_code))
-    code = re.search(r"# --- README: testing pattern \(start\)\n(.*?)\n+# --- README", source, re.S)[1]
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    assert f"```python\n{code.strip()}\n```" in readme, "README's testing pattern drifted from this file"
+def test_the_docs_show_this_code():
+    source = inspect.getsource(inspect.getmodule(test_the_docs_show_this_code))
+    code = re.search(r"# --- docs: testing pattern \(start\)\n(.*?)\n+# --- docs", source, re.S)[1]
+    page = (Path(__file__).parent.parent / "docs" / "testing.md").read_text()
+    assert f"```python\n{code.strip()}\n```" in page, "docs/testing.md's pattern drifted from this file"
 
 
-def test_reader(azure_databases, azure_postgres, azure_imds):  # the README's user-assigned example
+def test_reader(azure_databases, azure_postgres, azure_imds):  # the docs' user-assigned example
     client_id = "11111111-2222-3333-4444-555555555555"
     azure_imds.add_identity(client_id)  # a user-assigned identity
     azure_postgres.add_role("reader", client_id=client_id)  # and its role

@@ -3,7 +3,7 @@
 Every case is a setting a careless user (or a copy-paste from another library's docs) could write. Each
 must end in a system-check error that names the setting (with its alias) and the fix, or a warning that
 explains the risk; ``manage.py check`` must never die with a traceback. The counts are printed by
-``test_matrix_counts`` (``pytest -s``) and quoted in the README.
+``test_matrix_counts`` (``pytest -s``) and quoted in docs/checks.md.
 """
 
 from __future__ import annotations

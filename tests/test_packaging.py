@@ -4,6 +4,7 @@ and classifiers that match what CI runs (tox.ini)."""
 from __future__ import annotations
 
 import configparser
+import os
 import re
 import shutil
 import subprocess
@@ -21,6 +22,9 @@ GENERATED = (".git", ".venv", ".tox", "node_modules", "*.egg-info", "__pycache__
 
 @pytest.fixture(scope="module")
 def sdist(tmp_path_factory) -> Path:
+    if os.environ.get("DJANGO_AZURE_MI_DIST"):  # `make dist`: the files a release uploads
+        (archive,) = Path(os.environ["DJANGO_AZURE_MI_DIST"]).glob("*.tar.gz")
+        return archive
     # Built from a copy of the checkout: setuptools writes its egg-info into the source tree, and `make test`
     # runs lanes side by side (each may build at the same time)
     tree = tmp_path_factory.mktemp("tree") / "src"
@@ -55,6 +59,9 @@ def test_the_sdist_carries_its_tests_and_runs_them(sdist, tmp_path):
         "tools/azurite/package-lock.json",
         "docs/architecture.md",
         "docs/security.md",
+        "docs/getting-started.md",
+        "mkdocs.yml",
+        ".readthedocs.yaml",
         "Makefile",
         "tox.ini",
     ):
@@ -94,6 +101,9 @@ def uv_wheel(sdist, tmp_path_factory) -> tuple[str, Path]:
     uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
     if uv is None:
         pytest.skip("uv is not installed (make installs it with the dev extra)")
+    if os.environ.get("DJANGO_AZURE_MI_DIST"):  # `make dist`: the wheel a release uploads
+        (wheel,) = Path(os.environ["DJANGO_AZURE_MI_DIST"]).glob("*.whl")
+        return uv, wheel
     wheels = tmp_path_factory.mktemp("wheels")
     built = subprocess.run(
         [uv, "build", "--wheel", "--out-dir", str(wheels), str(sdist)], capture_output=True, text=True
@@ -149,14 +159,33 @@ for name in {modules!r}:
 """
 
 
+def readme_quick_start() -> str:
+    """The README's quick-start settings block, verbatim (the docs site includes the same lines)."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- quick start:.*?-->\n```python\n(.*?)\n```", readme, re.S)
+    assert block, "README.md lost its quick-start settings block"
+    return block[1]
+
+
+def test_the_readme_quick_start_is_valid_settings_code():
+    """Fast: the block compiles and ends in the one-variable switch to the stand-ins; the docs' getting
+    started page shows the same block."""
+    code = readme_quick_start()
+    page = (ROOT / "docs" / "getting-started.md").read_text()
+    assert f"```python\n{code}\n```" in page, "docs/getting-started.md's quick start differs from README's"
+    compile(code, "README.md", "exec")
+    assert 'INSTALLED_APPS += ["django_azure_mi"]' in code
+    assert "globals().update(stand_in_settings())" in code
+
+
 @pytest.mark.slow
 @pytest.mark.once
 def test_a_new_project_on_the_built_wheel_reaches_a_working_azure_check(uv_wheel, tmp_path):
     """The first hour, from the wheel: a clean venv with `django-azure-mi[all]`, a new `startproject`, the
-    app and the settings helper added to its settings.py, the stand-ins CLI started with a .env file, and
+    README's quick-start settings appended to its settings.py (Azure settings, then the switch to the
+    stand-ins), the stand-ins CLI started with a .env file, and
     `manage.py azure_check` with that file's variables: every service healthy. (The README pointed a wheel
     user at example_project/, which is not in the wheel, and four CA settings had to be guessed.)"""
-    import os
     import signal
 
     from .test_local import read_until
@@ -173,13 +202,7 @@ def test_a_new_project_on_the_built_wheel_reaches_a_working_azure_check(uv_wheel
         done = subprocess.run(step, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
         assert done.returncode == 0, (step, done.stdout[-1500:], done.stderr[-1500:])
     settings = tmp_path / "mysite" / "mysite" / "settings.py"
-    settings.write_text(
-        settings.read_text().replace("INSTALLED_APPS = [", "INSTALLED_APPS = [\n    'django_azure_mi',")
-        + "\nimport os\n"
-        + "if os.environ.get('DJANGO_AZURE_MI_STAND_INS'):\n"
-        + "    from django_azure_mi.testing.settings import stand_in_settings\n\n"
-        + "    globals().update(stand_in_settings())\n"
-    )
+    settings.write_text(settings.read_text() + "\n" + readme_quick_start())
     env["AZURITE_BIN"] = str(ROOT / "tools" / "azurite" / "node_modules" / ".bin" / "azurite-blob")
     env_file = tmp_path / ".env.azure"
     cli = subprocess.Popen(

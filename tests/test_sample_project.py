@@ -1,5 +1,5 @@
 """A user's project (tests/sample_project: its own settings on SQLite) runs its tests on the shipped fixtures,
-in one process and with pytest-xdist's two workers (each worker starts its own stand-ins): the README's
+in one process and with pytest-xdist's two workers (each worker starts its own stand-ins): the docs'
 fixture patterns, and its django_db tests on pytest-django's test database created on the stand-in."""
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ def test_sample_project_passes(workers):
     assert "6 passed" in done.stdout, done.stdout[-2000:]
 
 
-def test_the_readme_shows_the_session_database_pattern():
-    """The README's django_db pattern is the sample project's conftest.py and test_models.py, verbatim."""
-    readme = (SAMPLE.parent.parent / "README.md").read_text()
+def test_the_docs_show_the_session_database_pattern():
+    """docs/testing.md's django_db pattern is the sample project's conftest.py and test_models.py,
+    verbatim."""
+    page = (SAMPLE.parent.parent / "docs" / "testing.md").read_text()
     for name in ("conftest.py", "test_models.py"):
         code = (SAMPLE / name).read_text().strip()
-        assert f"```python\n# {name}\n{code}\n```" in readme, f"README's copy of {name} drifted"
+        assert f"```python\n# {name}\n{code}\n```" in page, f"docs/testing.md's copy of {name} drifted"
 
 
 def test_azure_databases_with_django_db_is_refused(tmp_path):

@@ -1,5 +1,6 @@
 """The Storage contract: the same operations on Django's FileSystemStorage and on our backend (on Azurite),
-with the results compared. What still differs is asserted here as a difference and listed in the README."""
+with the results compared. What still differs is asserted here as a difference and listed in
+docs/storage.md."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ TREE = ["root.txt", "a/one.txt", "a/two.txt", "a/b/three.txt", "a/b/c/four.txt",
 
 
 class ManifestAzureStorage(ManifestFilesMixin, AzureManagedIdentityStorage):
-    """The README's hashed static files on Blob Storage."""
+    """docs/storage.md's hashed static files on Blob Storage."""
 
 
 @pytest.fixture

@@ -350,8 +350,8 @@ def test_the_design_the_code_cites_is_in_the_repository():
 
 def test_one_check_id_registry_raised_ids_are_documented_and_documented_ids_raised():
     """Every id the product raises is in the registry (checkids.SHARED and each service's check_ids) and
-    every listed id is raised somewhere; the README's table is the registry's own rendering."""
-    from django_azure_mi.checkids import by_id, markdown_table
+    every listed id is raised somewhere; docs/checks.md's table is the registry's own rendering."""
+    from django_azure_mi.checkids import by_id, markdown_table, scopes_table
 
     listed = by_id()
     raised: set[str] = set()
@@ -363,8 +363,10 @@ def test_one_check_id_registry_raised_ids_are_documented_and_documented_ids_rais
         )
     assert raised - set(listed) == set(), "raised but not in the check-id registry"
     assert set(listed) - raised == set(), "in the check-id registry but never raised"
-    readme = (PACKAGE.parent / "README.md").read_text()
-    assert markdown_table() in readme, "README's check table differs: python -m django_azure_mi.checkids"
+    docs = PACKAGE.parent / "docs"
+    hint = "differs from the registry's: python -m django_azure_mi.checkids"
+    assert markdown_table() in (docs / "checks.md").read_text(), f"docs/checks.md's check table {hint}"
+    assert scopes_table() in (docs / "configuration.md").read_text(), f"docs/configuration.md's scopes {hint}"
 
 
 # The modules every service goes through: they loop over django_azure_mi.services and name none.

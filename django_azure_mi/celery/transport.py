@@ -11,7 +11,7 @@ expiry like the cache's:
   default) at most, then sends the next command, and the connection checks its due time before each;
 * idle producer connections are re-AUTHed by the identity's sweeper in the pool;
 * a RESP2 pub/sub connection (the worker's remote-control fanout) cannot AUTH while subscribed: Azure
-  closes it when its token expires and kombu reconnects it (see the README for what that costs).
+  closes it when its token expires and kombu reconnects it (docs/celery.md says what that costs).
 
     CELERY_BROKER_URL = "rediss://<name>.redis.cache.windows.net:6380/0"
     CELERY_BROKER_TRANSPORT = "django_azure_mi.celery.transport:Transport"

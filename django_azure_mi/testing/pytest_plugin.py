@@ -166,7 +166,7 @@ def azure_databases(
         raise pytest.UsageError(
             "azure_databases allows database access itself and points DATABASES at the stand-in's own "
             "database: drop @pytest.mark.django_db from this test, or, for django_db tests on the stand-in, "
-            "opt in to azure_test_databases (see django-azure-mi's README, 'Testing your app')"
+            "opt in to azure_test_databases (django-azure-mi's docs: 'Testing your app')"
         )
     blocker = request.getfixturevalue("django_db_blocker") if _has_pytest_django() else None
     unblocked = blocker.unblock() if blocker is not None else contextlib.nullcontext()

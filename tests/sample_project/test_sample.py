@@ -1,5 +1,5 @@
-"""A user's tests on the shipped fixtures (the README's pattern), run by tests/test_sample_project.py with
-and without pytest-xdist."""
+"""A user's tests on the shipped fixtures (docs/testing.md's pattern), run by tests/test_sample_project.py
+with and without pytest-xdist."""
 
 from django.core.cache import caches
 from django.core.files.base import ContentFile

@@ -12,7 +12,7 @@ dj-database-url: register the ``azurepostgres://`` scheme once, then parse as us
 The URL's user is the identity's Postgres role (percent-encode ``@``, ``/`` or spaces in it); the URL has
 no password. The query parameters ``client_id`` and ``scope`` go to ``OPTIONS["managed_identity"]``, every
 other one to libpq as usual (``sslmode``, ``options``...). django-environ and dj-database-url with a plain
-``postgres://`` URL take the engine as an argument instead (``engine=ENGINE``, see the README).
+``postgres://`` URL take the engine as an argument instead (``engine=ENGINE``, see docs/postgres.md).
 """
 
 from __future__ import annotations

@@ -93,7 +93,8 @@ class Command(BaseCommand):
                         )
                     if not any(t.alias == alias for t in chosen):
                         raise CommandError(
-                            f"--{argument.name} {alias}: it does not use django-azure-mi (see README)."
+                            f"--{argument.name} {alias}: it does not use django-azure-mi (its ENGINE, "
+                            "BACKEND or OPTIONS are not ours: see the service's page in the docs)."
                         )
 
     def _table(self, results: list[probes.Result]) -> None:
