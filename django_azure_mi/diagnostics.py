@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +57,16 @@ class ServiceFailure:
     diagnosis: str
     fix: str
     facts: dict[str, Any] = field(default_factory=dict)
+    # what happened, in the words the adapter's exception says it before the diagnosis and fix (see explain)
+    context: str = ""
+
+
+def explain(context: str, failure: ServiceFailure) -> tuple[str, ServiceFailure]:
+    """An adapter's exception message for a diagnosed failure: ``context`` (what happened, what the server
+    said), then the diagnosis and the fix, so that a log or a traceback says it all; and the failure with
+    ``context`` kept apart, so that ``azure_check`` prints each part once."""
+    message = f"{context} {failure.diagnosis} {failure.fix}"
+    return message, dataclasses.replace(failure, context=context)
 
 
 def attach(exc: BaseException, failure: ServiceFailure) -> BaseException:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import diagnostics, get_token_provider, runtime, services
-from .core.errors import describe_error
+from .core.errors import describe_error, redact
 from .services import Selection, Target
 
 __all__ = ["PROBE_PREFIX", "InFlight", "Result", "Target", "identity_facts", "run", "start", "targets"]
@@ -135,8 +135,11 @@ def _guarded(target: Target, result: Result, deep: bool) -> None:
         target.probe(result, deep)
         result.ok = True
     except Exception as exc:
-        result.error = describe_error(exc, 600)
-        _set_failure(result, diagnostics.diagnose(target.service, exc, target.where))
+        failure = diagnostics.diagnose(target.service, exc, target.where)
+        # what happened, once: an adapter's message also carries the diagnosis and fix, shown apart
+        said = redact(failure.context) if failure.context else ""
+        result.error = f"{type(exc).__name__}: {said}" if said else describe_error(exc, 600)
+        _set_failure(result, failure)
     finally:
         result.elapsed_ms = round((time.monotonic() - started) * 1000, 1)
 

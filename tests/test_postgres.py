@@ -347,6 +347,35 @@ def test_a_token_for_another_resource_is_diagnosed_as_such(azure_postgres, azure
     assert "must be the identity's Postgres role" not in message
 
 
+def test_azure_check_says_each_part_of_a_refusal_once(azure_postgres, azure_imds, use_databases, caplog):
+    """azure_check's report of a refused sign-in: the server's reason once, the diagnosis in the table and
+    under it, the fix once; the adapter's own WARNING (the whole message again, and on stderr when logging
+    is not configured) is held back, and printed with -v 2."""
+    import io
+
+    from django.core.management.base import CommandError
+
+    storage = "https://storage.azure.com/.default"
+    options = {"OPTIONS": {"managed_identity": {"scope": storage}}}
+    use_databases(default=azure_postgres.database_settings(ROLE, **options))
+    for verbosity in (1, 2):
+        out, err = io.StringIO(), io.StringIO()
+        caplog.clear()
+        with pytest.raises(CommandError):
+            call_command("azure_check", "--database", "default", stdout=out, stderr=err, verbosity=verbosity)
+        report = out.getvalue()
+        said = "The access token is for another resource (https://storage.azure.com)"
+        diagnosis = "Postgres refused the token because it is for another resource"
+        fix = "Remove DATABASES['default']['OPTIONS']['managed_identity']['scope']"
+        expected = 1 if verbosity == 1 else 2  # -v 2: the held log record (the whole message) too
+        assert report.count(said) == expected, report
+        assert report.count(diagnosis) == expected + 1, report  # the table's row, the Diagnosis line
+        assert report.count(fix) == expected, report
+        assert err.getvalue() == ""
+        assert not [r for r in caplog.records if r.name.startswith("django_azure_mi")]
+        assert ("Logged while probing:" in report) == (verbosity == 2)
+
+
 def test_rejected_token_explains_without_the_token(azure_postgres, azure_imds, use_databases, caplog):
     use_databases(default=azure_postgres.database_settings(ROLE))
     token = get_token_provider(PG_SCOPE).get_token(PG_SCOPE).token

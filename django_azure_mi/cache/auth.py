@@ -272,11 +272,11 @@ class EntraAuth:
         oid = token.claims.get("oid")
         username = self.username(token)
         failure = diagnose_error(exc, self.settings, self.settings.username, oid)
-        message = (
+        return diagnostics.explain(
             f"Redis refused AUTH as {username!r} with a token for {self.settings.scope} "
-            f"({self.provider.identity}, oid {oid}): {describe_error(exc)}. {failure.diagnosis} {failure.fix}"
+            f"({self.provider.identity}, oid {oid}): {describe_error(exc)}.",
+            failure,
         )
-        return message, failure
 
     def register(self, pool: EntraConnectionPool) -> None:
         with self._lock:

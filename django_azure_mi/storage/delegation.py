@@ -114,9 +114,8 @@ def explained(exc: HttpResponseError, action: str, where: str) -> HttpResponseEr
     if failure.kind not in ("token-refused", "no-role"):
         return exc
     code = failure.facts.get("code") or ""
-    message = (
-        f"Blob Storage refused to {action} ({exc.status_code} {code}): {describe_error(exc, 300)} "
-        f"{failure.diagnosis} {failure.fix}"
+    message, failure = diagnostics.explain(
+        f"Blob Storage refused to {action} ({exc.status_code} {code}): {describe_error(exc, 300)}", failure
     )
     error = HttpResponseError(message=message, response=exc.response)
     return diagnostics.attach(error, failure)  # type: ignore[return-value]

@@ -126,7 +126,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             raise diagnostics.attach(error, diagnose(error, params.config, params.token))
         failure = diagnose(error, params.config, params.token)
         if failure.kind in AUTH_KINDS:
-            message = refusal_message(failure, params.config, error)
+            message, failure = refusal_message(failure, params.config, error)
             logger.warning("%s", message)
         else:
             message = redact(str(error))

@@ -6,6 +6,7 @@ import re
 import time
 from typing import Any, Final
 
+from ... import diagnostics
 from ...diagnostics import ServiceFailure, generic, text_of
 
 AUTH_KINDS: Final = frozenset({"no-role", "auth-refused", "token-expired", "wrong-audience"})
@@ -77,15 +78,17 @@ def tls_failure(alias: str) -> ServiceFailure:
     )
 
 
-def refusal_message(failure: ServiceFailure, config: Any, exc: BaseException) -> str:
-    """The message of the OperationalError raised for a refused sign-in (never the token)."""
+def refusal_message(failure: ServiceFailure, config: Any, exc: BaseException) -> tuple[str, ServiceFailure]:
+    """The message of the OperationalError raised for a refused sign-in (never the token), and the failure
+    to attach to it (:func:`~django_azure_mi.diagnostics.explain`)."""
     facts = ", ".join(
         f"{name}={failure.facts.get(name)}"
         for name in ("aud", "oid", "expires_in")
         if failure.facts.get(name) is not None
     )
-    return (
+    return diagnostics.explain(
         f"Postgres at {config.host or 'localhost'}:{config.port or 5432} rejected the Microsoft Entra "
         f"token for role {config.user!r} ({config.provider.identity}; scope {config.scope}; {facts}). "
-        f"Server said: {text_of(exc)} {failure.diagnosis} {failure.fix}"
+        f"Server said: {text_of(exc)}",
+        failure,
     )

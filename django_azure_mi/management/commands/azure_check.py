@@ -6,8 +6,11 @@ command never hangs and can serve as a container startup probe. Tokens never app
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -46,7 +49,8 @@ class Command(BaseCommand):
         selected = probes.targets(only, arguments=arguments)
         self._check_selection(only or {}, selected)
         started = time.monotonic()
-        results = probes.run(selected, timeout=options["timeout"])
+        with _held_logs() as held:  # a refused sign-in also logs its message: the report shows it once
+            results = probes.run(selected, timeout=options["timeout"])
         healthy = all(r.ok for r in results)
         cache_problems = sorted(
             {p.file_cache_problem for p in runtime.get().providers() if p.file_cache_problem}
@@ -61,6 +65,10 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(document, indent=2, default=str))
         else:
             self._table(results)
+            if held and options["verbosity"] >= 2:
+                self.stdout.write("\nLogged while probing:")
+                for record in held:
+                    self.stdout.write(f"  {record.levelname} {record.name}: {record.getMessage()}")
             for problem in cache_problems:
                 self.stdout.write(
                     self.style.WARNING(
@@ -140,6 +148,28 @@ def _summary(r: probes.Result) -> str:
     if not r.ok:
         return r.diagnosis or "failed"
     return services.get(r.service).summary(r.details)
+
+
+@contextlib.contextmanager
+def _held_logs() -> Iterator[list[logging.LogRecord]]:
+    """What the package logs while the probes run, held back instead of going to the handlers (Python's
+    last-resort handler prints a WARNING to stderr when logging is not configured): a refused sign-in logs
+    the message the report prints anyway. ``-v 2`` prints what was held."""
+    held: list[logging.LogRecord] = []
+
+    class Hold(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            held.append(record)
+
+    logger = logging.getLogger("django_azure_mi")
+    handler, propagate = Hold(), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield held
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def _arguments() -> list[services.Argument]:
