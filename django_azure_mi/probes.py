@@ -40,6 +40,7 @@ class Result:
     error: str | None = None
     diagnosis: str | None = None
     fix: str | None = None
+    kind: str | None = None  # the failure's kind ("no-role", …): what azure_setup --check matches steps by
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -126,7 +127,7 @@ def _timeout(target: Target, seconds: float) -> diagnostics.ServiceFailure:
 
 
 def _set_failure(result: Result, failure: diagnostics.ServiceFailure) -> None:
-    result.diagnosis, result.fix = failure.diagnosis, failure.fix
+    result.diagnosis, result.fix, result.kind = failure.diagnosis, failure.fix, failure.kind
 
 
 def _guarded(target: Target, result: Result, deep: bool) -> None:

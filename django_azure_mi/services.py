@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .core.provider import TokenProvider
     from .diagnostics import ServiceFailure
     from .probes import Result
+    from .provision import Plan
 
 REGISTERED: Final = (
     "django_azure_mi.backends.postgresql.service",
@@ -110,6 +111,8 @@ class Service:
     arguments: tuple[Argument, ...] = ()
     purposes: frozenset[str] = frozenset({"check", "ready", "warm"})
     unconfigured: str = ""  # why an explicit selection found nothing, e.g. "AZURE_KEY_VAULT_URL is not set"
+    provision: Callable[[Plan], None] | None = None  # adds what Azure must have (azure_setup)
+    setup_arguments: tuple[Argument, ...] = ()  # azure_setup's options it reads (Plan.arguments)
 
     def scope(self, cloud: str) -> str:
         """Its default scope in ``cloud``."""

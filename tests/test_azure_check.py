@@ -84,7 +84,7 @@ def test_json_document(site, azure_imds):
     assert set(by_service) == {"postgres", "redis", "storage", "keyvault"}
     for result in document["results"]:
         assert set(result) == {
-            "service", "alias", "ok", "elapsed_ms", "identity", "details", "error", "diagnosis", "fix"
+            "service", "alias", "ok", "elapsed_ms", "identity", "details", "error", "diagnosis", "fix", "kind"
         }  # fmt: skip
         assert result["ok"] is True and result["error"] is None
         identity = result["identity"]

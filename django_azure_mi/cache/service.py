@@ -285,6 +285,13 @@ CHECK_IDS: Final = (
 )
 
 
+def provision(plan: Any) -> None:
+    """What Azure must have for it (``azure_setup``): .provision."""
+    from .provision import provision as steps
+
+    steps(plan, NAME, uses_ours)
+
+
 SERVICE: Final = Service(
     name=NAME,
     check_ids=CHECK_IDS,
@@ -297,4 +304,5 @@ SERVICE: Final = Service(
     diagnose=diagnose,
     provider=provider,
     arguments=(Argument("cache", "only this cache alias", setting="CACHES"),),
+    provision=provision,
 )

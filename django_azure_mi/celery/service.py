@@ -143,6 +143,14 @@ CHECK_IDS: Final = (
 )
 
 
+def provision(plan: Any) -> None:
+    """What Azure must have for it (``azure_setup``): .provision."""
+    from . import SPEC
+    from .provision import provision as steps
+
+    steps(plan, NAME, TRANSPORT, BACKEND, SPEC)
+
+
 SERVICE: Final = Service(
     name=NAME,
     check_ids=CHECK_IDS,
@@ -155,4 +163,5 @@ SERVICE: Final = Service(
     diagnose=diagnose,
     arguments=(Argument("celery", "only Celery's broker and result backend (CELERY_* settings)"),),
     purposes=frozenset({"check"}),
+    provision=provision,
 )

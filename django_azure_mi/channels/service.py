@@ -141,6 +141,13 @@ CHECK_IDS: Final = (
 )
 
 
+def provision(plan: Any) -> None:
+    """What Azure must have for it (``azure_setup``): .provision."""
+    from .provision import provision as steps
+
+    steps(plan, NAME, OPTION, _ours)
+
+
 SERVICE: Final = Service(
     name=NAME,
     check_ids=CHECK_IDS,
@@ -153,4 +160,5 @@ SERVICE: Final = Service(
     diagnose=diagnose,
     arguments=(Argument("channel-layer", "only this channel layer alias", setting="CHANNEL_LAYERS"),),
     purposes=frozenset({"check"}),
+    provision=provision,
 )

@@ -63,6 +63,13 @@ def summary(details: dict[str, Any]) -> str:
 CHECK_IDS: Final = (CheckId("E040", "`AZURE_KEY_VAULT_URL` is not an https URL"),)
 
 
+def provision(plan: Any) -> None:
+    """What Azure must have for it (``azure_setup``): .provision."""
+    from .provision import provision as steps
+
+    steps(plan, NAME)
+
+
 SERVICE: Final = Service(
     name=NAME,
     check_ids=CHECK_IDS,
@@ -82,4 +89,13 @@ SERVICE: Final = Service(
     ),
     purposes=frozenset({"check", "ready"}),
     unconfigured=f"no Key Vault is configured ({VAULT_URL_ENV} is not set).",
+    provision=provision,
+    setup_arguments=(
+        Argument(
+            "keyvault-url",
+            f"the vault to set up, when {VAULT_URL_ENV} is not set for this command (a settings.py that "
+            "reads its secrets at import can't, before the identity has access)",
+            selects=False,
+        ),
+    ),
 )

@@ -133,6 +133,13 @@ CHECK_IDS: Final = (
 )
 
 
+def provision(plan: Any) -> None:
+    """What Azure must have for it (``azure_setup``): .provision."""
+    from .provision import provision as steps
+
+    steps(plan, NAME, BACKEND)
+
+
 SERVICE: Final = Service(
     name=NAME,
     check_ids=CHECK_IDS,
@@ -145,4 +152,5 @@ SERVICE: Final = Service(
     diagnose=diagnose,
     provider=provider,
     arguments=(Argument("storage", "only this storage alias", setting="STORAGES"),),
+    provision=provision,
 )

@@ -142,6 +142,13 @@ CHECK_IDS: Final = (
 )
 
 
+def provision(plan: Any) -> None:
+    """What Azure must have for it (``azure_setup``): .provision."""
+    from .provision import provision as steps
+
+    steps(plan, NAME, ENGINE, _AZURE_HOSTS)
+
+
 SERVICE: Final = Service(
     name=NAME,
     check_ids=CHECK_IDS,
@@ -153,4 +160,5 @@ SERVICE: Final = Service(
     summary=summary,
     provider=provider,
     arguments=(Argument("database", "only this database alias", setting="DATABASES"),),
+    provision=provision,
 )

@@ -1,0 +1,371 @@
+"""``manage.py azure_setup``: what Azure must have for the settings, as a script and as JSON, for each
+service alone and together, system- and user-assigned identities, several aliases, each cloud; the script
+is valid shell and runs (with stand-in ``az`` and ``psql`` programs that record what they are asked)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+USER_ID = "11111111-2222-3333-4444-555555555555"
+OTHER_ID = "99999999-8888-7777-6666-555555555555"
+FACTORY = "django_azure_mi.cache.EntraConnectionFactory"
+STORAGE = "django_azure_mi.storage.AzureManagedIdentityStorage"
+TRANSPORT = "django_azure_mi.celery.transport:Transport"
+
+
+def database(host="myserver.postgres.database.azure.com", user="my-app-identity", name="app", **extra):
+    return {
+        "ENGINE": "django_azure_mi.backends.postgresql",
+        "HOST": host,
+        "NAME": name,
+        "USER": user,
+        **extra,
+    }
+
+
+def cache(location="rediss://mycache.westeurope.redis.azure.net:10000/0", **identity):
+    options = {"CONNECTION_FACTORY": FACTORY, "CLIENT_CLASS": "django_azure_mi.cache.EntraClient"}
+    if identity:
+        options["MANAGED_IDENTITY"] = identity
+    return {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": location, "OPTIONS": options}
+
+
+def storage(**options):
+    base = {"account_name": "myaccount", "azure_container": "media"}
+    return {"BACKEND": STORAGE, "OPTIONS": {**base, **options}}
+
+
+@pytest.fixture
+def site(settings, monkeypatch):
+    """``site(**settings)``: only these services configured (no Key Vault unless given)."""
+    monkeypatch.delenv("AZURE_KEY_VAULT_URL", raising=False)
+    monkeypatch.delenv("AZURE_CLIENT_ID", raising=False)
+
+    def configure(**values):
+        settings.DATABASES = values.pop("DATABASES", {})
+        settings.CACHES = values.pop(
+            "CACHES", {"default": {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}}
+        )
+        settings.STORAGES = values.pop(
+            "STORAGES", {"staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}
+        )
+        for name in (
+            "CELERY_BROKER_TRANSPORT",
+            "CELERY_BROKER_URL",
+            "CELERY_RESULT_BACKEND",
+            "CHANNEL_LAYERS",
+        ):
+            if hasattr(settings, name):
+                delattr(settings, name)
+        for name, value in values.items():
+            setattr(settings, name, value)
+
+    return configure
+
+
+def setup(*args) -> str:
+    out = StringIO()
+    call_command("azure_setup", *args, stdout=out)
+    return out.getvalue()
+
+
+def steps(*args) -> list[dict]:
+    return json.loads(setup("--json", *args))["steps"]
+
+
+def test_postgres_alone_enables_entra_names_an_admin_creates_the_role_and_grants(site):
+    site(DATABASES={"default": database()})
+    script = setup("--resource-group", "rg1")
+    assert "RESOURCE_GROUP=rg1" in script
+    assert (
+        'az postgres flexible-server update -g "$RESOURCE_GROUP" -n myserver --microsoft-entra-auth Enabled'
+        in script
+    )
+    assert "microsoft-entra-admin create" in script and '--object-id "$PG_ADMIN_OID"' in script
+    assert (
+        "pgaadauth_create_principal_with_oid('my-app-identity', '$PRINCIPAL_ID', 'service', false, false)"
+        in script
+    )
+    assert 'GRANT USAGE, CREATE ON SCHEMA public TO "my-app-identity";' in script
+    assert "dbname=postgres" in script and "dbname=app" in script
+    assert "redis" not in script and "storage" not in script
+
+
+def test_the_identity_name_creates_the_role_by_name_when_it_is_the_user(site):
+    site(DATABASES={"default": database()})
+    script = setup("--identity-name", "my-app-identity")
+    assert "pgaadauth_create_principal('my-app-identity', false, false)" in script
+    assert "az ad sp list --display-name my-app-identity" in script
+    other = setup("--identity-name", "someone-else")
+    assert "pgaadauth_create_principal_with_oid('my-app-identity'" in other
+
+
+def test_a_replica_is_read_only_and_set_up_on_its_primary(site):
+    site(
+        DATABASES={
+            "default": database(),
+            "replica": database(
+                host="myreplica.postgres.database.azure.com",
+                user="my-reader",
+                OPTIONS={"managed_identity": {"client_id": USER_ID}},
+                TEST={"MIRROR": "default"},
+            ),
+        }
+    )
+    found = steps()
+    reader = [s for s in found if s["kind"] == "sql" and "my-reader" in s["text"]]
+    assert {s["database"] for s in reader} == {"postgres", "app"}
+    assert all(s["server"] == "myserver.postgres.database.azure.com:5432" for s in reader)
+    grants = next(s["text"] for s in reader if s["database"] == "app")
+    assert 'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "my-reader";' in grants
+    assert 'ALTER DEFAULT PRIVILEGES FOR ROLE "my-app-identity"' in grants and "CREATE" not in grants
+    lookups = {s["name"]: s for s in found if s["kind"] == "lookup"}
+    assert lookups["PRINCIPAL_ID_11111111"]["text"] == f"az ad sp show --id {USER_ID} --query id -o tsv"
+    assert any(s["kind"] == "note" and "myreplica" in s.get("text", "") for s in found)
+
+
+def test_several_aliases_with_several_identities_each_get_their_own_lookup(site):
+    site(
+        DATABASES={"default": database(OPTIONS={"managed_identity": {"client_id": USER_ID}})},
+        CACHES={"default": cache(CLIENT_ID=OTHER_ID)},
+        STORAGES={"default": storage()},
+    )
+    found = steps("--identity-name", f"{OTHER_ID}=cache-identity")
+    names = [s["name"] for s in found if s["kind"] == "lookup"]
+    assert {"PRINCIPAL_ID_11111111", "PRINCIPAL_ID_99999999", "PRINCIPAL_ID"} <= set(names)
+    assert len(names) == len(set(names))
+    by_name = {s["name"]: s for s in found if s["kind"] == "lookup"}
+    assert "--display-name cache-identity" in by_name["PRINCIPAL_ID_99999999"]["text"]
+    assert by_name["PRINCIPAL_ID"].get("text") is None  # system-assigned: the script asks for it
+    amr = next(s for s in found if "redisenterprise" in s["text"])
+    assert '--object-id "$PRINCIPAL_ID_99999999"' in amr["text"]
+
+
+def test_azure_cache_for_redis_turns_entra_on_and_assigns_a_data_access_policy(site):
+    site(CACHES={"default": cache("rediss://old.redis.cache.windows.net:6380/0", USERNAME=USER_ID)})
+    found = steps()
+    texts = [s.get("text", "") for s in found]
+    assert any("az redis update" in t and "redisConfiguration.aad-enabled=true" in t for t in texts)
+    assert any("az redis access-policy-assignment create" in t and '"Data Owner"' in t for t in texts)
+    note = next(s for s in found if s["kind"] == "note")
+    assert "USERNAME" in note["text"] and "username-mismatch" in note["explains"]
+
+
+def test_one_redis_serves_the_cache_celery_and_channels_in_one_step(site):
+    url = "rediss://mycache.westeurope.redis.azure.net:10000/0"
+    site(
+        CACHES={"default": cache(url)},
+        CELERY_BROKER_TRANSPORT=TRANSPORT,
+        CELERY_BROKER_URL=url,
+        CHANNEL_LAYERS={
+            "default": {"BACKEND": "django_azure_mi.channels.RedisChannelLayer", "CONFIG": {"hosts": [url]}}
+        },
+    )
+    (amr,) = [s for s in steps() if "redisenterprise" in s.get("text", "")]
+    assert amr["where"] == ["CACHES['default']", "CELERY_BROKER_URL", "CHANNEL_LAYERS['default']"]
+
+
+def test_storage_gets_the_container_its_data_role_and_the_delegator_for_signed_urls(site):
+    site(STORAGES={"default": storage()})
+    plain = [s["text"] for s in steps() if s["kind"] == "az"]
+    assert any("az storage container create --account-name myaccount -n media" in t for t in plain)
+    assert any('"Storage Blob Data Contributor"' in t and "/containers/media" in t for t in plain)
+    assert not any("Storage Blob Delegator" in t for t in plain)
+    site(STORAGES={"default": storage(expiration_secs=3600)})
+    signed = [s["text"] for s in steps() if s["kind"] == "az"]
+    assert any('"Storage Blob Delegator"' in t and "/containers/" not in t for t in signed)
+
+
+def test_key_vault_from_the_environment_or_the_option(site, monkeypatch):
+    site()
+    assert "keyvault" not in setup()
+    found = [
+        s["text"] for s in steps("--keyvault-url", "https://my-vault.vault.azure.net") if s["kind"] == "az"
+    ]
+    assert any('"Key Vault Secrets User"' in t and "-n my-vault" in t for t in found)
+    monkeypatch.setenv("AZURE_KEY_VAULT_URL", "https://env-vault.vault.azure.net/")
+    assert "-n env-vault" in setup()
+
+
+@pytest.mark.parametrize(
+    ("cloud", "pg", "redis"),
+    [
+        ("public", "s.postgres.database.azure.com", "c.redis.cache.windows.net"),
+        ("usgovernment", "s.postgres.database.usgovcloudapi.net", "c.redis.cache.usgovcloudapi.net"),
+        ("china", "s.postgres.database.chinacloudapi.cn", "c.redis.cache.chinacloudapi.cn"),
+    ],
+)
+def test_each_clouds_hosts_are_recognised(site, cloud, pg, redis):
+    site(
+        AZURE_MANAGED_IDENTITY={"CLOUD": cloud},
+        DATABASES={"default": database(host=pg)},
+        CACHES={"default": cache(f"rediss://{redis}:6380/0")},
+    )
+    document = json.loads(setup("--json"))
+    assert document["cloud"] == cloud
+    texts = " ".join(s.get("text", "") for s in document["steps"])
+    assert "-n s --microsoft-entra-auth" in texts and 'az redis update -g "$RESOURCE_GROUP" -n c ' in texts
+    assert "PG_SERVER" not in texts
+
+
+def test_hosts_that_are_not_azure_names_ask_for_the_resource(site):
+    site(
+        DATABASES={"default": database(host="10.0.0.4")},
+        CACHES={"default": cache("rediss://10.0.0.5:6380/0")},
+    )
+    found = steps()
+    pg_server = next(s for s in found if s.get("name") == "PG_SERVER")
+    assert pg_server.get("text") is None and "10.0.0.4" in pg_server["why"]
+    assert any(s["kind"] == "note" and "10.0.0.5" in s["text"] for s in found)
+
+
+def test_every_step_says_what_it_is_for(site):
+    site(
+        DATABASES={"default": database()},
+        CACHES={"default": cache()},
+        STORAGES={"default": storage(expiration_secs=60)},
+    )
+    for step in steps("--keyvault-url", "https://v.vault.azure.net"):
+        assert step["kind"] in ("lookup", "az", "sql", "note")
+        assert step.get("why") or step.get("text")
+        if step["kind"] == "az":
+            assert step["text"].startswith("az ") and step["where"]
+
+
+@pytest.mark.parametrize("value", ["not-a-guid=name", "name=", f"{USER_ID}="])
+def test_a_malformed_identity_name_is_refused(site, value):
+    site(DATABASES={"default": database()})
+    with pytest.raises(CommandError, match="--identity-name"):
+        setup("--identity-name", value)
+
+
+FAKE_AZ = """#!/bin/sh
+echo "az $*" >> "$CALLS"
+case "$*" in
+  *"signed-in-user show --query userPrincipalName"*) echo admin@example.com ;;
+  *"signed-in-user show --query id"*) echo 00000000-0000-0000-0000-00000000ad01 ;;
+  *"ad sp show"*|*"ad sp list"*) echo 00000000-0000-0000-0000-0000000000b1 ;;
+  *"get-access-token"*) echo not-a-real-token ;;
+  *"account show"*|*"keyvault show"*) echo /subscriptions/s/resourceGroups/rg/providers/x/y ;;
+esac
+"""
+FAKE_PSQL = """#!/bin/sh
+{ echo "psql $*"; cat; } >> "$CALLS"
+"""
+
+
+def test_the_script_runs_and_hands_each_command_what_it_needs(site, tmp_path):
+    """The script under ``sh`` with stand-in ``az`` and ``psql`` programs that record their arguments and
+    input: every lookup feeds the commands after it, the SQL reaches psql with the object id filled in and
+    the settings' odd characters intact (a role name with a quote and a dollar sign)."""
+    site(
+        DATABASES={"default": database(user="o'brien$x")},
+        CACHES={"default": cache()},
+        STORAGES={"default": storage(expiration_secs=60)},
+    )
+    script = tmp_path / "setup.sh"
+    script.write_text(setup("--resource-group", "rg1", "--keyvault-url", "https://v.vault.azure.net"))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("az", FAKE_AZ), ("psql", FAKE_PSQL)):
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(stat.S_IRWXU)
+    calls = tmp_path / "calls"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls)}
+    env.pop("PRINCIPAL_ID", None)
+    done = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "PRINCIPAL_ID" in done.stderr  # the system identity's id is asked for
+    env["PRINCIPAL_ID"] = "00000000-0000-0000-0000-0000000000c1"
+    calls.write_text("")
+    done = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    recorded = calls.read_text()
+    assert "'o''brien$x', '00000000-0000-0000-0000-0000000000c1', 'service'" in recorded
+    assert 'TO "o\'brien$x";' in recorded
+    assert "--object-id 00000000-0000-0000-0000-0000000000c1" in recorded
+    assert (
+        "-g rg1 -s myserver --display-name admin@example.com --object-id 00000000-0000-0000-0000-00000000ad01"
+        in recorded
+    )
+    assert "user=admin@example.com" in recorded
+    assert (
+        "--scope /subscriptions/s/resourceGroups/rg/providers/x/y/blobServices/default/containers/media"
+        in recorded
+    )
+    assert "$(" not in recorded and "${" not in recorded
+
+
+def test_the_script_is_valid_posix_shell(site, tmp_path):
+    site(DATABASES={"default": database()}, CACHES={"default": cache()}, STORAGES={"default": storage()})
+    script = tmp_path / "setup.sh"
+    script.write_text(setup())
+    for shell in ("sh", "bash"):
+        done = subprocess.run([shell, "-n", str(script)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    assert Path(script).read_text().startswith("#!/bin/sh\n")
+
+
+def test_the_docs_show_the_example_projects_steps():
+    """docs/setup.md's example is the command's output for example_project/ with the variables it names."""
+    import re
+    import sys
+
+    root = Path(__file__).parent.parent
+    page = (root / "docs" / "setup.md").read_text()
+    shown = re.search(r"<!-- generated:.*?-->\n```sh\n(.*?)```", page, re.S)[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "DJANGO_"))}
+    env.update(
+        DJANGO_SECRET_KEY="x",
+        AZURE_POSTGRES_HOST="mysite-db.postgres.database.azure.com",
+        AZURE_POSTGRES_USER="mysite-identity",
+        AZURE_REDIS_URL="rediss://mysite-cache.westeurope.redis.azure.net:10000/0",
+        AZURE_STORAGE_ACCOUNT="mysitefiles",
+    )
+    arguments = ["--resource-group", "mysite-rg", "--identity-name", "mysite-identity"]
+    arguments += ["--keyvault-url", "https://mysite-vault.vault.azure.net"]
+    done = subprocess.run(
+        [sys.executable, "manage.py", "azure_setup", *arguments],
+        cwd=root / "example_project",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == shown, "docs/setup.md's example differs from azure_setup's output: regenerate it"
+
+
+def test_check_prints_only_what_explains_the_failures(
+    azure_postgres, azure_redis, azure_imds, use_databases, settings
+):
+    """``--check`` on the stand-ins: a role nobody created, and a Redis USERNAME that is not the identity's
+    object id (the client id, a common mix-up). The report leads with each diagnosis and holds only the
+    steps that fix them (the role's SQL, the USERNAME note), not the whole plan; exit status 1."""
+    use_databases(default="nobody-made-me")
+    settings.CACHES = {"default": azure_redis.cache_settings(USERNAME=USER_ID)}
+    settings.STORAGES = {"staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}
+    out = StringIO()
+    with pytest.raises(CommandError, match="2 of 2 checks failed"):
+        call_command("azure_setup", "--check", stdout=out)
+    report = out.getvalue()
+    assert report.startswith("# postgres DATABASES['default']: Postgres refused the token for role")
+    assert f"['USERNAME'] is '{USER_ID}' but the token's object id is" in report
+    assert "pgaadauth_create_principal_with_oid('nobody-made-me'" in report
+    assert "sets USERNAME" in report
+    assert "GRANT" not in report and "microsoft-entra-admin" not in report  # not what is missing
+    script = report.split("\n#!/bin/sh", 1)
+    assert len(script) == 2 and "PRINCIPAL_ID=" in script[1] and "PG_ADMIN=" in script[1]
+    azure_postgres.add_role("nobody-made-me")
+    settings.CACHES = {"default": azure_redis.cache_settings()}
+    healthy = StringIO()
+    call_command("azure_setup", "--check", stdout=healthy)
+    assert "healthy: nothing to set up" in healthy.getvalue()
