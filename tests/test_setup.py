@@ -369,3 +369,101 @@ def test_check_prints_only_what_explains_the_failures(
     healthy = StringIO()
     call_command("azure_setup", "--check", stdout=healthy)
     assert "healthy: nothing to set up" in healthy.getvalue()
+
+
+ROUND_TRIP_AZ = """#!/bin/sh
+echo "az $*" >> "$CALLS"
+case "$*" in
+  *"signed-in-user show --query userPrincipalName"*) echo dba ;;
+  *"signed-in-user show --query id"*) echo "$ADMIN_OID" ;;
+  *"ad sp list --display-name"*) echo "$APP_OID" ;;
+  *"get-access-token --resource-type oss-rdbms"*) cat "$ADMIN_TOKEN_FILE" ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("by", ["name", "object id"])
+def test_the_script_makes_a_server_with_only_its_entra_admin_work_for_the_site(
+    by, azure_imds, azure_databases, tmp_path
+):
+    """The round trip on a new token-checking Postgres that has only its Entra admin (``dba``, a user
+    signed in with az login): the site's sign-in fails with our diagnosis; the generated script, run by sh
+    with the real psql (the ARM calls and the admin's token come from a stand-in ``az``), creates the role
+    with Azure's function (by the identity's name, or bound to its object id) and the grants; then
+    ``migrate`` and a query as the app's identity work. (Azure's own steps, enabling Entra sign-in and
+    naming the admin, are what this server starts with: no stand-in plays ARM.)"""
+    from django_azure_mi.testing.postgres import POSTGRES_RESOURCE, PostgresStandIn
+
+    app = azure_imds.identity(None)  # the site's system-assigned identity, named "app-system"
+    admin = azure_imds.add_identity("00000000-0000-0000-0000-0000000000da", name="dba")
+    with PostgresStandIn(dbname="site") as server:
+        server.attach(azure_imds)
+        server.add_entra_admin("dba", admin.object_id)
+        connections = azure_databases(default=server.database_settings(app.name))
+        with pytest.raises(Exception, match="Postgres refused the token for role 'app-system'"):
+            connections["default"].ensure_connection()
+        arguments = ["--resource-group", "rg"] + (["--identity-name", app.name] if by == "name" else [])
+        script = tmp_path / "setup.sh"
+        script.write_text(setup(*arguments))
+        assert ("pgaadauth_create_principal('app-system'" in script.read_text()) == (by == "name")
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        (bin_dir / "az").write_text(ROUND_TRIP_AZ)
+        (bin_dir / "az").chmod(stat.S_IRWXU)
+        token_file = tmp_path / "token"
+        token_file.write_text(azure_imds.mint(POSTGRES_RESOURCE, admin.client_id, ttl=600).token)
+        env = {
+            **os.environ,
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "CALLS": str(tmp_path / "calls"),
+            "ADMIN_OID": admin.object_id,
+            "APP_OID": app.object_id,
+            "ADMIN_TOKEN_FILE": str(token_file),
+            "PG_SERVER": "standin",  # HOST is 127.0.0.1, as behind a private endpoint: the script asks
+        }
+        if by != "name":
+            env["PRINCIPAL_ID"] = app.object_id  # the system-assigned identity's id, as the script asks
+        done = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        assert server.bound_object_id("app-system") == app.object_id
+        connections.close_all()
+        call_command("migrate", verbosity=0)
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SELECT current_user, count(*) FROM django_migrations")
+            user, applied = cursor.fetchone()
+        assert user == "app-system" and applied > 0
+        connections.close_all()
+
+
+def test_the_stand_ins_principal_functions_refuse_what_azure_refuses(azure_imds):
+    """``pgaadauth_create_principal`` finds the identity by its name in the tenant: none, or two with the same
+    name, is an error (``…_with_oid`` is the way out); only the Entra admin may run them; an object id or
+    type that is not one is refused."""
+    from django_azure_mi.testing.postgres import PostgresStandIn
+
+    azure_imds.add_identity("00000000-0000-0000-0000-0000000000a1", name="twin")
+    azure_imds.add_identity("00000000-0000-0000-0000-0000000000a2", name="twin")
+    azure_imds.identity(None)  # the system-assigned identity, "app-system", in the tenant too
+    with PostgresStandIn() as server:
+        server.attach(azure_imds)
+        for call, message in [
+            (
+                "pgaadauth_create_principal('nobody', false, false)",
+                'Could not find a Microsoft Entra principal named "nobody"',
+            ),
+            ("pgaadauth_create_principal('twin', false, false)", "More than one Microsoft Entra principal"),
+            (
+                "pgaadauth_create_principal_with_oid('x', 'not-a-guid', 'service', false, false)",
+                "Invalid object id",
+            ),
+            ("pgaadauth_create_principal_with_oid('x', %s, 'robot', false, false)", "Invalid object type"),
+        ]:
+            params = [azure_imds.object_id()] if "%s" in call else None
+            with pytest.raises(Exception, match=message):
+                server.execute(f"SELECT * FROM {call}", params)
+        server.execute("CREATE ROLE plain LOGIN")
+        function = "public.pgaadauth_create_principal(text, boolean, boolean)"
+        refused = server.execute("SELECT has_function_privilege('plain', %s, 'EXECUTE')", [function])
+        assert refused == [(False,)]
+        assert server.execute("SELECT * FROM pgaadauth_create_principal('app-system', false, false)")
+        assert server.bound_object_id("app-system") == azure_imds.object_id()

@@ -60,6 +60,10 @@ def chat_env(imds, redis, backend, policy):
         # process here) and channels_redis dropped group messages, as it does for stock (logged "over
         # capacity", checked below)
         config["capacity"] = 10_000
+        # and a message waits in Redis for up to `expiry` before channels_redis drops it (stock: 60 s). CI's
+        # two CPUs, shared with the rest of the suite, fell that far behind (the last messages of a chat
+        # gone, nothing closed: docs/channels.md); 300 s keeps the test about tokens, not the machine's speed
+        config["expiry"] = 300
         if policy != "single":  # what an AMR host gets by default: keys under {asgi}, the slot's node
             config["cluster"] = "auto"
     layer = {"BACKEND": backend, "CONFIG": config}
@@ -166,8 +170,13 @@ async def chat(urls, seconds=SECONDS, fault=None):
                 await all_sent.wait()
                 room = range(i % ROOMS, ROOMS * PER_ROOM, ROOMS)
                 expected = sum(sent.get(f"c{j}", 0) for j in room)
-                deadline = time.monotonic() + 60  # the last messages arrive (behind, on a loaded machine)
-                while sum(map(len, received[name].values())) < expected and time.monotonic() < deadline:
+                # the last messages arrive, behind on a loaded machine: wait while they keep coming
+                count, quiet_since = -1, time.monotonic()
+                while (got := sum(map(len, received[name].values()))) < expected:
+                    if got != count:
+                        count, quiet_since = got, time.monotonic()
+                    elif time.monotonic() - quiet_since > 30:
+                        break
                     await asyncio.sleep(0.2)
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -239,7 +248,7 @@ def test_a_websocket_chat_across_token_rotations(kind, backend, policy, tmp_path
                     (name, sender, sent[sender], received[name][sender][:5], len(received[name][sender]))
                 )
     assert "over capacity" not in logs, logs[-3000:]
-    assert not problems, (len(problems), problems[:5], lag, logs[-4000:])
+    assert not problems, (lag, len(problems), problems[:5], logs[-4000:])
     assert "Traceback" not in logs, logs[-3000:]
     assert "eyJ" not in logs  # no token in the servers' output
     if backend == PUBSUB:
@@ -316,7 +325,7 @@ def test_the_chat_through_faults(fault, backend, tmp_path):
                 problems.append(
                     (name, sender, len(expected), len(got), sorted(set(expected) - set(got))[:10])
                 )
-    assert not problems, (len(problems), problems[:5], lag, logs[-4000:])
+    assert not problems, (lag, len(problems), problems[:5], logs[-4000:])
     assert "eyJ" not in logs
     if fault == "identity-down":
         assert closures == [], closures

@@ -64,6 +64,11 @@ class Identities:
             found = self._identities.get(client_id)
         return found or self.add_identity(client_id)  # type: ignore[arg-type]
 
+    def identities(self) -> list[Identity]:
+        """Every identity it speaks for (the system-assigned one once asked for)."""
+        with self._lock:
+            return list(self._identities.values())
+
     def object_id(self, client_id: str | None = None) -> str:
         return self.identity(client_id).object_id
 

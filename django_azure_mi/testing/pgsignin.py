@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 
 class SignIns:
-    """Token and password sign-in (a mixin of PostgresStandIn; ``_lock`` is the stand-in's)."""
+    """Token and password sign-in (a mixin of PostgresStandIn; ``_lock`` is the stand-in's; the principals
+    of :class:`~django_azure_mi.testing.pgaadauth.EntraPrincipals`)."""
 
     resource: str
     direct: bool
@@ -27,12 +28,19 @@ class SignIns:
     _gateway: Gateway | None
     _server_port: int
 
+    if TYPE_CHECKING:  # EntraPrincipals' (the stand-in's other mixin)
+
+        def sync_directory(self, imds: IMDSEmulator | None = None) -> None: ...
+
+        def bound_object_id(self, role: str) -> str | None: ...
+
     def attach(self, imds: IMDSEmulator) -> Callable[[], None]:
         """Check tokens against ``imds`` (its signing key and identities) until the returned function is
         called. Attachments stack: the latest one decides, and detaching it brings back the one before (a
         test's emulator over the session's)."""
         with self._lock:
             self._attached.append(imds)
+        self.sync_directory(imds)  # the tenant's names, for pgaadauth_create_principal
 
         def detach() -> None:
             with self._lock:
@@ -86,12 +94,13 @@ class SignIns:
         refused = f'password authentication failed for user "{user}"'
         if static is not None:
             return Verdict(None if hmac.compare_digest(static.encode(), password.encode()) else refused)
-        if not known:
+        bound = None if known else self.bound_object_id(user)  # a role made by pgaadauth_create_principal…
+        if not known and bound is None:
             return Verdict(refused)
         if imds is None:
             return Verdict(f"{refused} (no identity endpoint attached to the stand-in)")
         try:
-            oid: str | None = imds.object_id(client_id)
+            oid: str | None = bound or imds.object_id(client_id)
         except KeyError:
             oid = None
         return check_token(

@@ -40,6 +40,7 @@ from .base import Missing, StandIn
 from .certs import TLSFiles, make_tls_files
 from .imds import IMDSEmulator
 from .net import free_port
+from .pgaadauth import EntraPrincipals
 from .pggateway import Gateway
 from .pgsignin import SignIns
 
@@ -89,7 +90,7 @@ def runuser() -> str:
     return found
 
 
-class PostgresStandIn(SignIns, StandIn):
+class PostgresStandIn(SignIns, EntraPrincipals, StandIn):
     """See the module docstring. Context manager; thread-safe."""
 
     def __init__(
@@ -171,6 +172,7 @@ class PostgresStandIn(SignIns, StandIn):
         self._bindir = bindir
         self._admin = self._connect_admin("postgres")
         self.execute(f'CREATE DATABASE "{self.dbname}"')
+        self._install_principals()
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(self.tls.cert_file, self.tls.key_file)
         self._gateway = Gateway(self.host, self.port, context, self._check, self._backend)

@@ -64,6 +64,11 @@ def _alias_steps(
     host = str(primary.get("HOST") or config.host or "localhost")
     server_address = f"{host}:{primary.get('PORT') or config.port or 5432}"
     dbname = str(primary.get("NAME") or "postgres")
+    options = primary.get("OPTIONS") or {}  # the server verified as the alias verifies it (default: OS roots)
+    tls = " ".join(
+        f"{key}={options.get(key) or default}"
+        for key, default in (("sslmode", "verify-full"), ("sslrootcert", "system"))
+    )
     server = _server_name(plan, service, host, azure_hosts)
     group = plan.group()
     plan.add(
@@ -96,7 +101,7 @@ def _alias_steps(
             f"SELECT * FROM {create}\n  WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = "
             f"{sql_literal(role)});",
             f"the role {role!r} ({where}['USER']) signs in with the identity's tokens", (where,),
-            server=server_address, database="postgres", runner=_psql(server_address, "postgres"),
+            server=server_address, database="postgres", runner=_psql(server_address, "postgres", tls),
             explains=ROLE_KINDS,
         )
     )  # fmt: skip
@@ -116,7 +121,7 @@ def _alias_steps(
             service, identity.label, "sql", _grants(role, dbname, read_only, owner),
             (f"{role!r} may read the tables of {dbname!r} (a read-only alias)" if read_only else
              f"{role!r} may use {dbname!r} and create its tables (migrations)"), (where,),
-            server=server_address, database=dbname, runner=_psql(server_address, dbname),
+            server=server_address, database=dbname, runner=_psql(server_address, dbname, tls),
         )
     )  # fmt: skip
 
@@ -147,12 +152,12 @@ def _admin(plan: Plan, service: str) -> str:
     return "$PG_ADMIN"
 
 
-def _psql(server: str, database: str) -> str:
+def _psql(server: str, database: str, tls: str) -> str:
     """psql as the server's Entra admin (``$PG_ADMIN``, a lookup: by default the signed-in user) with a
-    token for the Postgres resource, verifying the server (the OS trust store), stopping at the first
-    error."""
+    token for the Postgres resource, verifying the server as the alias does (``tls``), stopping at the
+    first error."""
     host, _, port = server.rpartition(":")
-    target = f"host={host} port={port} dbname={database} sslmode=verify-full sslrootcert=system"
+    target = f"host={host} port={port} dbname={database} {tls}"
     return (
         'PGPASSWORD="$(az account get-access-token --resource-type oss-rdbms --query accessToken -o tsv)" '
         f'psql "{target} user=$PG_ADMIN" -v ON_ERROR_STOP=1'
