@@ -8,22 +8,14 @@ from ..options import OptionSpec
 from ..provision import Plan
 
 
-def provision(plan: Plan, name: str, transport: str, backend_path: str, spec: OptionSpec) -> None:
-    """The steps of the broker on ``transport`` and the result backend ``backend_path`` (their identity
-    option: ``spec``), as ``name``."""
+def provision(plan: Plan, name: str, found: list[tuple[str, str, str]], spec: OptionSpec) -> None:
+    """The steps of each of Celery's Redis clients of ours, ``found`` as (the URL's setting, the URL, the
+    options' setting), their identity option being ``spec``, as service ``name``."""
     from django.conf import settings
 
     from ..cache.auth import parse_options
     from ..cache.provision import redis_steps
 
-    found = []
-    if getattr(settings, "CELERY_BROKER_TRANSPORT", None) == transport:
-        url = getattr(settings, "CELERY_BROKER_URL", None) or ""
-        found.append(("CELERY_BROKER_URL", url, "CELERY_BROKER_TRANSPORT_OPTIONS"))
-    backend = getattr(settings, "CELERY_RESULT_BACKEND", None)
-    if isinstance(backend, str) and backend.startswith(f"{backend_path}+"):
-        url = backend.split("+", 1)[1]
-        found.append(("CELERY_RESULT_BACKEND", url, "CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS"))
     for setting, url, where in found:
         options = getattr(settings, where, None) or {}
         entra = parse_options(options.get("managed_identity"), where, spec, setting)

@@ -24,6 +24,17 @@ def check(errors: list[Any]) -> None:
 
     from ..checks import run_check
 
+    found = configured(settings)
+    if found and found[0][0] == "CELERY_BROKER_URL":
+        for name in ("CELERY_BROKER_USER", "CELERY_BROKER_PASSWORD"):
+            run_check(errors, name, _no_credential, getattr(settings, name, None), name)
+    for url_setting, url, where in found:
+        run_check(errors, url_setting, _url, url, url_setting)
+        run_check(errors, where, _options, getattr(settings, where, None), where, url, url_setting)
+
+
+def configured(settings: Any) -> list[tuple[str, str, str]]:
+    """(the URL's setting, the URL, the options' setting) of the broker and the result backend on ours."""
     found = []
     if getattr(settings, "CELERY_BROKER_TRANSPORT", None) == TRANSPORT:
         url = getattr(settings, "CELERY_BROKER_URL", None) or ""
@@ -33,12 +44,7 @@ def check(errors: list[Any]) -> None:
         found.append(
             ("CELERY_RESULT_BACKEND", backend.split("+", 1)[1], "CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS")
         )
-    if found and found[0][0] == "CELERY_BROKER_URL":
-        for name in ("CELERY_BROKER_USER", "CELERY_BROKER_PASSWORD"):
-            run_check(errors, name, _no_credential, getattr(settings, name, None), name)
-    for url_setting, url, where in found:
-        run_check(errors, url_setting, _url, url, url_setting)
-        run_check(errors, where, _options, getattr(settings, where, None), where, url, url_setting)
+    return found
 
 
 def _url(url: Any, where: str) -> None:
@@ -145,10 +151,12 @@ CHECK_IDS: Final = (
 
 def provision(plan: Any) -> None:
     """What Azure must have for it (``azure_setup``): .provision."""
+    from django.conf import settings
+
     from . import SPEC
     from .provision import provision as steps
 
-    steps(plan, NAME, TRANSPORT, BACKEND, SPEC)
+    steps(plan, NAME, configured(settings), SPEC)
 
 
 SERVICE: Final = Service(
