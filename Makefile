@@ -42,6 +42,7 @@ versions: $(STAMP) $(AZURITE) sdist
 	$(RUN_SUITES_52)
 	$(RUN_AMR_ENTERPRISE)
 	$(RUN_AMR_NONE)
+	$(RUN_AZCLI)
 
 # One sdist for every tox env (tox --installpkg): concurrent tox runs never build in the checkout at once
 SDIST_DIR := .tox/dist
@@ -117,6 +118,8 @@ RUN_SUITES_52 = $(BIN)/python tests/django_suites/run.py
 RUN_AMR_OSS = $(BIN)/python tests/django_suites/run.py --redis-policy oss
 RUN_AMR_ENTERPRISE = $(BIN)/python tests/django_suites/run.py --redis-policy enterprise
 RUN_AMR_NONE = $(BIN)/python tests/django_suites/run.py --redis-policy none --no-django-redis
+# every az command azure_setup generates, parsed by azure-cli's own parser (azure-cli in its own tox env)
+RUN_AZCLI = $(BIN)/tox run --workdir .tox/azcli $(INSTALLPKG) -e azcli
 RUN_SUITES_61 = $(BIN)/tox run --workdir .tox/suites $(INSTALLPKG) -e suites-django61
 
 django-suites: $(STAMP) sdist

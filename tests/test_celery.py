@@ -76,6 +76,7 @@ def send(env: dict[str, str], seconds: float, minimum: int = 0) -> dict[str, int
 
 @pytest.mark.slow
 @pytest.mark.once
+@pytest.mark.heavy
 @pytest.mark.azure_imds(ttl=TTL)
 @pytest.mark.parametrize("pool", ["prefork", "solo", "threads"])
 def test_a_real_worker_runs_every_task_once_through_three_rotations(
@@ -159,6 +160,7 @@ def test_a_worker_started_while_the_identity_endpoint_is_down_waits_and_recovers
 
 @pytest.mark.slow
 @pytest.mark.once
+@pytest.mark.heavy
 @pytest.mark.azure_imds(ttl=TTL)
 def test_beat_sends_to_the_broker_across_rotations(celery_env, azure_imds, azure_redis, tmp_path):
     """``celery beat`` sends a task every second for 3.2 token lifetimes while a worker runs them: its
@@ -176,6 +178,10 @@ def test_beat_sends_to_the_broker_across_rotations(celery_env, azure_imds, azure
     )  # fmt: skip
     seconds = 3.2 * TTL
     try:
+        # from the first tick the worker ran (starting two processes took 20 s on a loaded CI machine)
+        deadline = time.monotonic() + 120
+        while not azure_redis.admin().get(":1:runs:beat") and time.monotonic() < deadline:
+            time.sleep(0.2)
         time.sleep(seconds)
     finally:
         beat_output = beat.stop()

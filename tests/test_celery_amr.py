@@ -118,6 +118,7 @@ def test_the_result_backend_keeps_its_keys_under_the_prefix(azure_redis_enterpri
 
 @pytest.mark.slow
 @pytest.mark.once
+@pytest.mark.heavy
 @pytest.mark.azure_imds(ttl=TTL)
 @pytest.mark.parametrize(("policy", "pool"), [("oss", "prefork"), ("enterprise", "solo")])
 def test_a_real_worker_runs_every_task_once_through_three_rotations_on_amr(

@@ -42,6 +42,7 @@ print(json.dumps({"sent": sent, "ok": ok, "duplicates": duplicates, "elapsed": e
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.azure_imds(ttl=TTL)
 @pytest.mark.parametrize("policy", ["single", "none"])
 def test_a_real_rq_worker_runs_every_job_once_through_three_rotations(

@@ -146,7 +146,7 @@ def test_several_aliases_with_several_identities_each_get_their_own_lookup(site)
     by_name = {s["name"]: s for s in found if s["kind"] == "lookup"}
     assert "--display-name cache-identity" in by_name["PRINCIPAL_ID_99999999"]["text"]
     assert by_name["PRINCIPAL_ID"].get("text") is None  # system-assigned: the script asks for it
-    amr = next(s for s in found if "redisenterprise" in s["text"])
+    amr = next(s for s in found if "redisenterprise database" in s["text"])
     assert '--object-id "$PRINCIPAL_ID_99999999"' in amr["text"]
 
 
@@ -170,7 +170,7 @@ def test_one_redis_serves_the_cache_celery_and_channels_in_one_step(site):
             "default": {"BACKEND": "django_azure_mi.channels.RedisChannelLayer", "CONFIG": {"hosts": [url]}}
         },
     )
-    (amr,) = [s for s in steps() if "redisenterprise" in s.get("text", "")]
+    (amr,) = [s for s in steps() if "redisenterprise database" in s.get("text", "")]
     assert amr["where"] == ["CACHES['default']", "CELERY_BROKER_URL", "CHANNEL_LAYERS['default']"]
 
 

@@ -72,6 +72,13 @@ def redis_steps(
         if amr:
             plan.add(
                 Step(
+                    service, identity.label, "az", "az extension add --name redisenterprise --upgrade --yes",
+                    "az redisenterprise is an azure-cli extension, not part of azure-cli itself (a script "
+                    "can't answer its install prompt)", (where,),
+                )
+            )  # fmt: skip
+            plan.add(
+                Step(
                     service, identity.label, "az",
                     f"az redisenterprise database access-policy-assignment create -g {group} "
                     f"--cluster-name {amr[1]} --database-name default --access-policy-name default "

@@ -1,0 +1,145 @@
+"""Every ``az`` command ``azure_setup`` generates, for a matrix of settings, parses with azure-cli's own
+parser: its command exists and each argument is one that command accepts. Nothing runs: the parse is
+stopped by azure-cli's post-parse event, before validators, login or any request.
+
+azure-cli is large, so it is installed only in its own tox environment (``tox -e azcli``, part of
+``make test``), where ``AZCLI_REQUIRED=1`` makes a missing azure-cli an error instead of a skip."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import os
+import re
+import shlex
+
+import pytest
+
+if os.environ.get("AZCLI_REQUIRED"):
+    import azure.cli.core  # noqa: F401  # the azcli env must have it: never skip there
+else:
+    pytest.importorskip("azure.cli.core", reason="azure-cli is installed in tox -e azcli only")
+
+from .test_setup import cache, database, setup, site, storage  # noqa: F401
+
+GUID = "6f1c3a52-8a54-4b0c-9a0e-2b1b4f0d7e11"
+VALUES = {  # what the script's variables hold when it runs
+    "RESOURCE_GROUP": "rg",
+    "PG_SERVER": "myserver",
+    "PG_ADMIN": "admin@example.com",
+    "PG_ADMIN_OID": GUID,
+}
+SUBSTITUTION = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/x/y/z"
+
+
+def az_commands(text: str) -> list[list[str]]:
+    """Every ``az`` invocation in a step's text: the outer command and those inside ``$(…)``, as the shell
+    would split them, variables replaced by plausible values."""
+    found: list[list[str]] = []
+    while (start := text.find("$(az ")) >= 0:
+        depth, end = 0, start + 1
+        for end in range(start + 1, len(text)):
+            depth += {"(": 1, ")": -1}.get(text[end], 0)
+            if depth == 0:
+                break
+        found += az_commands(text[start + 2 : end])
+        text = text[:start] + SUBSTITUTION + text[end + 1 :]
+    text = re.sub(r"\$(PRINCIPAL_ID\w*)", GUID, text)
+    text = re.sub(r"\$([A-Z_]+)", lambda m: VALUES.get(m[1], m[0]), text)
+    if text.lstrip().startswith("az "):
+        found.append(shlex.split(text)[1:])
+    return found
+
+
+# Commands of azure-cli extensions, which azure-cli itself doesn't have and this machine can't install (their
+# index is on aka.ms): each one's options as its source declares them. redisenterprise: Azure/azure-cli-
+# extensions src/redisenterprise/azext_redisenterprise/aaz/latest/redisenterprise/database/
+# access_policy_assignment/_create.py (commit 35373d53), plus the options every command takes.
+EXTENSIONS = {
+    "redisenterprise database access-policy-assignment create": {
+        "-n",
+        "--name",
+        "--access-policy-assignment-name",
+        "--cluster-name",
+        "--database-name",
+        "-g",
+        "--resource-group",
+        "--access-policy-name",
+        "--object-id",
+        "--no-wait",
+    },
+}
+EVERY_COMMAND = {"--query", "-o", "--output", "--subscription", "--only-show-errors", "--verbose", "--debug"}
+ALPHANUMERIC = {"--access-policy-assignment-name", "--cluster-name", "--database-name"}  # ^[A-Za-z0-9]{1,60}$
+
+
+def parse_extension(arguments: list[str]) -> tuple[bool, str] | None:
+    """(accepted, why not) for an extension's command, None for azure-cli's own."""
+    for command, options in EXTENSIONS.items():
+        words = command.split()
+        if arguments[: len(words)] == words:
+            rest = arguments[len(words) :]
+            unknown = [a for a in rest if a.startswith("-") and a not in options | EVERY_COMMAND]
+            pairs = itertools.pairwise(rest)
+            odd = [value for option, value in pairs if option in ALPHANUMERIC and not value.isalnum()]
+            return not unknown and not odd, f"unknown options {unknown}, values not alphanumeric {odd}"
+    return None
+
+
+def parse_with_azure_cli(arguments: list[str]) -> tuple[bool, str]:
+    """(whether azure-cli's parser accepted ``az ARGUMENTS``, what it said)."""
+    from azure.cli.core import get_default_cli
+    from knack.events import EVENT_INVOKER_POST_PARSE_ARGS
+
+    class Parsed(Exception):
+        pass
+
+    cli = get_default_cli()
+    reached: list[bool] = []
+
+    def stop(cli_ctx: object, **kwargs: object) -> None:
+        reached.append(True)
+        raise Parsed
+
+    cli.register_event(EVENT_INVOKER_POST_PARSE_ARGS, stop)
+    out = io.StringIO()
+    with contextlib.suppress(SystemExit):
+        cli.invoke(arguments, out_file=out)
+    return bool(reached), out.getvalue()
+
+
+SETTINGS = {
+    "everything": dict(
+        DATABASES={"default": database(), "replica": database(user="r", TEST={"MIRROR": "default"})},
+        CACHES={
+            "amr": cache(),
+            "classic": cache("rediss://old.redis.cache.windows.net:6380/0"),
+        },
+        STORAGES={"default": storage(expiration_secs=60)},
+    ),
+    "private hosts": dict(DATABASES={"default": database(host="10.0.0.4")}),
+}
+
+
+@pytest.fixture(autouse=True)
+def azure_config_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("AZURE_CONFIG_DIR", str(tmp_path / "azure"))  # azure-cli writes its config there
+    monkeypatch.setenv("AZURE_CORE_COLLECT_TELEMETRY", "false")
+
+
+@pytest.mark.parametrize("variant", list(SETTINGS))
+@pytest.mark.parametrize("name", [[], ["--identity-name", "my-app-identity"]], ids=["by id", "by name"])
+def test_every_generated_az_command_parses_with_azure_cli(site, variant, name, capsys):  # noqa: F811
+    site(**SETTINGS[variant])
+    import json
+
+    steps = json.loads(setup("--json", "--keyvault-url", "https://v.vault.azure.net", *name))["steps"]
+    commands = [c for s in steps for c in az_commands(s.get("text", "") + " " + s.get("runner", ""))]
+    assert len(commands) >= 3
+    refused = []
+    for arguments in commands:
+        ok, said = parse_extension(arguments) or parse_with_azure_cli(arguments)
+        if not ok:
+            refused.append((" ".join(arguments), said + capsys.readouterr().err[-600:]))
+    assert refused == []
