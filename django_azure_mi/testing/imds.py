@@ -27,7 +27,6 @@ import json
 import os
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -233,7 +232,7 @@ class IMDSEmulator(Identities, Minting, Faults, StandIn):
         """Called with the lock held: is this request past Azure's limits (and if not, count it)?"""
         if not self.limits:
             return False
-        now = time.monotonic()
+        now = self.clock.monotonic()  # a FakeClock makes the window exact
         while self._recent and self._recent[0] <= now - 1.0:
             self._recent.popleft()
         if self._in_flight >= self.max_concurrent or len(self._recent) >= self.max_per_second:
