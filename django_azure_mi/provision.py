@@ -21,11 +21,9 @@ import re
 import shlex
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Final
+from typing import Any
 
 from . import conf
-
-KINDS: Final = ("lookup", "az", "sql", "note")
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,7 @@ def _alias_steps(
                 (where,),
             )
         )  # fmt: skip
-    owner = _writer(databases, primary)
+    owner = _writer(primary)
     plan.add(
         Step(
             service, identity.label, "sql", _grants(role, dbname, read_only, owner),
@@ -164,7 +164,7 @@ def _psql(server: str, database: str, tls: str) -> str:
     )
 
 
-def _writer(databases: dict[str, Any], primary: dict[str, Any]) -> str | None:
+def _writer(primary: dict[str, Any]) -> str | None:
     """The role that migrates ``primary``'s database (its own alias's USER), whose future tables a
     read-only role is granted."""
     user = primary.get("USER")

@@ -9,14 +9,11 @@ steps whose absence explains a failure.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ... import probes, provision, services
-
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+from ... import conf, probes, provision, services
 
 
 class Command(BaseCommand):
@@ -97,7 +94,7 @@ def _names(values: list[str]) -> dict[str | None, str]:
     names: dict[str | None, str] = {}
     for value in values:
         client_id, _, name = value.rpartition("=")
-        if client_id and not _GUID.match(client_id):
+        if client_id and not conf.GUID.match(client_id):
             raise CommandError(f"--identity-name {value!r}: {client_id!r} is not a client id (a GUID).")
         if not name:
             raise CommandError(f"--identity-name {value!r}: give the identity's name.")
