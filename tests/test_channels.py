@@ -166,6 +166,50 @@ def test_an_idle_receiver_keeps_its_connection(ttl, use_layer, azure_redis, requ
         assert connections <= 1, connections  # a receive cleaner's, at most; no reconnect
 
 
+def test_a_consumer_that_goes_mid_pop_loses_nobody_elses_message(use_layer, azure_redis, azure_imds):
+    """Two consumers of one process; the first one's receive pops for both (it holds the receive lock,
+    blocked in BZPOPMIN) and is cancelled, as Channels does when its websocket closes, after Redis popped
+    a message for the second and before the answer was read (another process sends while this event loop
+    doesn't run). The second gets that message, and the next one after it, in order. (channels_redis's pop
+    lost it: redis-py dropped the connection with the answer unread; stock does the same: django/channels
+    #1683. A chat lost the last messages of a room this way when other rooms' clients left.)"""
+    import threading
+
+    entry = layer_settings(azure_redis)
+    layer = use_layer(entry)
+
+    async def main():
+        leaving, staying = await layer.new_channel(), await layer.new_channel()
+        holder = asyncio.create_task(layer.receive(leaving))
+        await asyncio.sleep(0.5)  # in BZPOPMIN, holding the receive lock
+        other = asyncio.create_task(layer.receive(staying))
+        await asyncio.sleep(0.2)
+
+        def another_process():
+            sender = RedisChannelLayer(**entry["CONFIG"])
+
+            async def send():
+                for n in (1, 2):
+                    await sender.send(staying, {"type": "x", "n": n})
+                await sender.close_pools()
+
+            asyncio.run(send())
+
+        thread = threading.Thread(target=another_process)
+        thread.start()
+        thread.join()  # Redis has popped message 1 for the blocked receive; its answer is unread
+        holder.cancel()
+        try:
+            first = await asyncio.wait_for(other, 10)
+            second = await asyncio.wait_for(layer.receive(staying), 10)
+            return first["n"], second["n"]
+        finally:
+            await layer.close_pools()
+
+    assert asyncio.run(main()) == (1, 2)
+    assert azure_redis.closed_connections == 0, azure_redis.closures
+
+
 @pytest.mark.parametrize("backend", [BACKEND, PUBSUB])
 def test_check_and_azure_check_on_a_working_layer(use_layer, backend, azure_redis, azure_imds, capsys):
     use_layer(layer_settings(azure_redis, backend))

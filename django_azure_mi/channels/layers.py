@@ -9,6 +9,7 @@ blocks for at most ``brpop_timeout`` (5 s) and re-AUTHs before its next call onc
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
@@ -26,6 +27,8 @@ from ..cache.auth import EntraSettings, check_location, check_url_transport, par
 from ..cache.cluster import cluster_choice
 from ..diagnostics import SettingError
 from .pubsub import PubSubLoopLayer
+
+logger = logging.getLogger("django_azure_mi.channels")
 
 OPTION: Final = "MANAGED_IDENTITY"
 AMR_PREFIX: Final = "{asgi}"  # the core layer's default key prefix on Azure Managed Redis: one hash slot
@@ -183,9 +186,37 @@ class RedisChannelLayer(_Identity, _CoreLayer):  # type: ignore[misc]
         if self.sharded:
             core_prefix(kwargs, where)
         super().__init__(hosts=hosts, **kwargs)
+        self._cancelled_pops: dict[str, asyncio.Future[Any]] = {}
         decoded: list[dict[str, Any]] = self.hosts  # type: ignore[has-type]
         validate_hosts(decoded, self.entra_settings, where)
         self.hosts = receive_read_timeouts(decoded, where)
+
+    async def _brpop_with_clean(self, index: int, channel: str, timeout: float) -> Any:
+        """channels_redis's pop (put back what a cancelled pop left in the backup queue, ``BZPOPMIN``, then
+        back up what it popped), never cut short. A process's consumers share one channel key and whichever
+        receive holds the process's receive lock pops for all of them; when that consumer goes (its
+        websocket closed), channels cancels its receive, and a cancel that landed after Redis had popped a
+        message for another consumer lost that message: redis-py drops the connection with the answer
+        unread, before the backup (django/channels#1683; stock loses it too). The pop now runs to its end
+        beside the cancelled receive, and the next pop on the key waits for it, so its first step puts the
+        message back, ahead of anything newer (docs/channels.md)."""
+        pending = self._cancelled_pops.pop(channel, None)
+        if pending is not None and pending.get_loop() is asyncio.get_running_loop():
+            await asyncio.wait([pending])
+        popping = asyncio.ensure_future(super()._brpop_with_clean(index, channel, timeout))
+        try:
+            return await asyncio.shield(popping)
+        except asyncio.CancelledError:
+            if not popping.done():
+                self._cancelled_pops[channel] = popping
+                self.receive_cleaners.append(popping)  # close_pools() waits for it (wait_received)
+                popping.add_done_callback(self._pop_ended)
+            raise
+
+    def _pop_ended(self, popping: asyncio.Future[Any]) -> None:
+        self.receive_cleaners.remove(popping)
+        if not popping.cancelled() and popping.exception() is not None:
+            logger.warning("a cancelled receive's pop failed: %s", type(popping.exception()).__name__)
 
     def create_pool(self, index: int) -> AsyncEntraConnectionPool:
         """Sharded (Azure Managed Redis), pinned to the node serving the prefix's hash slot: the OSS
