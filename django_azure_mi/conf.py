@@ -28,12 +28,13 @@ class Cloud:
 
     name: str
     authority_host: str
+    az_name: str  # azure-cli's name for it (az cloud set --name)
 
 
 CLOUDS: Final[dict[str, Cloud]] = {
-    "public": Cloud("public", "login.microsoftonline.com"),
-    "usgovernment": Cloud("usgovernment", "login.microsoftonline.us"),
-    "china": Cloud("china", "login.chinacloudapi.cn"),
+    "public": Cloud("public", "login.microsoftonline.com", "AzureCloud"),
+    "usgovernment": Cloud("usgovernment", "login.microsoftonline.us", "AzureUSGovernment"),
+    "china": Cloud("china", "login.chinacloudapi.cn", "AzureChinaCloud"),
 }
 
 DEFAULTS: Final[dict[str, Any]] = {

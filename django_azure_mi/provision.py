@@ -160,9 +160,18 @@ class Plan:
 
     # ------------------------------------------------------------------ rendering
 
+    @property
+    def az_cloud(self) -> str | None:
+        """The ``az cloud set`` a sovereign cloud's commands need first (azure-cli's default is Azure's
+        public cloud), else None."""
+        if self.cloud == "public":
+            return None
+        return f"az cloud set --name {conf.CLOUDS[self.cloud].az_name}"
+
     def as_json(self, steps: Iterable[Step] | None = None, failures: list[str] | None = None) -> str:
         document: dict[str, Any] = {
             "cloud": self.cloud,
+            "az_cloud": self.az_cloud,
             "subscription": self.subscription,
             "resource_group": self.resource_group,
             "steps": [s.as_dict() for s in (self.steps if steps is None else steps)],
@@ -180,6 +189,8 @@ class Plan:
             "# admin.",
             "set -eu",
         ]
+        if self.az_cloud:
+            lines += [f"# CLOUD is {self.cloud!r}: azure-cli must talk to that cloud", self.az_cloud]
         if self.subscription:
             lines.append(f"az account set --subscription {shlex.quote(self.subscription)}")
         group = (

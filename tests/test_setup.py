@@ -197,24 +197,32 @@ def test_key_vault_from_the_environment_or_the_option(site, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("cloud", "pg", "redis"),
+    ("cloud", "pg", "redis", "blob", "vault", "az_name"),
     [
-        ("public", "s.postgres.database.azure.com", "c.redis.cache.windows.net"),
-        ("usgovernment", "s.postgres.database.usgovcloudapi.net", "c.redis.cache.usgovcloudapi.net"),
-        ("china", "s.postgres.database.chinacloudapi.cn", "c.redis.cache.chinacloudapi.cn"),
+        ("public", "s.postgres.database.azure.com", "c.redis.cache.windows.net", "core.windows.net",
+         "vault.azure.net", "AzureCloud"),
+        ("usgovernment", "s.postgres.database.usgovcloudapi.net", "c.redis.cache.usgovcloudapi.net",
+         "core.usgovcloudapi.net", "vault.usgovcloudapi.net", "AzureUSGovernment"),
+        ("china", "s.postgres.database.chinacloudapi.cn", "c.redis.cache.chinacloudapi.cn",
+         "core.chinacloudapi.cn", "vault.azure.cn", "AzureChinaCloud"),
     ],
-)
-def test_each_clouds_hosts_are_recognised(site, cloud, pg, redis):
+)  # fmt: skip
+def test_each_clouds_hosts_are_recognised(site, cloud, pg, redis, blob, vault, az_name):
     site(
         AZURE_MANAGED_IDENTITY={"CLOUD": cloud},
         DATABASES={"default": database(host=pg)},
         CACHES={"default": cache(f"rediss://{redis}:6380/0")},
+        STORAGES={"default": storage(account_name="acct", account_url=f"https://acct.blob.{blob}")},
     )
-    document = json.loads(setup("--json"))
+    document = json.loads(setup("--json", "--keyvault-url", f"https://v.{vault}/"))
     assert document["cloud"] == cloud
     texts = " ".join(s.get("text", "") for s in document["steps"])
     assert "-n s --microsoft-entra-auth" in texts and 'az redis update -g "$RESOURCE_GROUP" -n c ' in texts
+    assert "--account-name acct " in texts and "-n v " in texts  # the storage account's and vault's names
     assert "PG_SERVER" not in texts
+    # azure-cli talks to Azure's public cloud unless told otherwise
+    assert document["az_cloud"] == (None if cloud == "public" else f"az cloud set --name {az_name}")
+    assert ("az cloud set" in setup()) == (cloud != "public")
 
 
 def test_hosts_that_are_not_azure_names_ask_for_the_resource(site):
@@ -433,6 +441,92 @@ def test_the_script_makes_a_server_with_only_its_entra_admin_work_for_the_site(
             user, applied = cursor.fetchone()
         assert user == "app-system" and applied > 0
         connections.close_all()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "host", ["mycache.westeurope.redis.azure.net:10000", "old-cache.redis.cache.windows.net:6380"]
+)
+def test_the_scripts_access_policy_assignment_lets_the_site_into_redis(host, site, azure_imds, tmp_path):
+    """The Redis round trip, on Azure Managed Redis and on Azure Cache for Redis: a token-checking Redis on
+    which the site's identity has no access policy refuses the site's cache with our diagnosis; the script
+    runs (sh, a recording ``az``), and its access policy assignment becomes what Azure makes of it: a
+    Redis user named by the object id it gave (the stand-ins play no ARM, so the test applies the
+    recorded assignment, as Azure's control plane would); then the site's cache works as that identity."""
+    import re
+
+    from django.core.cache import caches
+
+    from django_azure_mi.testing.redis import redis_stand_in
+
+    app = azure_imds.identity(None)
+    with redis_stand_in("single") as redis:
+        redis.attach(azure_imds)
+        site(CACHES={"default": cache(f"rediss://{host}/0")})  # what azure_setup reads: the Azure name
+        script = tmp_path / "setup.sh"
+        script.write_text(setup("--resource-group", "rg"))
+        site(CACHES={"default": redis.cache_settings("builtin")})  # the same identity, at the stand-in
+        with pytest.raises(Exception, match="no access policy"):
+            caches["default"].set("k", 1)
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        (bin_dir / "az").write_text(FAKE_AZ)
+        (bin_dir / "az").chmod(stat.S_IRWXU)
+        calls = tmp_path / "calls"
+        env = {
+            **os.environ,
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "CALLS": str(calls),
+            "PRINCIPAL_ID": app.object_id,  # the system-assigned identity's id, as the script asks
+        }
+        done = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assignments = [
+            re.search(r"--object-id (\S+)", line)
+            for line in calls.read_text().splitlines()
+            if "access-policy-assignment create" in line
+        ]
+        assert len(assignments) == 1 and assignments[0], calls.read_text()
+        redis.add_identity(assignments[0][1])  # what Azure does with the assignment
+        caches["default"].set("k", 1)
+        assert caches["default"].get("k") == 1
+        caches["default"].close()
+
+
+def test_the_scripts_role_assignment_lets_the_site_read_key_vault(site, azure_keyvault, azure_imds, tmp_path):
+    """The Key Vault round trip: a vault in RBAC mode where the site's identity has no role refuses the
+    secret (403 ForbiddenByRbac) with our diagnosis; the script runs (a recording ``az``), its *Key Vault
+    Secrets User* assignment is applied as Azure would (the stand-in plays no ARM), and the secret reads."""
+    import re
+
+    from django_azure_mi import keyvault
+
+    app = azure_imds.identity(None)
+    azure_keyvault.revoke(app.object_id)
+    azure_keyvault.set_secret("db-password", "s3cret")
+    site()
+    script = tmp_path / "setup.sh"
+    script.write_text(
+        setup("--resource-group", "rg", "--keyvault-url", "https://mysite-vault.vault.azure.net")
+    )
+    with pytest.raises(keyvault.SecretError, match="Key Vault Secrets User"):
+        keyvault.secret("db-password")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "az").write_text(FAKE_AZ)
+    (bin_dir / "az").chmod(stat.S_IRWXU)
+    calls = tmp_path / "calls"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls)}
+    env["PRINCIPAL_ID"] = app.object_id
+    done = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    (assignment,) = [
+        line
+        for line in calls.read_text().splitlines()
+        if "Key Vault Secrets User" in line or "4633458b" in line
+    ]
+    azure_keyvault.grant(re.search(r"--assignee-object-id (\S+)", assignment)[1])  # what Azure does with it
+    assert keyvault.secret("db-password") == "s3cret"
 
 
 def test_the_stand_ins_principal_functions_refuse_what_azure_refuses(azure_imds):

@@ -53,25 +53,28 @@ def az_commands(text: str) -> list[list[str]]:
 
 
 # Commands of azure-cli extensions, which azure-cli itself doesn't have and this machine can't install (their
-# index is on aka.ms): each one's options as its source declares them. redisenterprise: Azure/azure-cli-
-# extensions src/redisenterprise/azext_redisenterprise/aaz/latest/redisenterprise/database/
-# access_policy_assignment/_create.py (commit 35373d53), plus the options every command takes.
-EXTENSIONS = {
+# index is on aka.ms): each one's options as its source declares them, with the pattern a value must match
+# (None: any). redisenterprise: Azure/azure-cli-extensions src/redisenterprise/azext_redisenterprise/aaz/
+# latest/redisenterprise/database/access_policy_assignment/_create.py at b421c323 (API 2025-05-01-preview;
+# the script installs the newest extension). An older one (35373d53, API 2024-09-01-preview) refused
+# hyphens in --cluster-name, which AMR names may have; the assignment's name still takes none.
+NAME = r"^[A-Za-z0-9]{1,60}$"
+HYPHENATED = r"^(?=.{1,60}$)[A-Za-z0-9]+(-[A-Za-z0-9]+)*$"
+EXTENSIONS: dict[str, dict[str, str | None]] = {
     "redisenterprise database access-policy-assignment create": {
-        "-n",
-        "--name",
-        "--access-policy-assignment-name",
-        "--cluster-name",
-        "--database-name",
-        "-g",
-        "--resource-group",
-        "--access-policy-name",
-        "--object-id",
-        "--no-wait",
+        "-n": NAME,
+        "--name": NAME,
+        "--access-policy-assignment-name": NAME,
+        "--cluster-name": HYPHENATED,
+        "--database-name": HYPHENATED,
+        "-g": None,
+        "--resource-group": None,
+        "--access-policy-name": r"^([a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]|[a-zA-Z0-9])$",
+        "--object-id": None,
+        "--no-wait": None,
     },
 }
 EVERY_COMMAND = {"--query", "-o", "--output", "--subscription", "--only-show-errors", "--verbose", "--debug"}
-ALPHANUMERIC = {"--access-policy-assignment-name", "--cluster-name", "--database-name"}  # ^[A-Za-z0-9]{1,60}$
 
 
 def parse_extension(arguments: list[str]) -> tuple[bool, str] | None:
@@ -80,11 +83,26 @@ def parse_extension(arguments: list[str]) -> tuple[bool, str] | None:
         words = command.split()
         if arguments[: len(words)] == words:
             rest = arguments[len(words) :]
-            unknown = [a for a in rest if a.startswith("-") and a not in options | EVERY_COMMAND]
-            pairs = itertools.pairwise(rest)
-            odd = [value for option, value in pairs if option in ALPHANUMERIC and not value.isalnum()]
-            return not unknown and not odd, f"unknown options {unknown}, values not alphanumeric {odd}"
+            unknown = [a for a in rest if a.startswith("-") and a not in options.keys() | EVERY_COMMAND]
+            odd = [
+                (option, value)
+                for option, value in itertools.pairwise(rest)
+                if (pattern := options.get(option)) and not re.fullmatch(pattern, value)
+            ]
+            return not unknown and not odd, f"unknown options {unknown}, values their patterns refuse {odd}"
     return None
+
+
+def test_the_recorded_patterns_are_the_extensions():
+    """The cluster and assignment names azure_setup writes against the recorded patterns: a hyphenated AMR
+    name passes (Azure allows it), an assignment name with a hyphen doesn't (the extension refuses it)."""
+    base = ["redisenterprise", "database", "access-policy-assignment", "create", "-g", "rg"]
+    assert parse_extension([*base, "--cluster-name", "mysite-cache", "-n", "django1"]) == (
+        True,
+        "unknown options [], values their patterns refuse []",
+    )
+    assert not parse_extension([*base, "--cluster-name", "-bad", "-n", "django1"])[0]
+    assert not parse_extension([*base, "--cluster-name", "c", "-n", "django-1"])[0]
 
 
 def parse_with_azure_cli(arguments: list[str]) -> tuple[bool, str]:
@@ -115,10 +133,15 @@ SETTINGS = {
         CACHES={
             "amr": cache(),
             "classic": cache("rediss://old.redis.cache.windows.net:6380/0"),
+            "hyphenated": cache("rediss://mysite-cache.westeurope.redis.azure.net:10000/0"),
         },
         STORAGES={"default": storage(expiration_secs=60)},
     ),
     "private hosts": dict(DATABASES={"default": database(host="10.0.0.4")}),
+    "us government": dict(
+        AZURE_MANAGED_IDENTITY={"CLOUD": "usgovernment"},
+        DATABASES={"default": database(host="s.postgres.database.usgovcloudapi.net")},
+    ),
 }
 
 
@@ -134,8 +157,10 @@ def test_every_generated_az_command_parses_with_azure_cli(site, variant, name, c
     site(**SETTINGS[variant])
     import json
 
-    steps = json.loads(setup("--json", "--keyvault-url", "https://v.vault.azure.net", *name))["steps"]
+    document = json.loads(setup("--json", "--keyvault-url", "https://v.vault.azure.net", *name))
+    steps = document["steps"]
     commands = [c for s in steps for c in az_commands(s.get("text", "") + " " + s.get("runner", ""))]
+    commands += az_commands(document["az_cloud"] or "")
     assert len(commands) >= 3
     refused = []
     for arguments in commands:

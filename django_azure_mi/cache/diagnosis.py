@@ -24,8 +24,10 @@ def diagnose_error(
         "access-refused",
         "Redis refused the identity: USERNAME is not the identity's object id, or it has no access policy.",
         f"Leave {username_key} unset (the token's oid is used) or set it "
-        "to the token's oid, and give that oid an access policy: az redis access-policy-assignment create "
-        "--object-id <oid> --access-policy-name 'Data Owner' ...",
+        "to the token's oid, and give that oid an access policy assignment (Azure Managed Redis: az "
+        "redisenterprise database access-policy-assignment create --access-policy-name default --object-id "
+        "<oid> ...; Azure Cache for Redis: az redis access-policy-assignment create --access-policy-name "
+        "'Data Owner' --object-id <oid> ...). manage.py azure_setup prints the exact commands.",
         facts,
     )
     if exc is None or isinstance(exc, AuthenticationError):

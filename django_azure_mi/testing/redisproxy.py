@@ -49,11 +49,16 @@ class Enforcer:
         return [self.admin()]
 
     def add_identity(self, object_id: str) -> None:
-        """Give an identity access (Azure: a data access policy assignment for its object id)."""
+        """Give an identity access (Azure: a data access policy assignment for its object id). Its tokens
+        issued before count too, as on Azure, which checks a token, not when it was issued."""
         with self._lock:
             self._users.add(object_id)
         for admin in self.admins():
             _grant(admin, object_id)
+        if self._imds is not None:
+            for issued in list(self._imds.issued):
+                if issued.identity.object_id == object_id and issued.expires_on > self._now():
+                    self._on_token(issued)
 
     def reset_counters(self) -> None:
         with self._lock:
