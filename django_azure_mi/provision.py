@@ -55,7 +55,8 @@ class Step:
     """One thing Azure must have. ``kind``: "lookup" (a shell variable, ``text`` its command), "az" (an
     azure-cli command line), "sql" (statements for ``server``'s ``database``, run as its Entra admin by
     ``runner``, a command that reads them on stdin), "note" (what a person must do or know, no command).
-    ``explains``: the failure kinds of a probe of ``where`` whose cause this step removes."""
+    ``explains``: the failure kinds of a probe of ``where`` whose cause this step removes. ``mentions``: the
+    ``az`` commands its prose cites for a person to run (checked like the others: docs/setup.md)."""
 
     service: str
     identity: str
@@ -68,6 +69,7 @@ class Step:
     name: str = ""  # a lookup's variable
     runner: str = ""  # a sql step's command line
     explains: tuple[str, ...] = ()
+    mentions: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {key: value for key, value in asdict(self).items() if value not in ("", ())}
@@ -122,15 +124,21 @@ class Plan:
             why = "the user-assigned identity's object id (its service principal's id, not the client id)"
         else:
             command = ""
+            mentions = tuple(
+                f"az {group} identity show -g GROUP -n APP --query principalId -o tsv"
+                for group in ("webapp", "containerapp")
+            )
             why = (
-                "the object (principal) id of the app's system-assigned identity: az webapp identity show "
-                "-g GROUP -n APP --query principalId -o tsv (App Service), az containerapp identity show "
-                "-g GROUP -n APP --query principalId -o tsv (Container Apps), or pass --identity-name APP"
+                f"the object (principal) id of the app's system-assigned identity: {mentions[0]} (App "
+                f"Service), {mentions[1]} (Container Apps), or pass --identity-name APP"
             )
         self.add(
-            Step(service, identity.label, "lookup", command, why, name=identity.variable),
+            Step(
+                service, identity.label, "lookup", command, why, name=identity.variable,
+                mentions=() if command else mentions,
+            ),
             key=("lookup", identity.variable),
-        )
+        )  # fmt: skip
         return f"${identity.variable}"
 
     def group(self) -> str:

@@ -161,6 +161,9 @@ def test_every_generated_az_command_parses_with_azure_cli(site, variant, name, c
     steps = document["steps"]
     commands = [c for s in steps for c in az_commands(s.get("text", "") + " " + s.get("runner", ""))]
     commands += az_commands(document["az_cloud"] or "")
+    mentioned = [c for s in steps for m in s.get("mentions", ()) for c in az_commands(m)]  # cited in prose
+    assert mentioned
+    commands += mentioned
     assert len(commands) >= 3
     refused = []
     for arguments in commands:

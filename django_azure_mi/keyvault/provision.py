@@ -23,14 +23,15 @@ def provision(plan: Plan, name: str) -> None:
     identity = plan.identity(None)  # settings.py's AZURE_MANAGED_IDENTITY reads the secrets
     principal = plan.principal(identity, name)
     group = plan.group()
+    show = f"az keyvault show -g {group} -n {vault} --query properties.enableRbacAuthorization"
+    switch = f"az keyvault update -g {group} -n {vault} --enable-rbac-authorization true"
     plan.add(
         Step(
             name, identity.label, "note",
-            f"The vault {vault} must use Azure RBAC (az keyvault show -g {group} -n {vault} --query "
-            "properties.enableRbacAuthorization prints true). If it prints false, a role assignment is "
-            f"ignored: switch it with az keyvault update -g {group} -n {vault} --enable-rbac-authorization "
-            "true once its access policies are no longer needed (the switch drops them).", "",
-            (VAULT_URL_ENV,), explains=("no-role",),
+            f"The vault {vault} must use Azure RBAC ({show} prints true). If it prints false, a role "
+            f"assignment is ignored: switch it with {switch} once its access policies are no longer "
+            "needed (the switch drops them).", "",
+            (VAULT_URL_ENV,), explains=("no-role",), mentions=(show, switch),
         )
     )  # fmt: skip
     plan.add(
