@@ -80,6 +80,8 @@ def test_a_correct_configuration_is_clean():
         (db(USER=""), "E012"),
         (db(OPTIONS={"sslmode": "prefer"}), "E013"),
         (db(ENGINE="django.db.backends.postgresql"), "W010"),
+        (db(ENGINE="django.contrib.gis.db.backends.postgis"), "W010"),
+        (db(ENGINE="django_azure_mi.backends.postgis", PASSWORD="hunter2"), "E011"),
         (cache(options={"MANAGED_IDENTITY": {"USER": OID}}), "E020"),
         (cache(LOCATION="rediss://user:pw@cache.redis.cache.windows.net:6380/0"), "E021"),
         (cache(options={"PASSWORD": "key"}), "E021"),

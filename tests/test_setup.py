@@ -133,6 +133,18 @@ def test_a_replica_is_read_only_and_set_up_on_its_primary(site):
     assert any(s["kind"] == "note" and "myreplica" in s.get("text", "") for s in found)
 
 
+def test_a_postgis_alias_gets_the_extension_allow_listed_and_created(site):
+    site(DATABASES={"default": database(ENGINE="django_azure_mi.backends.postgis")})
+    found = steps()
+    note = next(s for s in found if s["kind"] == "note" and "azure.extensions" in s["text"])
+    assert any("--value POSTGIS" in m for m in note["mentions"])
+    create = next(s for s in found if s["kind"] == "sql" and "postgis" in s["text"])
+    assert create["text"] == "CREATE EXTENSION IF NOT EXISTS postgis;" and create["database"] == "app"
+    assert [s["kind"] for s in found].index("sql") < found.index(create)  # after the role is made
+    site(DATABASES={"default": database()})
+    assert "postgis" not in setup()
+
+
 def test_several_aliases_with_several_identities_each_get_their_own_lookup(site):
     site(
         DATABASES={"default": database(OPTIONS={"managed_identity": {"client_id": USER_ID}})},

@@ -129,7 +129,13 @@ def parse_with_azure_cli(arguments: list[str]) -> tuple[bool, str]:
 
 SETTINGS = {
     "everything": dict(
-        DATABASES={"default": database(), "replica": database(user="r", TEST={"MIRROR": "default"})},
+        DATABASES={
+            "default": database(),
+            "replica": database(user="r", TEST={"MIRROR": "default"}),
+            "geo": database(
+                host="geo.postgres.database.azure.com", ENGINE="django_azure_mi.backends.postgis"
+            ),
+        },
         CACHES={
             "amr": cache(),
             "classic": cache("rediss://old.redis.cache.windows.net:6380/0"),

@@ -9,7 +9,8 @@ row of ``azure_standin.principals`` (a security label needs a C label provider),
 called by ``attach``), and the gateway lets a principal's role in with its object id's tokens. The functions
 live in the ``postgres`` database, where Azure's Entra admin runs them; ``azure_pg_admin`` may execute them
 and owns the app database, as on Azure, so its members can grant on it and on its ``public`` schema.
-Where this differs from Azure: docs/azure-behaviour.md.
+:meth:`EntraPrincipals.create_extensions` creates what Azure's allow-list lets an admin create. Where this
+differs from Azure: docs/azure-behaviour.md.
 """
 
 from __future__ import annotations
@@ -73,6 +74,10 @@ GRANT EXECUTE ON FUNCTION public.pgaadauth_create_principal(text, boolean, boole
 """
 
 
+class ExtensionMissing(RuntimeError):
+    """An extension the PostgreSQL installation doesn't have (its package is not installed)."""
+
+
 class EntraPrincipals:
     """A mixin of PostgresStandIn (its ``execute``, ``dbname``, ``_attached`` and ``_lock``)."""
 
@@ -111,6 +116,22 @@ class EntraPrincipals:
             self.execute(
                 "INSERT INTO azure_standin.directory VALUES (%s, %s, 'service')", [name, object_id.lower()]
             )
+
+    def create_extensions(self, *names: str) -> None:
+        """Create extensions in ``template1`` and the app database, as Azure does for those the server
+        allow-lists (``azure.extensions``) where the app's role can't create them itself (PostGIS, hstore,
+        …): every database made afterwards (Django's test databases) has them. :class:`ExtensionMissing`
+        names what this machine lacks (PostGIS: Debian's ``postgresql-15-postgis-3``)."""
+        available = {str(row[0]) for row in self.execute("SELECT name FROM pg_available_extensions")}
+        missing = [name for name in names if name not in available]
+        if missing:
+            raise ExtensionMissing(
+                f"the PostgreSQL server has no {', '.join(missing)} extension: install its package "
+                "(PostGIS on Debian: apt-get install postgresql-15-postgis-3, for the server's major version)"
+            )
+        for dbname in ("template1", self.dbname):
+            for name in names:
+                self.execute(f'CREATE EXTENSION IF NOT EXISTS "{name}"', dbname=dbname)
 
     def bound_object_id(self, role: str) -> str | None:
         """The object id whose tokens sign in as ``role``, bound by the functions (None: not a principal)."""

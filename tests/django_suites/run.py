@@ -9,7 +9,11 @@ times on the same token-checking Postgres and enforcing Redis, with the identity
 
 * ``stock``: Django's own ENGINE and RedisCache, signing in with a password;
 * ``ours``: ``django_azure_mi.backends.postgresql`` and ``django_azure_mi.cache.RedisCache`` with tokens;
-* ``ours-pool``: our ENGINE with Django's psycopg pool (``OPTIONS["pool"]``).
+* ``ours-pool``: our ENGINE with Django's psycopg pool (``OPTIONS["pool"]``);
+
+then GeoDjango's database tests on PostGIS (``GIS_APPS``), stock's PostGIS ENGINE with a password and
+``django_azure_mi.backends.postgis`` with tokens (``--no-gis`` leaves them out; without PostGIS on the
+machine they are skipped, saying why).
 
 Then django-redis's own suite (the installed version's sdist, :mod:`redis_suite`) twice on the same Redis:
 stock with an ACL password, and with our connection factory (``--no-django-redis`` leaves it out).
@@ -67,6 +71,18 @@ APPS = [
     "postgres_tests",
 ]
 CACHE_LABELS = ["cache.tests.RedisCacheTests", "azure_redis_cache"]
+# GeoDjango's tests that talk to the database, on PostGIS (stock's engine and ours): runtests.py installs
+# django.contrib.gis when the connection is spatial. inspectapp is left out: GDAL's own PostgreSQL driver
+# signs in with the settings' PASSWORD, which an alias signing in with tokens has none of.
+GIS_APPS = [
+    "gis_tests.geoapp",
+    "gis_tests.geogapp",
+    "gis_tests.distapp",
+    "gis_tests.relatedapp",
+    "gis_tests.geo3d",
+    "gis_tests.gis_migrations",
+    "gis_tests.rasterapp",
+]
 
 # Tests that fail with our backends and pass on stock, on purpose. Test id -> reason.
 ALLOWED = {
@@ -99,6 +115,7 @@ class Run:
     database: dict[str, Any]  # for both aliases Django's suite uses (default, other)
     caches: dict[str, Any]
     labels: list[str]  # test labels besides the apps
+    gis: bool = False  # GeoDjango's tests on PostGIS instead of the apps
 
     def settings(self, test_prefix: str) -> dict[str, Any]:
         """DATABASES and CACHES for suite_settings; each run its own test databases (a failed run may leave
@@ -170,8 +187,7 @@ def configurations(pg: PostgresStandIn, redis: RedisStandIn, imds: IMDSEmulator)
     stock_password = os.urandom(12).hex()
     pg.set_password(STOCK_ROLE, stock_password)  # Azure's built-in authentication, at the same gateway
     pg.attach(imds)
-    for extension in EXTENSIONS:  # as an Azure admin allow-lists and creates them; the role cannot
-        pg.execute(f"CREATE EXTENSION IF NOT EXISTS {extension}", dbname="template1")
+    pg.create_extensions(*EXTENSIONS)  # as an Azure admin allow-lists and creates them; the role cannot
     redis.add_identity(imds.object_id())
     redis.attach(imds)
     stock_db = {
@@ -191,10 +207,31 @@ def configurations(pg: PostgresStandIn, redis: RedisStandIn, imds: IMDSEmulator)
         "stock": Run(stock_db, {"redis": stock_cache}, CACHE_LABELS),
         "ours": Run(ours_db, {"redis": ours_cache}, CACHE_LABELS),
         "ours-pool": Run(pooled_db, {}, []),
+        "stock-gis": Run(
+            {**stock_db, "ENGINE": "django.contrib.gis.db.backends.postgis"}, {}, GIS_APPS, True
+        ),
+        "ours-gis": Run({**ours_db, "ENGINE": "django_azure_mi.backends.postgis"}, {}, GIS_APPS, True),
     }
     if redis.policy != "single":  # Azure Managed Redis: the cache's tests only
-        del runs["ours-pool"]
+        runs = {name: run for name, run in runs.items() if name in ("stock", "ours")}
     return runs
+
+
+def postgis(pg: PostgresStandIn) -> str | None:
+    """PostGIS in every test database made from now on (after the other runs, whose introspection tests
+    would see its tables), as Azure's allow-list lets an admin create it; why not, if it can't be."""
+    from django_azure_mi.testing.pgaadauth import ExtensionMissing
+
+    try:
+        from django.contrib.gis.geos import geos_version
+
+        geos_version()
+        pg.create_extensions("postgis")
+    except ExtensionMissing as exc:
+        return str(exc)
+    except Exception as exc:  # GeoDjango's libraries (GEOS, GDAL) are not installed
+        return f"GeoDjango's libraries are missing: {exc}"
+    return None
 
 
 def explain(output: str, test: str) -> str:
@@ -261,6 +298,12 @@ def main() -> int:
         help="channels_redis's suite too (on Azure Cache for Redis, the single-node stand-in)",
     )
     parser.add_argument(
+        "--gis",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="GeoDjango's tests on PostGIS, stock and ours (skipped, saying why, without PostGIS here)",
+    )
+    parser.add_argument(
         "--redis-policy",
         choices=POLICIES,
         default="single",
@@ -288,9 +331,14 @@ def main() -> int:
             PostgresStandIn() as pg,
             redis_stand_in(args.redis_policy) as redis,
         ):
+            no_gis: str | None = None
             for name, run in configurations(pg, redis, imds).items():
+                if run.gis and (not args.gis or (no_gis := no_gis or postgis(pg))):
+                    print(f"{name}: skipped: {no_gis or '--no-gis'}")
+                    continue
                 config = run.settings(f"test_{name.replace('-', '_')}")
-                results[name] = run_suite(tests, name, config, [*args.apps, *run.labels], args.parallel)
+                labels = run.labels if run.gis else [*args.apps, *run.labels]
+                results[name] = run_suite(tests, name, config, labels, args.parallel)
                 if args.keep:
                     (workdir / f"{name}.log").write_text(results[name][2])
             if args.django_redis:
@@ -339,6 +387,8 @@ def main() -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     status = verdict(results, "stock", [name for name in ("ours", "ours-pool") if name in results])
+    if "ours-gis" in results:
+        status |= verdict(results, "stock-gis", ["ours-gis"])
     if args.django_redis:
         status |= verdict(results, "django-redis stock", ["django-redis ours"], flaky, allowed={})
     if "channels ours" in results:

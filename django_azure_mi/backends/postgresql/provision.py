@@ -20,16 +20,16 @@ from ...provision import Plan, Step, sql_identifier, sql_literal
 ROLE_KINDS: Final = ("no-role", "auth-refused")
 
 
-def provision(plan: Plan, name: str, engine: str, azure_hosts: Sequence[str]) -> None:
-    """The steps of every alias on ``engine`` as service ``name`` (``azure_hosts``: the servers' host name
-    suffixes)."""
+def provision(plan: Plan, name: str, engines: Sequence[str], azure_hosts: Sequence[str]) -> None:
+    """The steps of every alias on one of ``engines`` as service ``name`` (``azure_hosts``: the servers'
+    host name suffixes)."""
     from django.conf import settings
 
     from .config import alias_config
 
     databases: dict[str, Any] = getattr(settings, "DATABASES", None) or {}
     for alias, database in databases.items():
-        if database.get("ENGINE") != engine:
+        if database.get("ENGINE") not in engines:
             continue
         config = alias_config(database, alias)
         if config is None:  # managed_identity enabled=False: a password alias
@@ -115,6 +115,8 @@ def _alias_steps(
                 (where,),
             )
         )  # fmt: skip
+    if str(databases[alias].get("ENGINE", "")).endswith(".postgis"):
+        _postgis(plan, service, identity.label, where, server, server_address, dbname, tls)
     owner = _writer(primary)
     plan.add(
         Step(
@@ -122,6 +124,32 @@ def _alias_steps(
             (f"{role!r} may read the tables of {dbname!r} (a read-only alias)" if read_only else
              f"{role!r} may use {dbname!r} and create its tables (migrations)"), (where,),
             server=server_address, database=dbname, runner=_psql(server_address, dbname, tls),
+        )
+    )  # fmt: skip
+
+
+def _postgis(
+    plan: Plan, service: str, who: str, where: str, server: str, address: str, dbname: str, tls: str
+) -> None:
+    """GeoDjango's PostGIS: allow-listed on the server, created in the database by its Entra admin (the
+    app's role may not create it)."""
+    group = plan.group()
+    parameter = f"-g {group} -s {server} --name azure.extensions"
+    show = f"az postgres flexible-server parameter show {parameter} --query value -o tsv"
+    allow = f"az postgres flexible-server parameter set {parameter} --value POSTGIS"
+    plan.add(
+        Step(
+            service, who, "note",
+            f"The server must allow-list PostGIS: {show} prints the allow-list; if POSTGIS is not in it, "
+            f"set it to that comma-separated list with POSTGIS added ({allow} when it is empty: the value "
+            "replaces the list).", "", (where,), mentions=(show, allow),
+        )
+    )  # fmt: skip
+    plan.add(
+        Step(
+            service, who, "sql", "CREATE EXTENSION IF NOT EXISTS postgis;",
+            f"PostGIS exists in {dbname!r} (GeoDjango's ENGINE; the app's role may not create it)", (where,),
+            server=address, database=dbname, runner=_psql(address, dbname, tls),
         )
     )  # fmt: skip
 

@@ -12,6 +12,8 @@ from ...services import Argument, CheckId, Selection, Service, Target, aliases
 
 NAME: Final = "postgres"
 ENGINE: Final = "django_azure_mi.backends.postgresql"
+POSTGIS_ENGINE: Final = "django_azure_mi.backends.postgis"  # GeoDjango's, on the same sign-in
+ENGINES: Final = (ENGINE, POSTGIS_ENGINE)
 SCOPES: Final = {
     "public": "https://ossrdbms-aad.database.windows.net/.default",
     "usgovernment": "https://ossrdbms-aad.database.usgovcloudapi.net/.default",
@@ -32,19 +34,20 @@ def check(errors: list[checks.CheckMessage]) -> None:
     for alias, database in (getattr(settings, "DATABASES", None) or {}).items():
         engine = database.get("ENGINE", "")
         obj = f"DATABASES[{alias!r}]"
-        if engine == ENGINE:
+        if engine in ENGINES:
             run_check(errors, obj, _validate, alias, database)
             option = (database.get("OPTIONS") or {}).get("managed_identity")
             warn_unverified(errors, obj, option, "verify_tls", "W011")
             warn_foreign_scope(errors, obj, option, "scope", NAME)
-        elif engine.endswith("postgresql") and not database.get("PASSWORD"):
+        elif engine.endswith(("postgresql", "postgis")) and not database.get("PASSWORD"):
             host = str(database.get("HOST") or "")
             if host.endswith(_AZURE_HOSTS):
+                ours = POSTGIS_ENGINE if engine.endswith("postgis") else ENGINE
                 errors.append(
                     checks.Warning(
                         f"{obj} points at Azure Database for PostgreSQL ({host}) without a PASSWORD, with "
                         f"ENGINE {engine!r}.",
-                        hint=f"To sign in with the managed identity, set ENGINE to {ENGINE!r}.",
+                        hint=f"To sign in with the managed identity, set ENGINE to {ours!r}.",
                         obj=obj,
                         id="django_azure_mi.W010",
                     )
@@ -61,7 +64,7 @@ def _validate(alias: str, database: dict[str, Any]) -> None:
 
 
 def targets(selection: Selection) -> list[Target]:
-    uses = lambda entry: entry.get("ENGINE") == ENGINE  # noqa: E731
+    uses = lambda entry: entry.get("ENGINE") in ENGINES  # noqa: E731
     return [
         Target(NAME, alias, f"DATABASES[{alias!r}]", probe)
         for alias in aliases("DATABASES", "database", selection, uses)
@@ -146,7 +149,7 @@ def provision(plan: Any) -> None:
     """What Azure must have for it (``azure_setup``): .provision."""
     from .provision import provision as steps
 
-    steps(plan, NAME, ENGINE, _AZURE_HOSTS)
+    steps(plan, NAME, ENGINES, _AZURE_HOSTS)
 
 
 SERVICE: Final = Service(
