@@ -21,17 +21,15 @@ PostgreSQL authentication.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import select
 import socket
 import ssl
 import struct
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from .gateway import TcpGateway, read_exact, token_problem
 
 logger = logging.getLogger("django_azure_mi.testing.postgres")
 
@@ -55,38 +53,21 @@ def error_response(message: str, code: str) -> bytes:
     return b"E" + struct.pack("!i", len(body) + 4) + body
 
 
-def _read_exact(conn: Any, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = conn.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError("client went away")
-        data += chunk
-    return data
-
-
 def _read_startup(conn: Any) -> bytes:
     """One length-prefixed startup-phase packet (no type byte), length included."""
-    head = _read_exact(conn, 4)
+    head = read_exact(conn, 4)
     (length,) = struct.unpack("!i", head)
     if not 8 <= length <= 10000:
         raise ConnectionError("not a Postgres client")
-    return head + _read_exact(conn, length - 4)
+    return head + read_exact(conn, length - 4)
 
 
 def _read_message(conn: Any) -> tuple[bytes, bytes]:
-    kind = _read_exact(conn, 1)
-    (length,) = struct.unpack("!i", _read_exact(conn, 4))
+    kind = read_exact(conn, 1)
+    (length,) = struct.unpack("!i", read_exact(conn, 4))
     if not 4 <= length <= 1 << 20:
         raise ConnectionError("message too long")
-    return kind, _read_exact(conn, length - 4)
-
-
-def fingerprint(secret: bytes | str) -> str:
-    """A short, one-way name for a token or password (what tests compare; never the value)."""
-    import hashlib
-
-    return hashlib.sha256(secret.encode() if isinstance(secret, str) else secret).hexdigest()[:16]
+    return kind, read_exact(conn, length - 4)
 
 
 def startup_params(packet: bytes) -> dict[str, str]:
@@ -94,9 +75,11 @@ def startup_params(packet: bytes) -> dict[str, str]:
     return {parts[i].decode(): parts[i + 1].decode() for i in range(0, len(parts) - 1, 2) if parts[i]}
 
 
-class Gateway:
+class Gateway(TcpGateway):
     """Listens on ``host:port``; ``check(user, password) -> Verdict``; ``backend()`` opens a socket to the
     real server. Counts accepted and refused sign-ins."""
+
+    name = "pg-gateway"
 
     def __init__(
         self,
@@ -106,57 +89,13 @@ class Gateway:
         check: Callable[[str, str], Verdict],
         backend: Callable[[], socket.socket],
     ) -> None:
-        self.host, self.port, self.context, self.check, self.backend = host, port, context, check, backend
-        self.sign_ins = 0
-        self.refusals: list[str] = []
-        self.accepted: list[str] = []  # fingerprints (sha256, 16 hex) of the passwords that signed in
-        self._lock = threading.Lock()
-        self._listener = socket.create_server((host, port), backlog=256)
-        self._closed = False
-        self._connections: set[Any] = set()
-        self._thread = threading.Thread(target=self._serve, name="pg-gateway", daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self._closed = True
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)
-        self._listener.close()
-        with self._lock:
-            connections = list(self._connections)
-        for conn in connections:
-            with contextlib.suppress(OSError):
-                conn.close()
-        self._thread.join(5)
-
-    def _serve(self) -> None:
-        while not self._closed:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(
-                target=self._session, args=(conn,), name="pg-gateway-session", daemon=True
-            ).start()
-
-    def _track(self, *socks: Any) -> None:
-        with self._lock:
-            self._connections.update(socks)
-
-    def _untrack(self, *socks: Any) -> None:
-        with self._lock:
-            self._connections.difference_update(socks)
-        for sock in socks:
-            with contextlib.suppress(OSError):
-                sock.close()
+        self.check, self.backend = check, backend
+        super().__init__(host, port, context)
 
     def _session(self, conn: socket.socket) -> None:
         client: Any = conn
         server: socket.socket | None = None
-        self._track(conn)
         try:
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small messages: no Nagle delay
-            conn.settimeout(30)
             packet = _read_startup(conn)
             code = struct.unpack("!i", packet[4:8])[0]
             if code == CANCEL_REQUEST:
@@ -185,36 +124,16 @@ class Gateway:
                 return
             verdict = self.check(user, body.rstrip(b"\0").decode("utf-8", "replace"))
             if verdict.message is not None:
-                with self._lock:
-                    self.refusals.append(verdict.message)
+                self._refused(verdict.message)
                 client.sendall(error_response(verdict.message, verdict.code))
                 return
-            with self._lock:
-                self.sign_ins += 1
-                self.accepted.append(fingerprint(body.rstrip(b"\0")))
+            self._signed_in(body.rstrip(b"\0"))
             server = self.backend()
             self._track(server)
             server.sendall(packet)
-            client.settimeout(None)
-            self._relay(client, server)
-        except (OSError, ConnectionError, ssl.SSLError, ValueError):
-            pass
+            self.relay(client, server)
         finally:
-            self._untrack(*(s for s in (client, conn, server) if s is not None))
-
-    @staticmethod
-    def _relay(client: Any, server: socket.socket) -> None:
-        """Copy bytes both ways until either side closes (one thread; TLS records drained via pending())."""
-        while True:
-            ready = [client] if client.pending() else []
-            if not ready:
-                ready, _, _ = select.select([client, server], [], [])
-            for source in ready:
-                target = server if source is client else client
-                data = source.recv(65536)
-                if not data:
-                    return
-                target.sendall(data)
+            self._untrack(*(s for s in (client, server) if s is not None))
 
 
 # ---------------------------------------------------------------------------------------------- tokens
@@ -223,32 +142,17 @@ class Gateway:
 def check_token(
     token: str, *, key: Any, resource: str, oid: str | None, user: str, now: float | None = None
 ) -> Verdict:
-    """Azure's checks of a Postgres sign-in token (see the module docstring)."""
-    import jwt
-
-    now = time.time() if now is None else now
-    try:
-        claims = jwt.decode(
-            token,
-            key,
-            algorithms=["RS256"],
-            options={"verify_exp": False, "verify_aud": False, "verify_nbf": False, "verify_iat": False},
-        )
-    except jwt.PyJWTError:
-        return Verdict(f'password authentication failed for user "{user}"')
-    aud = str(claims.get("aud", ""))
-    if aud.rstrip("/") != resource.rstrip("/"):
-        return Verdict(
-            f"The access token is for another resource ({aud}); password authentication failed for user "
-            f'"{user}"'
-        )
-    if float(claims.get("exp", 0)) <= now:
+    """Azure's checks of a Postgres sign-in token, each refusal in its words (see the module docstring)."""
+    problem = token_problem(token, key=key, resource=resource, oid=oid, now=now)
+    refused = f'password authentication failed for user "{user}"'
+    if problem is None:
+        return Verdict(None)
+    if problem == "invalid":
+        return Verdict(refused)
+    if problem.startswith("audience "):
+        return Verdict(f"The access token is for another resource ({problem[9:]}); {refused}")
+    if problem == "expired":
         return Verdict("The access token has expired. Acquire a new token and retry.")
-    if float(claims.get("nbf", 0)) > now + 60:
+    if problem == "not yet valid":
         return Verdict("The access token is not yet valid. Check the clock.")
-    if oid is None or claims.get("oid") != oid:
-        return Verdict(
-            f"The access token belongs to another identity (oid {claims.get('oid')}); password "
-            f'authentication failed for user "{user}"'
-        )
-    return Verdict(None)
+    return Verdict(f"The access token belongs to another identity (oid {problem[9:]}); {refused}")

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .gateway import attach_to
 from .pggateway import Gateway, Verdict, check_token
 
 if TYPE_CHECKING:
@@ -38,17 +39,8 @@ class SignIns:
         """Check tokens against ``imds`` (its signing key and identities) until the returned function is
         called. Attachments stack: the latest one decides, and detaching it brings back the one before (a
         test's emulator over the session's)."""
-        with self._lock:
-            self._attached.append(imds)
+        detach = attach_to(self._lock, self._attached, imds)
         self.sync_directory(imds)  # the tenant's names, for pgaadauth_create_principal
-
-        def detach() -> None:
-            with self._lock:
-                if imds in self._attached:
-                    self._attached.reverse()
-                    self._attached.remove(imds)  # the latest attachment of it
-                    self._attached.reverse()
-
         return detach
 
     def set_password(self, role: str, password: str | None) -> None:
@@ -77,7 +69,7 @@ class SignIns:
         return self._server_port
 
     def accepted_fingerprints(self) -> list[str]:
-        """What signed in, oldest first, as :func:`~.pggateway.fingerprint` s (never the tokens)."""
+        """What signed in, oldest first, as :func:`~.gateway.fingerprint` s (never the tokens)."""
         return list(self._gateway.accepted) if self._gateway else []
 
     @property

@@ -1,0 +1,231 @@
+"""A token-checking MySQL, like Azure Database for MySQL Flexible Server with Microsoft Entra authentication.
+
+A throwaway MariaDB (``mariadb-install-db`` into a temp dir; Oracle's MySQL is not packaged by Debian) that
+listens on a private Unix socket only, behind the sign-in gateway of :mod:`.mysqlgateway` on a free TCP port
+of 127.0.0.1. As on Azure:
+
+* TLS is required (a generated self-signed certificate; ``ca_file`` to verify it); a client that doesn't ask
+  for it gets error 3159;
+* a Microsoft Entra user (:meth:`add_user`, what ``CREATE AADUSER 'name' IDENTIFIED BY '<client id>'``
+  makes) signs in with a token sent in clear (``mysql_clear_password``, asked for if the client didn't use
+  it), and *every* unexpired token that the attached :class:`~django_azure_mi.testing.imds.IMDSEmulator`
+  issued to its identity is accepted; refusals are error 1045 (``refusals`` says why);
+* live sessions outlive their token (it is checked only at sign-in);
+* a password user (:meth:`set_password`) signs in as on Azure's built-in MySQL authentication.
+
+    with MySQLStandIn() as my:
+        my.add_user("app-identity")             # system-assigned identity; client_id=... for user-assigned
+        detach = my.attach(imds)
+        DATABASES = {"default": my.database_settings("app-identity")}
+
+Where MariaDB 10.11 behind it differs from Azure's MySQL 8: docs/azure-behaviour.md. Needs MariaDB's server
+(Debian: mariadb-server) and PyMySQL (the stand-in's own admin connection).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .base import Missing, StandIn
+from .certs import TLSFiles, make_tls_files
+from .gateway import attach_to, token_problem
+from .imds import IMDSEmulator
+from .mysqlgateway import MySQLGateway, User
+
+MYSQL_RESOURCE = "https://ossrdbms-aad.database.windows.net"  # the same as Postgres's on Azure
+ENGINE = "django_azure_mi.backends.mysql"
+
+
+def find_mariadb() -> tuple[str, str]:
+    """(mariadbd, mariadb-install-db): ``MARIADBD`` or Debian's ``/usr/sbin/mariadbd`` or PATH."""
+    server = os.environ.get("MARIADBD") or next(
+        (p for p in ("/usr/sbin/mariadbd", shutil.which("mariadbd") or "") if p and os.path.exists(p)), ""
+    )
+    install = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db") or ""
+    if not server or not install:
+        raise Missing(
+            "the MySQL stand-in needs MariaDB's server (mariadbd, mariadb-install-db): install it (Debian: "
+            "mariadb-server) or set MARIADBD; or leave mysql out."
+        )
+    return server, install
+
+
+class MySQLStandIn(StandIn):
+    """See the module docstring. Context manager; thread-safe."""
+
+    def __init__(self, *, dbname: str = "app", port: int = 0, resource: str = MYSQL_RESOURCE) -> None:
+        self.dbname, self.port, self.resource = dbname, port, resource
+        self.host = "127.0.0.1"
+        self._users: dict[str, tuple[str | None, str]] = {}  # Entra user -> (client id, internal password)
+        self._passwords: set[str] = set()  # users that sign in with their own password
+        self._attached: list[IMDSEmulator] = []  # attach() stack: the last one checks tokens
+        self._gateway: MySQLGateway | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self._tmp: str | None = None
+        self.tls: TLSFiles | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def ca_file(self) -> str:
+        assert self.tls is not None, "not started"
+        return self.tls.ca_file
+
+    @property
+    def socket_path(self) -> str:
+        assert self._tmp is not None, "not started"
+        return os.path.join(self._tmp, "mysqld.sock")
+
+    def start(self) -> MySQLStandIn:
+        server, install = find_mariadb()
+        self._tmp = tempfile.mkdtemp(prefix="django-azure-mi-mysql-")
+        tmp = Path(self._tmp)
+        self.tls = make_tls_files(tmp / "tls")
+        data, log = tmp / "data", tmp / "mysqld.log"
+        as_root = ["--user=root"] if os.geteuid() == 0 else []
+        done = subprocess.run(
+            [install, "--no-defaults", f"--datadir={data}", "--auth-root-authentication-method=normal",
+             "--skip-test-db", "--skip-name-resolve", *as_root],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"mariadb-install-db failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+        self._process = subprocess.Popen(
+            [server, "--no-defaults", f"--datadir={data}", f"--socket={self.socket_path}",
+             "--skip-networking", f"--log-error={log}", "--skip-name-resolve",
+             "--innodb-flush-log-at-trx-commit=0",
+             "--innodb-doublewrite=0", "--max-connections=300", *as_root],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not self._answers():
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                text = log.read_text()[-2000:] if log.exists() else ""
+                raise RuntimeError(f"mariadbd did not start:\n{text}")
+            time.sleep(0.1)
+        self.execute(f"CREATE DATABASE IF NOT EXISTS `{self.dbname}`")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.tls.cert_file, self.tls.key_file)
+        self._gateway = MySQLGateway(self.host, self.port, context, self._user, self._backend)
+        self.port = self._gateway.port
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            self.execute("SELECT 1")
+        except Exception:
+            return False
+        return True
+
+    def stop(self) -> None:
+        if self._gateway is not None:
+            self._gateway.close()
+            self._gateway = None
+        if self._process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._process.pid, signal.SIGKILL)  # a throwaway server: nothing to flush
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(10)
+            self._process = None
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def _backend(self) -> socket.socket:
+        server = socket.socket(socket.AF_UNIX)
+        server.connect(self.socket_path)
+        return server
+
+    # ------------------------------------------------------------------ users and tokens
+
+    def execute(self, sql: str, params: Any = None, database: str | None = None) -> list[tuple[Any, ...]]:
+        """Run SQL as MariaDB's root over the private socket; return the rows."""
+        import pymysql
+
+        conn = pymysql.connect(unix_socket=self.socket_path, user="root", database=database, autocommit=True)
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(sql, params)
+                return list(cursor.fetchall())
+        finally:
+            conn.close()
+
+    def add_user(self, name: str, client_id: str | None = None) -> None:
+        """A Microsoft Entra user bound to an identity (Azure: ``CREATE AADUSER 'name' IDENTIFIED BY
+        '<client id>'``; None: the system-assigned one), with every privilege (Azure: what the admin
+        grants; Django's test databases need CREATE). Idempotent."""
+        internal = secrets.token_hex(16)
+        with self._lock:
+            self._users[name] = (client_id, internal)
+            self._passwords.discard(name)
+        self._create(name, internal)
+
+    def set_password(self, name: str, password: str) -> None:
+        """A user that signs in with ``password`` (Azure's built-in MySQL authentication)."""
+        with self._lock:
+            self._users.pop(name, None)
+            self._passwords.add(name)
+        self._create(name, password)
+
+    def _create(self, name: str, password: str) -> None:
+        self.execute("CREATE OR REPLACE USER %s@'localhost' IDENTIFIED BY %s", [name, password])
+        self.execute("GRANT ALL PRIVILEGES ON *.* TO %s@'localhost'", [name])
+
+    def attach(self, imds: IMDSEmulator) -> Callable[[], None]:
+        """Check tokens against ``imds`` until the returned function is called (attachments stack)."""
+        return attach_to(self._lock, self._attached, imds)
+
+    def _user(self, name: str) -> User | None:
+        with self._lock:
+            entra = self._users.get(name)
+            imds = self._attached[-1] if self._attached else None
+        if entra is None:
+            return None  # a password user, or nobody: the real server decides
+        client_id, internal = entra
+
+        def check(token: str) -> str | None:
+            if imds is None:
+                return "no identity endpoint attached to the stand-in"
+            try:
+                oid: str | None = imds.object_id(client_id)
+            except KeyError:
+                oid = None
+            return token_problem(
+                token, key=imds.public_key(), resource=self.resource, oid=oid, now=imds.now()
+            )
+
+        return User(check, internal)
+
+    @property
+    def sign_ins(self) -> int:
+        return self._gateway.sign_ins if self._gateway else 0
+
+    @property
+    def refusals(self) -> list[str]:
+        """Why token sign-ins were refused, oldest first (``user: expired``, ``user: identity <oid>``…)."""
+        return list(self._gateway.refusals) if self._gateway else []
+
+    # ------------------------------------------------------------------ client settings
+
+    def database_settings(self, user: str, *, client_id: str | None = None, **extra: Any) -> dict[str, Any]:
+        """A ``DATABASES`` entry for our ENGINE that reaches this server as ``user``."""
+        options: dict[str, Any] = {"ssl": {"ca": self.ca_file}}
+        if client_id:
+            options["managed_identity"] = {"client_id": client_id}
+        options.update(extra.pop("OPTIONS", {}))
+        entry = {"ENGINE": ENGINE, "HOST": self.host, "PORT": self.port, "NAME": self.dbname, "USER": user}
+        return {**entry, "OPTIONS": options, **extra}
