@@ -41,15 +41,21 @@ class Reporter:
             def capture_envelope(self, envelope: Any) -> None:
                 sent.append(envelope.serialize())
 
+        if int(sentry_sdk.VERSION.split(".")[0]) >= 3:  # 3.0 renamed the options (frame variables: on)
+            detail: dict[str, Any] = {"data_collection": {"stack_frame_variables": True}}
+            logs = LoggingIntegration(breadcrumb_level=logging.DEBUG, event_level=logging.WARNING)  # type: ignore[call-arg,unused-ignore]
+        else:
+            detail = {"include_local_variables": True}
+            logs = LoggingIntegration(level=logging.DEBUG, event_level=logging.WARNING)
         sentry_sdk.init(
             dsn="https://public@sentry.invalid/1",
             transport=Capture,
-            include_local_variables=True,
             max_value_length=100_000,  # no truncation that could hide half a token
             # no auto-enabled integrations: they patch Django and redis-py for the rest of the process
             default_integrations=False,
             auto_enabling_integrations=False,
-            integrations=[LoggingIntegration(level=logging.DEBUG, event_level=logging.WARNING)],
+            integrations=[logs],
+            **detail,
         )
         self.sdk = sentry_sdk
 
