@@ -17,8 +17,8 @@ from django.views.debug import technical_500_response
 
 from django_azure_mi import get_token_provider
 from django_azure_mi.backends.postgresql.client import DatabaseClient
-from django_azure_mi.testing.imds import IMDSEmulator
 from django_azure_mi.testing.gateway import fingerprint
+from django_azure_mi.testing.imds import IMDSEmulator
 
 from .conftest import CLIENT_ID, claims, run_threads
 

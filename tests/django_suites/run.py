@@ -226,7 +226,7 @@ def postgis(pg: PostgresStandIn) -> str | None:
         from django.contrib.gis.geos import geos_version
 
         geos_version()
-        pg.create_extensions("postgis")
+        pg.create_extensions("postgis", "postgis_raster")  # rasterapp's migration wants the raster one
     except ExtensionMissing as exc:
         return str(exc)
     except Exception as exc:  # GeoDjango's libraries (GEOS, GDAL) are not installed
