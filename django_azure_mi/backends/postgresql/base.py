@@ -20,12 +20,12 @@ from typing import Any
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.postgresql import base as postgresql
 from django.db.backends.postgresql.psycopg_any import is_psycopg3
-from django.utils.asyncio import async_unsafe
-from django.views.decorators.debug import sensitive_variables
 
 from ... import diagnostics
-from ...core.errors import TokenUnavailableError, redact, scrubbed
+from ...core.errors import TokenUnavailableError
 from ...core.token import Token
+from ...diagnostics import ServiceFailure
+from ..signin import TokenConnectParams, TokenSignIn
 from .client import DatabaseClient
 from .config import OPTION, AliasConfig, alias_config
 from .diagnosis import AUTH_KINDS, diagnose, refusal_message
@@ -33,38 +33,10 @@ from .diagnosis import AUTH_KINDS, diagnose, refusal_message
 logger = logging.getLogger("django_azure_mi.postgres")
 
 
-class TokenConnectParams(dict[str, Any]):
-    """Connection parameters that sign in with a token of the alias's identity.
-
-    The dict holds everything but the password, so that nothing that walks it (an error reporter reading
-    the locals of Django's ``connect()``, the debug page) finds the token. :meth:`connect_kwargs` adds the
-    token for the one call that opens the connection. Calling it returns such kwargs with the current
-    token: psycopg_pool (>= 3.3) calls its ``kwargs`` for every connection it opens. ``lazy``: no token yet
-    (the pool's own parameters: each connection takes one)."""
-
-    def __init__(self, params: dict[str, Any], config: AliasConfig, lazy: bool = False) -> None:
-        super().__init__(params)
-        self.pop("password", None)
-        self.config = config
-        self.token: Token | None = None if lazy else config.provider.current()
-
-    def connect_kwargs(self) -> dict[str, Any]:
-        """The driver's keyword arguments, the token as the password: hand them over, never keep them."""
-        assert self.token is not None
-        return {**self, "password": self.token.value}
-
-    def __call__(self) -> dict[str, Any]:
-        return TokenConnectParams(self, self.config).connect_kwargs()
-
-    def __repr__(self) -> str:
-        token = f"<token {len(self.token.value)} chars>" if self.token is not None else None
-        return f"TokenConnectParams({dict(self)!r}, password={token})"
-
-    __str__ = __repr__
-
-
-class DatabaseWrapper(postgresql.DatabaseWrapper):
+class DatabaseWrapper(TokenSignIn, postgresql.DatabaseWrapper):
     client_class = DatabaseClient
+    sign_in_logger = logger
+    auth_kinds = AUTH_KINDS
 
     _pool_params: tuple[object, dict[str, Any]] | None = None
 
@@ -114,33 +86,10 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             return super().get_new_connection(conn_params)
         return self._connect_with_token(conn_params)
 
-    @async_unsafe
-    @sensitive_variables()
-    def _connect_with_token(self, params: TokenConnectParams) -> Any:
-        if params.token is None:  # pooled: Django checks a connection out of the pool (its own parameters)
-            return super().get_new_connection(params)
-        connection, error = self._open(params)
-        if error is None:
-            return connection
-        if not isinstance(error, self.Database.OperationalError):  # any other class: already scrubbed
-            raise diagnostics.attach(error, diagnose(error, params.config, params.token))
-        failure = diagnose(error, params.config, params.token)
-        if failure.kind in AUTH_KINDS:
-            message, failure = refusal_message(failure, params.config, error)
-            logger.warning("%s", message)
-        else:
-            message = redact(str(error))
-        raise diagnostics.attach(self.Database.OperationalError(message), failure) from None
+    def diagnose(self, error: BaseException, config: Any, token: Token | None) -> ServiceFailure:
+        return diagnose(error, config, token)
 
-    def _open(self, params: TokenConnectParams) -> tuple[Any, BaseException | None]:
-        """One connect with the token as password. Whatever it raises (any class: the driver's, Django's,
-        a TypeError from a bad option, a socket error) comes back cut loose from the frames that held the
-        password (:func:`~django_azure_mi.core.errors.scrubbed`), to be raised outside this ``except``: an
-        OperationalError as its message only, since psycopg's keeps the failed connection (``pgconn``,
-        password included)."""
-        try:
-            return super().get_new_connection(params.connect_kwargs()), None
-        except self.Database.OperationalError as exc:
-            return None, self.Database.OperationalError(str(exc))
-        except BaseException as exc:
-            return None, scrubbed(exc)
+    def refusal_message(
+        self, failure: ServiceFailure, config: Any, error: BaseException
+    ) -> tuple[str, ServiceFailure]:
+        return refusal_message(failure, config, error)

@@ -1,0 +1,100 @@
+"""What our database ENGINEs share: connection parameters that hold no password until the one call that
+connects, and that call, whose failure is scrubbed of the token and diagnosed (a mixin of each
+``DatabaseWrapper``; each names its own diagnosis)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.utils.asyncio import async_unsafe
+from django.views.decorators.debug import sensitive_variables
+
+from .. import diagnostics
+from ..core.errors import redact, scrubbed
+from ..core.token import Token
+from ..diagnostics import ServiceFailure
+
+
+class TokenConnectParams(dict[str, Any]):
+    """Connection parameters that sign in with a token of the alias's identity.
+
+    The dict holds everything but the password, so that nothing that walks it (an error reporter reading
+    the locals of Django's ``connect()``, the debug page) finds the token. :meth:`connect_kwargs` adds the
+    token for the one call that opens the connection. Calling it returns such kwargs with the current
+    token: psycopg_pool (>= 3.3) calls its ``kwargs`` for every connection it opens. ``lazy``: no token yet
+    (a pool's own parameters: each connection takes one). ``keyword``: the driver's name for the
+    password."""
+
+    def __init__(
+        self, params: dict[str, Any], config: Any, lazy: bool = False, keyword: str = "password"
+    ) -> None:
+        super().__init__(params)
+        for key in ("password", "passwd"):
+            self.pop(key, None)
+        self.config = config
+        self.keyword = keyword
+        self.token: Token | None = None if lazy else config.provider.current()
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        """The driver's keyword arguments, the token as the password: hand them over, never keep them."""
+        assert self.token is not None
+        return {**self, self.keyword: self.token.value}
+
+    def __call__(self) -> dict[str, Any]:
+        return TokenConnectParams(self, self.config, keyword=self.keyword).connect_kwargs()
+
+    def __repr__(self) -> str:
+        token = f"<token {len(self.token.value)} chars>" if self.token is not None else None
+        return f"TokenConnectParams({dict(self)!r}, password={token})"
+
+    __str__ = __repr__
+
+
+class TokenSignIn:
+    """A mixin of our ``DatabaseWrapper`` s: :meth:`_connect_with_token` opens a connection with the token
+    and, when the server refuses, raises the driver's ``OperationalError`` with a diagnosis (the
+    ``diagnose``/``refusal_message`` of the ENGINE) and nothing of the token."""
+
+    Database: Any
+    sign_in_logger: logging.Logger
+    auth_kinds: frozenset[str]
+
+    def diagnose(self, error: BaseException, config: Any, token: Token | None) -> ServiceFailure:
+        raise NotImplementedError
+
+    def refusal_message(
+        self, failure: ServiceFailure, config: Any, error: BaseException
+    ) -> tuple[str, ServiceFailure]:
+        raise NotImplementedError
+
+    @async_unsafe
+    @sensitive_variables()
+    def _connect_with_token(self, params: TokenConnectParams) -> Any:
+        if params.token is None:  # pooled: Django checks a connection out of the pool (its own parameters)
+            return super().get_new_connection(params)  # type: ignore[misc]
+        connection, error = self._open(params)
+        if error is None:
+            return connection
+        if not isinstance(error, self.Database.OperationalError):  # any other class: already scrubbed
+            raise diagnostics.attach(error, self.diagnose(error, params.config, params.token))
+        failure = self.diagnose(error, params.config, params.token)
+        if failure.kind in self.auth_kinds:
+            message, failure = self.refusal_message(failure, params.config, error)
+            self.sign_in_logger.warning("%s", message)
+        else:
+            message = redact(str(error))
+        raise diagnostics.attach(self.Database.OperationalError(message), failure) from None
+
+    def _open(self, params: TokenConnectParams) -> tuple[Any, BaseException | None]:
+        """One connect with the token as password. Whatever it raises (any class: the driver's, Django's,
+        a TypeError from a bad option, a socket error) comes back cut loose from the frames that held the
+        password (:func:`~django_azure_mi.core.errors.scrubbed`), to be raised outside this ``except``: an
+        OperationalError as its message only, since a driver's may keep the failed connection (psycopg's
+        ``pgconn``, password included)."""
+        try:
+            return super().get_new_connection(params.connect_kwargs()), None  # type: ignore[misc]
+        except self.Database.OperationalError as exc:
+            return None, self.Database.OperationalError(*exc.args)
+        except BaseException as exc:
+            return None, scrubbed(exc)
