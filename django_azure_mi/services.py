@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 REGISTERED: Final = (
     "django_azure_mi.backends.postgresql.service",
+    "django_azure_mi.backends.mysql.service",
     "django_azure_mi.cache.service",
     "django_azure_mi.celery.service",
     "django_azure_mi.storage.service",

@@ -20,6 +20,16 @@ from .rogue import rogue_host, rogue_postgres, rogue_sniffer  # noqa: F401 - fix
 
 collect_ignore = ["sample_project"]  # a user's project: run by test_sample_project.py
 
+try:  # what a PyMySQL site does in settings.py, for the MySQL ENGINE's tests (no mysqlclient here)
+    import MySQLdb  # noqa: F401
+except ImportError:
+    try:
+        import pymysql
+
+        pymysql.install_as_MySQLdb()
+    except ImportError:
+        pass
+
 STORAGE = "https://storage.azure.com/.default"
 STORAGE_RESOURCE = "https://storage.azure.com"
 VAULT = "https://vault.azure.net/.default"

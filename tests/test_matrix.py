@@ -31,6 +31,7 @@ AZURE_PG = "srv.postgres.database.azure.com"
 AZURE_REDIS = "rediss://cache.redis.cache.windows.net:6380/0"
 AMR = "rediss://app.westeurope.redis.azure.net:10000"  # Azure Managed Redis (no database path)
 PG = {"ENGINE": ENGINE, "HOST": AZURE_PG, "NAME": "app", "USER": "my-app"}
+MY = {"ENGINE": "django_azure_mi.backends.mysql", "HOST": "mysite-db.mysql.database.azure.com"}
 REDIS = {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": AZURE_REDIS,
          "OPTIONS": {"CONNECTION_FACTORY": FACTORY, "MANAGED_IDENTITY": {"USERNAME": OID}}}  # fmt: skip
 BUILTIN = {"BACKEND": "django_azure_mi.cache.RedisCache", "LOCATION": AZURE_REDIS, "OPTIONS": {}}
@@ -143,6 +144,19 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         "W005",
     ),
     ("stock ENGINE to Azure", db(ENGINE="django.db.backends.postgresql"), "W010"),
+    # DATABASES on MySQL (PyMySQL as MySQLdb: conftest.py)
+    ("mysql option misspelt", db({"managed_identity": {"clientid": CLIENT_ID}}, **MY), "E070"),
+    ("mysql password", db(**MY, PASSWORD="hunter2"), "E071"),
+    ("mysql passwd option", db({"passwd": "hunter2"}, **MY), "E071"),
+    ("mysql no user", db(**{**MY, "USER": ""}), "E072"),
+    ("mysql TLS off", db({"ssl_disabled": True}, **MY), "E073"),
+    ("mysql name unchecked", db({"ssl_verify_identity": False}, **MY), "E073"),
+    (
+        "mysql unverified opt-out",
+        db({"ssl_verify_identity": False, "managed_identity": {"verify_tls": False}}, **MY),
+        "W071",
+    ),
+    ("stock MySQL ENGINE to Azure", db(**{**MY, "ENGINE": "django.db.backends.mysql"}), "W070"),
     # CACHES
     ("cache option misspelt", cache({"MANAGED_IDENTITY": {"USER": OID}}), "E020"),
     ("cache option True", cache({"MANAGED_IDENTITY": True}), "E020"),
@@ -380,7 +394,9 @@ def test_every_check_id_is_in_the_matrix():
     # (Django's own error, psycopg2 with a pool) and E016 (database URLs) are in tests/test_postgres.py,
     # E050/E051 (Celery's settings, checked when Celery builds its app) in tests/test_celery.py.
     # (E052, Celery's key prefix on a sharded Redis, is a system check too: in this matrix.)
-    elsewhere = {"E000", "E006", "E014", "E015", "E016", "E025", "E050", "E051", "W007"}
+    # E074 (no CA bundle file on the machine) and E075 (no MySQL driver) need a different machine or
+    # installation: tests/test_mysql.py covers E074 by hiding the bundle.
+    elsewhere = {"E000", "E006", "E014", "E015", "E016", "E025", "E050", "E051", "W007", "E074", "E075"}
     assert documented - elsewhere <= {expected for _, _, expected in CASES}, documented - elsewhere
     assert {expected for _, _, expected in CASES} <= documented
 

@@ -1,6 +1,7 @@
-"""The MySQL stand-in (``django_azure_mi.testing.mysql``): a real MariaDB behind a gateway that checks
-Microsoft Entra tokens as Azure Database for MySQL does, over the MySQL protocol, with real clients
-(PyMySQL and MariaDB's own ``mariadb`` client)."""
+"""Azure Database for MySQL: the stand-in (``django_azure_mi.testing.mysql``: a real MariaDB behind a
+gateway that checks Microsoft Entra tokens as Azure does, over the MySQL protocol, with real clients:
+PyMySQL and MariaDB's own ``mariadb``) and our ENGINE (``django_azure_mi.backends.mysql``) on it, with
+PyMySQL standing in for mysqlclient (``pymysql.install_as_MySQLdb()``, as Django documents)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,7 @@ import time
 
 import pytest
 
-pymysql = pytest.importorskip("pymysql")
-
-pytestmark = pytest.mark.integration
+pymysql = pytest.importorskip("pymysql")  # standing in for mysqlclient as MySQLdb (conftest.py)
 
 USER = "app-identity"
 
@@ -51,6 +50,7 @@ def token(imds, **claims):
     return imds.mint(MYSQL_RESOURCE, None, **claims).token
 
 
+@pytest.mark.integration
 def test_every_unexpired_token_of_the_identity_signs_in_over_tls(my, azure_imds):
     first, second = token(azure_imds), token(azure_imds)
     connections = [connect(my, USER, t) for t in (first, second)]  # two processes, two tokens, at once
@@ -70,6 +70,7 @@ def test_every_unexpired_token_of_the_identity_signs_in_over_tls(my, azure_imds)
         ({"oid": "00000000-0000-0000-0000-00000000beef"}, "identity 00000000-0000-0000-0000-00000000beef"),
     ],
 )
+@pytest.mark.integration
 def test_a_token_azure_would_refuse_is_error_1045(my, azure_imds, claims, why):
     with pytest.raises(pymysql.err.OperationalError) as info:
         connect(my, USER, token(azure_imds, **claims))
@@ -77,6 +78,7 @@ def test_a_token_azure_would_refuse_is_error_1045(my, azure_imds, claims, why):
     assert my.refusals[-1] == f"{USER}: {why}"
 
 
+@pytest.mark.integration
 def test_not_a_token_is_refused_and_a_password_user_signs_in_with_its_password(my):
     with pytest.raises(pymysql.err.OperationalError, match="1045"):
         connect(my, USER, "not-a-token")
@@ -88,6 +90,7 @@ def test_not_a_token_is_refused_and_a_password_user_signs_in_with_its_password(m
         connect(my, "stock", "wrong")
 
 
+@pytest.mark.integration
 def test_a_session_outlives_its_token(my, azure_imds):
     connection = connect(my, USER, token(azure_imds, ttl=2))
     time.sleep(3)
@@ -99,6 +102,7 @@ def test_a_session_outlives_its_token(my, azure_imds):
         connect(my, USER, token(azure_imds, ttl=-1))
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(shutil.which("mariadb") is None, reason="MariaDB's client (mariadb) is not installed")
 def test_the_mariadb_client_signs_in_with_a_token_and_never_without_tls(my, azure_imds):
     """The ``mariadb`` client (libmariadb) sends the token in clear when asked (its cleartext plugin
@@ -123,3 +127,138 @@ def test_the_mariadb_client_signs_in_with_a_token_and_never_without_tls(my, azur
         [*base, "--skip-ssl", "-u", "stock", "-pstock-password"], capture_output=True, text=True
     )
     assert done.returncode == 1 and "ERROR 3159" in done.stderr
+
+
+# ------------------------------------------------------------------------------------------ the ENGINE
+
+MYSQL = "django_azure_mi.backends.mysql"
+AZURE_HOST = "mysite-db.mysql.database.azure.com"
+
+
+@pytest.mark.integration
+def test_the_engine_migrates_and_queries_as_the_identity(my, azure_databases):
+    """Django's ``migrate`` and queries through our ENGINE, signed in with the identity's token over
+    verified TLS (the stand-in's CA), nothing refused."""
+    from django.contrib.auth.models import Group
+    from django.core.management import call_command
+
+    connections = azure_databases(default=my.database_settings(USER))
+    before, refused = my.sign_ins, len(my.refusals)
+    call_command("migrate", "auth", verbosity=0)
+    Group.objects.create(name="mysql")
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT current_user()")
+        assert cursor.fetchone()[0] == f"{USER}@localhost"
+    assert Group.objects.filter(name="mysql").count() == 1
+    connections.close_all()
+    assert my.sign_ins > before and len(my.refusals) == refused
+
+
+@pytest.mark.integration
+@pytest.mark.azure_imds(ttl=6)
+def test_each_new_connection_takes_a_current_token(my, azure_databases, azure_imds):
+    """Two physical connections a token lifetime apart (6 s tokens): the second signs in with a newer
+    token, the first one's having expired; persistent connections and health checks reconnect the same
+    way (a new physical connection, a current token)."""
+    connections = azure_databases(default=my.database_settings(USER))
+    refused = len(my.refusals)
+    connections["default"].ensure_connection()
+    connections["default"].close()
+    time.sleep(6.5)
+    connections["default"].ensure_connection()
+    connections["default"].close()
+    fingerprints = my._gateway.accepted[-2:]
+    assert len(set(fingerprints)) == 2 and len(my.refusals) == refused
+
+
+@pytest.mark.integration
+def test_a_refused_sign_in_names_the_user_and_the_fix_and_carries_no_token(my, azure_databases, caplog):
+    from django.db import OperationalError
+
+    connections = azure_databases(default=my.database_settings("nobody"))
+    with pytest.raises(OperationalError) as info:
+        connections["default"].ensure_connection()
+    text = str(info.value)
+    assert "MySQL refused the token for user 'nobody'" in text and "CREATE AADUSER" in text
+    assert "eyJ" not in text and "eyJ" not in caplog.text
+    assert info.value.__cause__ is None or "eyJ" not in str(info.value.__cause__)
+
+
+def config(client, **settings):
+    from django_azure_mi.backends.mysql.config import alias_config
+
+    entry = {"ENGINE": MYSQL, "HOST": AZURE_HOST, "NAME": "app", "USER": USER, **settings}
+    return alias_config(entry, "default", client=client)
+
+
+def test_off_loopback_the_token_goes_only_over_verified_tls():
+    """PyMySQL gets a default SSL context (the OS trust store, the name checked); mysqlclient gets
+    VERIFY_IDENTITY with the OS trust store's file; to loopback nothing is added."""
+    import ssl
+
+    added = config("pymysql").tls
+    assert isinstance(added["ssl"], ssl.SSLContext) and added["ssl"].check_hostname
+    assert added["ssl"].verify_mode == ssl.CERT_REQUIRED
+    added = config("mysqlclient").tls
+    assert added["ssl_mode"] == "VERIFY_IDENTITY" and added["ssl"]["ca"]
+    assert config("pymysql", HOST="127.0.0.1").tls == {}
+    assert config("mysqlclient", HOST="localhost").tls == {}
+    ca = {"ssl": {"ca": "/etc/my-ca.pem"}}
+    assert config("mysqlclient", OPTIONS=ca).tls["ssl"] == {"ca": "/etc/my-ca.pem"}
+    assert config("pymysql", OPTIONS=ca).tls == {"ssl_verify_cert": True, "ssl_verify_identity": True}
+
+
+@pytest.mark.parametrize(
+    ("client", "settings", "check_id"),
+    [
+        ("pymysql", {"PASSWORD": "hunter2"}, "E071"),
+        ("pymysql", {"OPTIONS": {"passwd": "hunter2"}}, "E071"),
+        ("pymysql", {"USER": ""}, "E072"),
+        ("pymysql", {"OPTIONS": {"ssl_disabled": True}}, "E073"),
+        ("pymysql", {"OPTIONS": {"ssl_verify_identity": False}}, "E073"),
+        ("mysqlclient", {"OPTIONS": {"ssl_mode": "PREFERRED"}}, "E073"),
+        ("mysqlclient", {"OPTIONS": {"ssl_mode": "REQUIRED"}}, "E073"),
+        ("mysqlclient", {"OPTIONS": {"ssl_mode": "sometimes"}}, "E073"),
+        ("pymysql", {"OPTIONS": {"managed_identity": {"clientid": "x"}}}, "E070"),
+    ],
+)
+def test_misconfigurations_name_the_setting(client, settings, check_id):
+    from django_azure_mi.diagnostics import SettingError
+
+    with pytest.raises(SettingError) as info:
+        config(client, **settings)
+    assert info.value.check_id == check_id and "DATABASES['default']" in str(info.value)
+
+
+def test_unverified_tls_is_a_documented_opt_out_and_loopback_needs_none():
+    opt_out = {"managed_identity": {"verify_tls": False}}
+    assert config("mysqlclient", OPTIONS={"ssl_mode": "REQUIRED", **opt_out}).tls == {}
+    assert config("pymysql", HOST="127.0.0.1", OPTIONS={"ssl_disabled": True}).tls == {}
+    assert config("pymysql", OPTIONS={"managed_identity": {"enabled": False}}) is None
+
+
+@pytest.mark.integration
+def test_azure_check_probes_a_mysql_alias(my, azure_databases, capsys):
+    import json
+
+    from django.core.management import call_command
+
+    azure_databases(default=my.database_settings(USER))
+    call_command("azure_check", "--json", "--database", "default")
+    (result,) = json.loads(capsys.readouterr().out)["results"]
+    assert result["ok"] and result["service"] == "mysql", result
+    assert result["details"]["current_user"] == f"{USER}@localhost"
+    assert result["details"]["tls"].startswith("TLSv1")
+
+
+def test_without_a_ca_file_mysqlclient_is_refused_with_the_fix(monkeypatch):
+    import ssl
+
+    from django_azure_mi.diagnostics import SettingError
+
+    nowhere = ssl.DefaultVerifyPaths("", "", "/nonexistent/cert.pem", "", "/nonexistent", "")
+    monkeypatch.setattr(ssl, "get_default_verify_paths", lambda: nowhere)
+    monkeypatch.setattr("os.path.exists", lambda path: False)
+    with pytest.raises(SettingError) as info:
+        config("mysqlclient")
+    assert info.value.check_id == "E074" and "['ssl']" in str(info.value)

@@ -5,6 +5,8 @@ connects, and that call, whose failure is scrubbed of the token and diagnosed (a
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.utils.asyncio import async_unsafe
@@ -13,7 +15,56 @@ from django.views.decorators.debug import sensitive_variables
 from .. import diagnostics
 from ..core.errors import redact, scrubbed
 from ..core.token import Token
-from ..diagnostics import ServiceFailure
+from ..diagnostics import ServiceFailure, text_of
+from ..options import Bound, ServiceBinding
+
+
+@dataclass(frozen=True)
+class AliasConfig(Bound):
+    """The validated managed-identity settings of one ``DATABASES`` alias and what they add to its
+    connections (each ENGINE's ``config.alias_config`` makes it)."""
+
+    alias: str
+    user: str
+    host: str
+    port: str
+    binding: ServiceBinding
+    tls: dict[str, Any] = field(compare=False)  # the driver's TLS arguments to add (verified off loopback)
+    bounds: dict[str, Any] = field(default_factory=dict, compare=False)  # connect_timeout to add
+
+    def token(self) -> str:
+        return self.provider.get_token(self.scope).token
+
+
+def token_facts(token: Token | None) -> dict[str, Any]:
+    """What a refusal's diagnosis may show of the token that was refused: its audience, object id, seconds
+    left and the managed identity's name (from its resource id); never the token."""
+    claims = token.claims if token is not None else {}
+    resource_id = str(claims.get("xms_mirid") or "")
+    return {
+        "aud": claims.get("aud"),
+        "oid": claims.get("oid"),
+        "expires_in": int(token.expires_on - time.time()) if token is not None else None,
+        "name": resource_id.rstrip("/").rsplit("/", 1)[-1] or None,
+    }
+
+
+def refusal(
+    failure: ServiceFailure, config: AliasConfig, exc: BaseException, server: str, port: int, who: str
+) -> tuple[str, ServiceFailure]:
+    """The message of the OperationalError raised for a refused sign-in (never the token), and the failure
+    to attach to it: ``server`` (``"Postgres"``) at its host and port rejected the token for ``who``."""
+    facts = ", ".join(
+        f"{name}={failure.facts.get(name)}"
+        for name in ("aud", "oid", "expires_in")
+        if failure.facts.get(name) is not None
+    )
+    return diagnostics.explain(
+        f"{server} at {config.host or 'localhost'}:{config.port or port} rejected the Microsoft Entra token "
+        f"for {who} {config.user!r} ({config.provider.identity}; scope {config.scope}; {facts}). Server "
+        f"said: {text_of(exc)}",
+        failure,
+    )
 
 
 class TokenConnectParams(dict[str, Any]):
@@ -59,14 +110,8 @@ class TokenSignIn:
     Database: Any
     sign_in_logger: logging.Logger
     auth_kinds: frozenset[str]
-
-    def diagnose(self, error: BaseException, config: Any, token: Token | None) -> ServiceFailure:
-        raise NotImplementedError
-
-    def refusal_message(
-        self, failure: ServiceFailure, config: Any, error: BaseException
-    ) -> tuple[str, ServiceFailure]:
-        raise NotImplementedError
+    diagnose: Any  # staticmethod(the ENGINE's diagnose(error, config, token) -> ServiceFailure)
+    refusal_message: Any  # staticmethod(failure, config, error) -> (message, failure)
 
     @async_unsafe
     @sensitive_variables()

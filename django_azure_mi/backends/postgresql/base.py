@@ -23,11 +23,9 @@ from django.db.backends.postgresql.psycopg_any import is_psycopg3
 
 from ... import diagnostics
 from ...core.errors import TokenUnavailableError
-from ...core.token import Token
-from ...diagnostics import ServiceFailure
-from ..signin import TokenConnectParams, TokenSignIn
+from ..signin import AliasConfig, TokenConnectParams, TokenSignIn
 from .client import DatabaseClient
-from .config import OPTION, AliasConfig, alias_config
+from .config import OPTION, alias_config
 from .diagnosis import AUTH_KINDS, diagnose, refusal_message
 
 logger = logging.getLogger("django_azure_mi.postgres")
@@ -37,6 +35,8 @@ class DatabaseWrapper(TokenSignIn, postgresql.DatabaseWrapper):
     client_class = DatabaseClient
     sign_in_logger = logger
     auth_kinds = AUTH_KINDS
+    diagnose = staticmethod(diagnose)
+    refusal_message = staticmethod(refusal_message)
 
     _pool_params: tuple[object, dict[str, Any]] | None = None
 
@@ -85,11 +85,3 @@ class DatabaseWrapper(TokenSignIn, postgresql.DatabaseWrapper):
         if not isinstance(conn_params, TokenConnectParams):  # password alias, or a checkout from our pool
             return super().get_new_connection(conn_params)
         return self._connect_with_token(conn_params)
-
-    def diagnose(self, error: BaseException, config: Any, token: Token | None) -> ServiceFailure:
-        return diagnose(error, config, token)
-
-    def refusal_message(
-        self, failure: ServiceFailure, config: Any, error: BaseException
-    ) -> tuple[str, ServiceFailure]:
-        return refusal_message(failure, config, error)

@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ... import runtime
 from ...diagnostics import SettingError
-from ...options import (
-    Bound,
-    OptionSpec,
-    ServiceBinding,
-    bind,
-    boolean,
-    is_remote,
-    refuse_near_miss,
-    require_tls,
-)
+from ...options import OptionSpec, bind, boolean, is_remote, refuse_near_miss, require_tls
+from ..signin import AliasConfig
 
 OPTION: Final = "managed_identity"
 SPEC: Final = OptionSpec(
@@ -33,23 +24,6 @@ INSECURE_SSLMODES: Final = ("disable", "allow", "prefer")
 UNVERIFIED_SSLMODES: Final = ("require", "verify-ca")
 MIN_SYSTEM_ROOTS_LIBPQ: Final = 160000
 MIN_POOL_VERSION: Final = (3, 3)
-
-
-@dataclass(frozen=True)
-class AliasConfig(Bound):
-    """The validated managed-identity settings of one alias (``OPTIONS["managed_identity"]`` and what it
-    implies for the connection)."""
-
-    alias: str
-    user: str
-    host: str
-    port: str
-    binding: ServiceBinding
-    tls: dict[str, str] = field(compare=False)  # sslmode/sslrootcert to add (verify-full off loopback)
-    bounds: dict[str, str] = field(default_factory=dict, compare=False)  # connect_timeout to add
-
-    def token(self) -> str:
-        return self.provider.get_token(self.scope).token
 
 
 def alias_config(settings_dict: dict[str, Any], alias: str) -> AliasConfig | None:

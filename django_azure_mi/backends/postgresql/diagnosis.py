@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import re
-import time
 from typing import Any, Final
 
-from ... import diagnostics
 from ...diagnostics import ServiceFailure, generic, text_of
+from ..signin import refusal, token_facts
 
 AUTH_KINDS: Final = frozenset({"no-role", "auth-refused", "token-expired", "wrong-audience"})
 _AUTH = ("password authentication failed", "access token", "no password supplied")
@@ -19,14 +18,7 @@ def diagnose(exc: BaseException, config: Any, token: Any = None) -> ServiceFailu
     server = text_of(exc)
     lowered = server.lower()
     where = f"DATABASES[{config.alias!r}]"
-    claims = token.claims if token is not None else {}
-    resource_id = str(claims.get("xms_mirid") or "")
-    facts: dict[str, Any] = {
-        "aud": claims.get("aud"),
-        "oid": claims.get("oid"),
-        "expires_in": int(token.expires_on - time.time()) if token is not None else None,
-        "name": resource_id.rstrip("/").rsplit("/", 1)[-1] or None,
-    }
+    facts = token_facts(token)
     create = "pgaadauth_create_principal('<identity name>', false, false)"
     role = (
         f"{where}['USER'] must be the identity's Postgres role exactly as created with {create} by a "
@@ -79,16 +71,5 @@ def tls_failure(alias: str) -> ServiceFailure:
 
 
 def refusal_message(failure: ServiceFailure, config: Any, exc: BaseException) -> tuple[str, ServiceFailure]:
-    """The message of the OperationalError raised for a refused sign-in (never the token), and the failure
-    to attach to it (:func:`~django_azure_mi.diagnostics.explain`)."""
-    facts = ", ".join(
-        f"{name}={failure.facts.get(name)}"
-        for name in ("aud", "oid", "expires_in")
-        if failure.facts.get(name) is not None
-    )
-    return diagnostics.explain(
-        f"Postgres at {config.host or 'localhost'}:{config.port or 5432} rejected the Microsoft Entra "
-        f"token for role {config.user!r} ({config.provider.identity}; scope {config.scope}; {facts}). "
-        f"Server said: {text_of(exc)}",
-        failure,
-    )
+    """The message of the OperationalError raised for a refused sign-in, and the failure to attach."""
+    return refusal(failure, config, exc, "Postgres", 5432, "role")

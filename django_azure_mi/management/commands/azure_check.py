@@ -99,7 +99,8 @@ class Command(BaseCommand):
                         raise CommandError(
                             f"--{argument.name} {alias}: there is no {argument.setting}[{alias!r}]."
                         )
-                    if not any(t.alias == alias for t in chosen):
+                    setting = f"{argument.setting}["  # any service's target of that setting (MySQL's too)
+                    if not any(t.alias == alias and t.where.startswith(setting) for t in selected):
                         raise CommandError(
                             f"--{argument.name} {alias}: it does not use django-azure-mi (its ENGINE, "
                             "BACKEND or OPTIONS are not ours: see the service's page in the docs)."
