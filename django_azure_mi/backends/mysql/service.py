@@ -8,7 +8,8 @@ from typing import Any, Final
 
 from django.core import checks
 
-from ...services import CheckId, Selection, Service, Target, aliases
+from ...services import CheckId, Selection, Service, Target
+from ..databases import check_databases, database_targets, provider, round_trip
 
 NAME: Final = "mysql"
 ENGINE: Final = "django_azure_mi.backends.mysql"
@@ -22,30 +23,8 @@ _AZURE_HOSTS: Final = (".mysql.database.azure.com", ".mysql.database.usgovclouda
 
 
 def check(errors: list[checks.CheckMessage]) -> None:
-    from django.conf import settings
-
-    from ...checks import run_check, warn_foreign_scope, warn_unverified
-
-    for alias, database in (getattr(settings, "DATABASES", None) or {}).items():
-        engine = database.get("ENGINE", "")
-        obj = f"DATABASES[{alias!r}]"
-        if engine == ENGINE:
-            run_check(errors, obj, _validate, alias, database)
-            option = (database.get("OPTIONS") or {}).get("managed_identity")
-            warn_unverified(errors, obj, option, "verify_tls", "W071")
-            warn_foreign_scope(errors, obj, option, "scope", NAME)
-        elif engine.endswith(".mysql") and not database.get("PASSWORD"):
-            host = str(database.get("HOST") or "")
-            if host.endswith(_AZURE_HOSTS):
-                errors.append(
-                    checks.Warning(
-                        f"{obj} points at Azure Database for MySQL ({host}) without a PASSWORD, with ENGINE "
-                        f"{engine!r}.",
-                        hint=f"To sign in with the managed identity, set ENGINE to {ENGINE!r}.",
-                        obj=obj,
-                        id="django_azure_mi.W070",
-                    )
-                )
+    azure = ("W070", _AZURE_HOSTS, "Azure Database for MySQL")
+    check_databases(errors, NAME, {"mysql": ENGINE}, _validate, "W071", azure)
 
 
 def _validate(alias: str, database: dict[str, Any]) -> None:
@@ -67,31 +46,12 @@ def _validate(alias: str, database: dict[str, Any]) -> None:
 
 
 def targets(selection: Selection) -> list[Target]:
-    uses = lambda entry: entry.get("ENGINE") == ENGINE  # noqa: E731
-    return [
-        Target(NAME, alias, f"DATABASES[{alias!r}]", probe)
-        for alias in aliases("DATABASES", "database", selection, uses)
-    ]
+    return database_targets(NAME, (ENGINE,), selection, probe)
 
 
 def probe(result: Any, deep: bool) -> None:
     """``SELECT current_user(), version()`` over a new connection; TLS as the client sees it."""
-    from django.db import connections
-
-    from ...probes import identity_facts
-
-    connection: Any = connections[result.alias]
-    config = connection.alias_config
-    if config is not None:
-        result.identity = identity_facts(config.scope, config.client_id)
-    result.details["user"] = connection.settings_dict.get("USER")
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT current_user(), version()")
-            user, version = cursor.fetchone()
-            tls = _client_tls(connection.connection)
-    finally:
-        connection.close()
+    (user, version), tls = round_trip(result, "SELECT current_user(), version()", _client_tls)
     result.details.update(current_user=user, server=str(version), tls=tls)
 
 
@@ -109,13 +69,6 @@ def _client_tls(raw: Any) -> str | None:
 def summary(details: dict[str, Any]) -> str:
     tls = details.get("tls") or "no TLS (loopback)"
     return f"user {details.get('current_user')}, {tls}, {details.get('server')}"
-
-
-def provider(target: Target) -> Any:
-    from django.db import connections
-
-    config = connections[target.alias].alias_config  # type: ignore[attr-defined]  # our DatabaseWrapper
-    return config.provider if config is not None else None
 
 
 CHECK_IDS: Final = (

@@ -8,7 +8,8 @@ from typing import Any, Final
 
 from django.core import checks
 
-from ...services import Argument, CheckId, Selection, Service, Target, aliases
+from ...services import Argument, CheckId, Selection, Service, Target
+from ..databases import check_databases, database_targets, provider, round_trip
 
 NAME: Final = "postgres"
 ENGINE: Final = "django_azure_mi.backends.postgresql"
@@ -27,31 +28,9 @@ _AZURE_HOSTS: Final = (".postgres.database.azure.com", ".postgres.database.usgov
 
 
 def check(errors: list[checks.CheckMessage]) -> None:
-    from django.conf import settings
-
-    from ...checks import run_check, warn_foreign_scope, warn_unverified
-
-    for alias, database in (getattr(settings, "DATABASES", None) or {}).items():
-        engine = database.get("ENGINE", "")
-        obj = f"DATABASES[{alias!r}]"
-        if engine in ENGINES:
-            run_check(errors, obj, _validate, alias, database)
-            option = (database.get("OPTIONS") or {}).get("managed_identity")
-            warn_unverified(errors, obj, option, "verify_tls", "W011")
-            warn_foreign_scope(errors, obj, option, "scope", NAME)
-        elif engine.endswith(("postgresql", "postgis")) and not database.get("PASSWORD"):
-            host = str(database.get("HOST") or "")
-            if host.endswith(_AZURE_HOSTS):
-                ours = POSTGIS_ENGINE if engine.endswith("postgis") else ENGINE
-                errors.append(
-                    checks.Warning(
-                        f"{obj} points at Azure Database for PostgreSQL ({host}) without a PASSWORD, with "
-                        f"ENGINE {engine!r}.",
-                        hint=f"To sign in with the managed identity, set ENGINE to {ours!r}.",
-                        obj=obj,
-                        id="django_azure_mi.W010",
-                    )
-                )
+    stock = {"postgresql": ENGINE, "postgis": POSTGIS_ENGINE}
+    azure = ("W010", _AZURE_HOSTS, "Azure Database for PostgreSQL")
+    check_databases(errors, NAME, stock, _validate, "W011", azure)
 
 
 def _validate(alias: str, database: dict[str, Any]) -> None:
@@ -64,11 +43,7 @@ def _validate(alias: str, database: dict[str, Any]) -> None:
 
 
 def targets(selection: Selection) -> list[Target]:
-    uses = lambda entry: entry.get("ENGINE") in ENGINES  # noqa: E731
-    return [
-        Target(NAME, alias, f"DATABASES[{alias!r}]", probe)
-        for alias in aliases("DATABASES", "database", selection, uses)
-    ]
+    return database_targets(NAME, ENGINES, selection, probe)
 
 
 def probe(result: Any, deep: bool) -> None:
@@ -77,26 +52,16 @@ def probe(result: Any, deep: bool) -> None:
 
     from ...diagnostics import attach
     from ...options import is_remote
-    from ...probes import identity_facts
     from .config import targets as hosts
     from .diagnosis import tls_failure
 
-    connection: Any = connections[result.alias]
-    config = connection.alias_config
-    if config is not None:
-        result.identity = identity_facts(config.scope, config.client_id)
-    result.details["user"] = connection.settings_dict.get("USER")
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("select current_user, version()")
-            user, version = cursor.fetchone()
-            tls, tls_version = _client_tls(connection.connection)
-    finally:
-        connection.close()
+    (user, version), (tls, tls_version) = round_trip(result, "select current_user, version()", _client_tls)
     result.details.update(
         current_user=user, server=" ".join(str(version).split()[:2]), tls=tls, tls_version=tls_version
     )
-    if config is not None and not tls and is_remote(hosts(connection.settings_dict, os.environ)):
+    config = connections[result.alias].alias_config  # type: ignore[attr-defined]  # our DatabaseWrapper
+    settings_dict = connections[result.alias].settings_dict
+    if config is not None and not tls and is_remote(hosts(settings_dict, os.environ)):
         raise attach(RuntimeError("connected without TLS"), tls_failure(config.alias))
 
 
@@ -118,14 +83,6 @@ def summary(details: dict[str, Any]) -> str:
         else "no TLS (loopback)"
     )
     return f"user {details.get('current_user')}, {tls}, {details.get('server')}"
-
-
-def provider(target: Target) -> Any:
-    from django.db import connections
-
-    database: Any = connections[target.alias]  # our DatabaseWrapper (ENGINE checked by targets())
-    config = database.alias_config
-    return config.provider if config is not None else None
 
 
 CHECK_IDS: Final = (
