@@ -247,8 +247,9 @@ def sql_literal(value: str) -> str:
     return "'" + _here_doc_safe(value).replace("'", "''") + "'"
 
 
-def sql_identifier(value: str) -> str:
-    return '"' + _here_doc_safe(value).replace('"', '""') + '"'
+def sql_identifier(value: str, quote: str = '"') -> str:
+    r"""A quoted SQL identifier (Postgres ``"…"``, MySQL ``\`…\```) safe inside the script's here-doc."""
+    return _here_doc_safe(quote + value.replace(quote, quote * 2) + quote)
 
 
 def _here_doc_safe(value: str) -> str:

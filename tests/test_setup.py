@@ -145,6 +145,35 @@ def test_a_postgis_alias_gets_the_extension_allow_listed_and_created(site):
     assert "postgis" not in setup()
 
 
+MYSQL = "django_azure_mi.backends.mysql"
+
+
+def test_a_mysql_alias_gets_an_entra_admin_its_aad_user_and_grants(site):
+    """A user-assigned identity's client id goes into CREATE AADUSER as Microsoft documents; a replica gets
+    SELECT on its primary's database; the admin and the server's own identity are looked up or asked for."""
+    geo = {"ENGINE": MYSQL, "HOST": "mysite-db.mysql.database.azure.com", "NAME": "app", "USER": "my-app"}
+    site(
+        DATABASES={
+            "default": {**geo, "OPTIONS": {"managed_identity": {"client_id": USER_ID}}},
+            "replica": {**geo, "HOST": "replica.mysql.database.azure.com", "TEST": {"MIRROR": "default"},
+                        "OPTIONS": {"managed_identity": {"client_id": USER_ID}}},
+        }
+    )  # fmt: skip
+    found = steps()
+    admin = next(s for s in found if s["kind"] == "az" and "ad-admin create" in s["text"])
+    assert "-s mysite-db " in admin["text"] and '--identity "$MYSQL_SERVER_IDENTITY"' in admin["text"]
+    create = next(s for s in found if s["kind"] == "sql" and "AADUSER" in s["text"])
+    assert f"CREATE AADUSER 'my-app' IDENTIFIED BY '{USER_ID}';" in create["text"]
+    assert "--enable-cleartext-plugin" in create["runner"] and "VERIFY_IDENTITY" in create["runner"]
+    grants = [s["text"] for s in found if s["kind"] == "sql" and s["text"].startswith("GRANT")]
+    assert grants == ["GRANT ALL PRIVILEGES ON \\`app\\`.* TO 'my-app'@'%';",
+                      "GRANT SELECT ON \\`app\\`.* TO 'my-app'@'%';"]  # fmt: skip
+    assert {s["name"] for s in found if s["kind"] == "lookup"} >= {"MYSQL_ADMIN", "MYSQL_SERVER_IDENTITY"}
+    site(DATABASES={"default": geo})  # the system-assigned identity: its client id looked up
+    text = setup()
+    assert 'az ad sp show --id "$PRINCIPAL_ID" --query appId' in text and "'$APP_ID_SYSTEM'" in text
+
+
 def test_several_aliases_with_several_identities_each_get_their_own_lookup(site):
     site(
         DATABASES={"default": database(OPTIONS={"managed_identity": {"client_id": USER_ID}})},

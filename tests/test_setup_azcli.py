@@ -135,6 +135,7 @@ SETTINGS = {
             "geo": database(
                 host="geo.postgres.database.azure.com", ENGINE="django_azure_mi.backends.postgis"
             ),
+            "my": database(host="my.mysql.database.azure.com", ENGINE="django_azure_mi.backends.mysql"),
         },
         CACHES={
             "amr": cache(),

@@ -87,6 +87,13 @@ CHECK_IDS: Final = (
 )
 
 
+def provision(plan: Any) -> None:
+    """What Azure must have for it (``azure_setup``): .provision."""
+    from .provision import provision as steps
+
+    steps(plan, NAME, ENGINE, _AZURE_HOSTS)
+
+
 SERVICE: Final = Service(
     name=NAME,
     check_ids=CHECK_IDS,
@@ -97,4 +104,5 @@ SERVICE: Final = Service(
     targets=targets,
     summary=summary,
     provider=provider,
+    provision=provision,
 )

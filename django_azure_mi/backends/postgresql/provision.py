@@ -169,15 +169,21 @@ def _server_name(plan: Plan, service: str, host: str, azure_hosts: tuple[str, ..
 
 
 def _admin(plan: Plan, service: str) -> str:
-    for variable, query in (("PG_ADMIN", "userPrincipalName"), ("PG_ADMIN_OID", "id")):
+    return entra_admin(plan, service, "PG_ADMIN")
+
+
+def entra_admin(plan: Plan, service: str, variable: str) -> str:
+    """``"$<variable>"``: the server's Microsoft Entra admin (by default the signed-in user), and
+    ``$<variable>_OID`` its object id, looked up once."""
+    for name, query in ((variable, "userPrincipalName"), (f"{variable}_OID", "id")):
         plan.add(
             Step(
                 service, "", "lookup", f"az ad signed-in-user show --query {query} -o tsv",
-                "the server's Microsoft Entra admin (default: you, signed in with az login)", name=variable,
+                "the server's Microsoft Entra admin (default: you, signed in with az login)", name=name,
             ),
-            key=("lookup", variable),
+            key=("lookup", name),
         )  # fmt: skip
-    return "$PG_ADMIN"
+    return f"${variable}"
 
 
 def _psql(server: str, database: str, tls: str) -> str:
