@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from ...provision import Plan, Step, sql_identifier, sql_literal
-from ..postgresql.provision import entra_admin
+from ..postgresql.provision import entra_admin, server_name
 
 USER_KINDS: Final = ("auth-refused",)
 
@@ -42,7 +42,7 @@ def _alias_steps(
     port = str(primary.get("PORT") or config.port or 3306)
     dbname = str(primary.get("NAME") or "")
     group = plan.group()
-    server = _server_name(plan, service, host, azure_hosts)
+    server = server_name(plan, service, host, azure_hosts, "MYSQL_SERVER", "MySQL")
     admin = entra_admin(plan, service, "MYSQL_ADMIN")
     plan.add(
         Step(
@@ -105,17 +105,3 @@ def _client_id(plan: Plan, identity: Any, service: str) -> str:
         key=("lookup", "APP_ID_SYSTEM"),
     )  # fmt: skip
     return "'$APP_ID_SYSTEM'"
-
-
-def _server_name(plan: Plan, service: str, host: str, azure_hosts: tuple[str, ...]) -> str:
-    if host.endswith(azure_hosts):
-        return host.split(".", 1)[0]
-    plan.add(
-        Step(
-            service, "", "lookup", "",
-            f"the name of the Azure Database for MySQL server behind HOST {host} (not an Azure host name)",
-            name="MYSQL_SERVER",
-        ),
-        key=("lookup", "MYSQL_SERVER"),
-    )  # fmt: skip
-    return "$MYSQL_SERVER"

@@ -155,17 +155,25 @@ def _postgis(
 
 
 def _server_name(plan: Plan, service: str, host: str, azure_hosts: tuple[str, ...]) -> str:
+    return server_name(plan, service, host, azure_hosts, "PG_SERVER", "PostgreSQL")
+
+
+def server_name(
+    plan: Plan, service: str, host: str, azure_hosts: tuple[str, ...], variable: str, kind: str
+) -> str:
+    """The server's name for ``az``: the first label of an Azure host name, else ``"$<variable>"``, asked
+    for (a private endpoint, a pooler or a local server stands between)."""
     if host.endswith(azure_hosts):
         return host.split(".", 1)[0]
     plan.add(
         Step(
             service, "", "lookup", "",
-            f"the name of the Azure Database for PostgreSQL server behind HOST {host} (not an Azure host "
-            "name: a private endpoint, a pooler or a local server)", name="PG_SERVER",
+            f"the name of the Azure Database for {kind} server behind HOST {host} (not an Azure host name: "
+            "a private endpoint, a pooler or a local server)", name=variable,
         ),
-        key=("lookup", "PG_SERVER"),
+        key=("lookup", variable),
     )  # fmt: skip
-    return "$PG_SERVER"
+    return f"${variable}"
 
 
 def _admin(plan: Plan, service: str) -> str:
