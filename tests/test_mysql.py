@@ -262,3 +262,31 @@ def test_without_a_ca_file_mysqlclient_is_refused_with_the_fix(monkeypatch):
     with pytest.raises(SettingError) as info:
         config("mysqlclient")
     assert info.value.check_id == "E074" and "['ssl']" in str(info.value)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(shutil.which("mysql") is None, reason="no mysql client here")
+def test_dbshell_signs_in_with_a_fresh_token_never_on_argv(my, azure_databases, capfd):
+    from django.core.management import call_command
+
+    from django_azure_mi.backends.mysql.client import DatabaseClient
+
+    connections = azure_databases(default=my.database_settings(USER))
+    args, env = DatabaseClient.settings_to_cmd_args_env(connections["default"].settings_dict, [])
+    assert not any("eyJ" in arg for arg in args) and env["MYSQL_PWD"].startswith("eyJ")
+    call_command("dbshell", "--", "-N", "-e", "SELECT current_user()")
+    assert f"{USER}@localhost" in capfd.readouterr().out
+
+
+def test_dbshell_verifies_a_remote_server_with_the_clients_own_flags(azure_imds):
+    from django_azure_mi.backends.mysql.client import DatabaseClient, is_mariadb
+
+    entry = {"ENGINE": MYSQL, "HOST": AZURE_HOST, "PORT": "", "NAME": "app", "USER": USER, "PASSWORD": "",
+             "OPTIONS": {}}  # fmt: skip
+    args, env = DatabaseClient.settings_to_cmd_args_env(entry, [])
+    assert env["MYSQL_PWD"].startswith("eyJ") and not any("eyJ" in arg for arg in args)
+    assert any(arg.startswith("--ssl-ca=") for arg in args)
+    if is_mariadb("mysql"):
+        assert "--ssl-verify-server-cert" in args and "--enable-cleartext-plugin" not in args
+    else:
+        assert "--ssl-mode=VERIFY_IDENTITY" in args and "--enable-cleartext-plugin" in args

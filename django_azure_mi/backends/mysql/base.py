@@ -24,6 +24,7 @@ from django.db.backends.mysql import base as mysql
 from ... import diagnostics
 from ...core.errors import TokenUnavailableError
 from ..signin import AliasConfig, TokenConnectParams, TokenSignIn
+from .client import DatabaseClient
 from .config import OPTION, alias_config
 from .diagnosis import AUTH_KINDS, diagnose, refusal_message
 
@@ -31,6 +32,7 @@ logger = logging.getLogger("django_azure_mi.mysql")
 
 
 class DatabaseWrapper(TokenSignIn, mysql.DatabaseWrapper):
+    client_class = DatabaseClient
     sign_in_logger = logger
     auth_kinds = AUTH_KINDS
     diagnose = staticmethod(diagnose)
