@@ -210,6 +210,41 @@ def test_a_consumer_that_goes_mid_pop_loses_nobody_elses_message(use_layer, azur
     assert azure_redis.closed_connections == 0, azure_redis.closures
 
 
+def test_receives_cancelled_one_after_another_lose_and_repeat_nothing(use_layer, azure_redis, azure_imds):
+    """A consumer goes while its receive blocks for the process (its pop goes on); the next receive waits
+    for that pop and goes too, before it ends (websockets opened and closed in a row, as a readiness check
+    does); then a receive that stays. Two messages arrive: the first one that the orphaned pop took, and
+    the next. They arrive once each, in order. (The waiting receive's cancel dropped the orphaned pop from
+    view: the staying receive popped the second message beside it, and channels_redis's backup cleanup
+    then removed the first, oldest, message: the chats on AMR lost one message and repeated another.)"""
+    layer = use_layer(layer_settings(azure_redis))
+
+    async def main():
+        first, second, staying = [await layer.new_channel() for _ in range(3)]
+        holder = asyncio.create_task(layer.receive(first))
+        await asyncio.sleep(0.5)  # blocked in BZPOPMIN for the process, nothing to pop
+        holder.cancel()
+        waiting = asyncio.create_task(layer.receive(second))
+        await asyncio.sleep(0.3)  # waits for the orphaned pop
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(holder, waiting)
+        got = []
+        receiving = asyncio.create_task(layer.receive(staying))
+        await asyncio.sleep(0.3)
+        for n in (1, 2):
+            await layer.send(staying, {"type": "x", "n": n})
+            await asyncio.sleep(0.3)
+        got.append((await asyncio.wait_for(receiving, 10))["n"])
+        got.append((await asyncio.wait_for(layer.receive(staying), 10))["n"])
+        with contextlib.suppress(asyncio.TimeoutError):
+            got.append((await asyncio.wait_for(layer.receive(staying), 7))["n"])  # a repeat would come
+        await layer.close_pools()
+        return got
+
+    assert asyncio.run(main()) == [1, 2]
+
+
 @pytest.mark.parametrize("backend", [BACKEND, PUBSUB])
 def test_check_and_azure_check_on_a_working_layer(use_layer, backend, azure_redis, azure_imds, capsys):
     use_layer(layer_settings(azure_redis, backend))

@@ -9,6 +9,7 @@ blocks for at most ``brpop_timeout`` (5 s) and re-AUTHs before its next call onc
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
@@ -200,8 +201,12 @@ class RedisChannelLayer(_Identity, _CoreLayer):  # type: ignore[misc]
         unread, before the backup (django/channels#1683; stock loses it too). The pop now runs to its end
         beside the cancelled receive, and the next pop on the key waits for it, so its first step puts the
         message back, ahead of anything newer (docs/channels.md)."""
-        pending = self._cancelled_pops.pop(channel, None)
+        pending = self._cancelled_pops.get(channel)
         if pending is not None and pending.get_loop() is asyncio.get_running_loop():
+            # Cancelled while waiting, this receive leaves the pop in view: the next one waits for it too
+            # (else it would pop beside it, and channels_redis's cleanup of the backup, which removes the
+            # oldest entry, would remove the orphaned pop's message instead of its own: one lost, one
+            # repeated)
             await asyncio.wait([pending])
         popping = asyncio.ensure_future(super()._brpop_with_clean(index, channel, timeout))
         try:
@@ -210,11 +215,13 @@ class RedisChannelLayer(_Identity, _CoreLayer):  # type: ignore[misc]
             if not popping.done():
                 self._cancelled_pops[channel] = popping
                 self.receive_cleaners.append(popping)  # close_pools() waits for it (wait_received)
-                popping.add_done_callback(self._pop_ended)
+                popping.add_done_callback(functools.partial(self._pop_ended, channel))
             raise
 
-    def _pop_ended(self, popping: asyncio.Future[Any]) -> None:
+    def _pop_ended(self, channel: str, popping: asyncio.Future[Any]) -> None:
         self.receive_cleaners.remove(popping)
+        if self._cancelled_pops.get(channel) is popping:
+            del self._cancelled_pops[channel]
         if not popping.cancelled() and popping.exception() is not None:
             logger.warning("a cancelled receive's pop failed: %s", type(popping.exception()).__name__)
 
