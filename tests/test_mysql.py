@@ -290,3 +290,17 @@ def test_dbshell_verifies_a_remote_server_with_the_clients_own_flags(azure_imds)
         assert "--ssl-verify-server-cert" in args and "--enable-cleartext-plugin" not in args
     else:
         assert "--ssl-mode=VERIFY_IDENTITY" in args and "--enable-cleartext-plugin" in args
+
+
+def test_the_tls_rule_judges_where_the_driver_really_connects():
+    """Django hands the driver OPTIONS['host'] over HOST; a Unix socket is loopback only when no other
+    host is given (mysqlclient goes over TCP to a remote host even with unix_socket set)."""
+    from django_azure_mi.diagnostics import SettingError
+
+    assert config("pymysql", HOST="/var/run/mysqld/mysqld.sock", OPTIONS={"ssl_disabled": True}).tls == {}
+    assert config("pymysql", HOST="", OPTIONS={"unix_socket": "/s", "ssl_disabled": True}).tls == {}
+    for options in ({"host": AZURE_HOST}, {"unix_socket": "/s"}):
+        host = "127.0.0.1" if "host" in options else AZURE_HOST
+        with pytest.raises(SettingError) as info:
+            config("pymysql", HOST=host, OPTIONS={**options, "ssl_disabled": True})
+        assert info.value.check_id == "E073"

@@ -15,7 +15,7 @@ from typing import Any
 from django.db.backends.mysql import client as mysql
 
 from ...options import is_remote
-from .config import OPTION, alias_config, system_ca_file
+from .config import OPTION, alias_config, effective_target, system_ca_file
 
 
 class DatabaseClient(mysql.DatabaseClient):
@@ -35,15 +35,13 @@ class DatabaseClient(mysql.DatabaseClient):
         )  # a CA file, as the mysql client takes
         if config is None:
             return args, env
-        host = str(options.get("host") or settings_dict.get("HOST") or "")
-        target = "" if options.get("unix_socket") or "/" in host else (host or "localhost")
+        mariadb = is_mariadb(args[0])
         extra: list[str] = []
-        if is_remote(target or "localhost"):
+        if is_remote(effective_target(settings_dict)):
             if not (options.get("ssl") or {}).get("ca"):  # Django's client passes a given one
                 extra.append(f"--ssl-ca={system_ca_file(f'DATABASES[{config.alias!r}]')}")
-            mariadb = is_mariadb(args[0])
             extra.append("--ssl-verify-server-cert" if mariadb else "--ssl-mode=VERIFY_IDENTITY")
-        if not is_mariadb(args[0]):
+        if not mariadb:
             extra.append("--enable-cleartext-plugin")  # Oracle's client sends the token in clear only so
         args = [args[0], *extra, *args[1:]]
         return args, {**(env or {}), "MYSQL_PWD": config.token()}  # last: nothing above may fail with it

@@ -72,9 +72,21 @@ def alias_config(settings_dict: dict[str, Any], alias: str, client: str | None =
         )
     host = str(settings_dict.get("HOST") or options.get("host") or "")
     port = str(settings_dict.get("PORT") or options.get("port") or "")
-    target = "" if options.get("unix_socket") or host.startswith("/") else (host or "localhost")
-    tls = tls_arguments(options, where, target, binding.values["verify_tls"], client or driver())
+    tls = tls_arguments(
+        options, where, effective_target(settings_dict), binding.values["verify_tls"], client or driver()
+    )
     return AliasConfig(alias, str(user), host, port, binding, tls, connect_bounds(options))
+
+
+def effective_target(settings_dict: dict[str, Any]) -> str:
+    """Where the driver connects: ``OPTIONS['host']`` (which Django hands the driver over HOST) or HOST;
+    ``"localhost"`` for a Unix socket (a HOST that is a path, or ``OPTIONS['unix_socket']`` with no other
+    host), which never leaves the machine."""
+    options = settings_dict.get("OPTIONS") or {}
+    host = str(options.get("host") or settings_dict.get("HOST") or "")
+    if host.startswith("/") or (options.get("unix_socket") and host in ("", "localhost")):
+        return "localhost"
+    return host or "localhost"
 
 
 def connect_bounds(options: dict[str, Any]) -> dict[str, Any]:
@@ -88,12 +100,12 @@ def connect_bounds(options: dict[str, Any]) -> dict[str, Any]:
 def tls_arguments(
     options: dict[str, Any], where: str, target: str, verify: bool, client: str
 ) -> dict[str, Any]:
-    """The one TLS rule for MySQL on the effective target (``""``: a Unix socket): to loopback anything
+    """The one TLS rule for MySQL on the effective target (:func:`effective_target`): to loopback anything
     goes; elsewhere verified TLS (the server's certificate and name), or unverified with the documented
     opt-out ``verify_tls=False``. Returns the driver's arguments to add."""
     key = f"{where}['OPTIONS']"
     opt_out = f"{key}['{OPTION}']['verify_tls'] = False"
-    remote = is_remote(target or "localhost")
+    remote = is_remote(target)
     given = options.get("ssl") if isinstance(options.get("ssl"), dict) else {}
     if client == "mysqlclient":
         mode = options.get("ssl_mode")
@@ -105,12 +117,12 @@ def tls_arguments(
             )
         mode = str(mode).upper() if mode is not None else None
         require_tls(
-            "E073", target or "localhost", mode not in ("DISABLED", "PREFERRED"),
+            "E073", target, mode not in ("DISABLED", "PREFERRED"),
             f"{key}['ssl_mode'] = {mode!r} may send the access token unencrypted to {target}.",
             "Remove it (this backend defaults to 'VERIFY_IDENTITY' off loopback) or use 'VERIFY_IDENTITY'.",
         )  # fmt: skip
         require_tls(
-            "E073", target or "localhost", mode not in ("REQUIRED", "VERIFY_CA") or not verify,
+            "E073", target, mode not in ("REQUIRED", "VERIFY_CA") or not verify,
             f"{key}['ssl_mode'] = {mode!r} encrypts but does not verify the server's name: the access token "
             f"could go to an impostor at {target}.",
             f"Remove it (the default is 'VERIFY_IDENTITY' with the OS trust store), or set {opt_out}.",
@@ -123,12 +135,12 @@ def tls_arguments(
     unverified = options.get("ssl_verify_cert") is False or options.get("ssl_verify_identity") is False
     unverified = unverified or (given or {}).get("check_hostname") is False
     require_tls(
-        "E073", target or "localhost", not options.get("ssl_disabled"),
+        "E073", target, not options.get("ssl_disabled"),
         f"{key}['ssl_disabled'] sends the access token unencrypted to {target}.",
         "Remove it: Azure requires TLS, and the token must not travel in clear.",
     )  # fmt: skip
     require_tls(
-        "E073", target or "localhost", not unverified or not verify,
+        "E073", target, not unverified or not verify,
         f"{key} turns off the check of the server's certificate or name: the access token could go to an "
         f"impostor at {target}.",
         f"Remove ssl_verify_cert/ssl_verify_identity/check_hostname, or set {opt_out}.",
