@@ -23,7 +23,7 @@ import django
 import pymysql
 from django.conf import settings
 
-from benchmarks.postgres import compare
+from benchmarks.postgres import compare, connect
 from django_azure_mi.testing.imds import IMDSEmulator
 from django_azure_mi.testing.mysql import MYSQL_RESOURCE, MySQLStandIn
 
@@ -51,14 +51,6 @@ def main() -> None:
         settings.configure(INSTALLED_APPS=["django_azure_mi"], DATABASES=databases)
         django.setup()
         from django.db import connections
-
-        def connect(alias: str):
-            def run() -> None:
-                conn = connections[alias]
-                conn.connect()
-                conn.close()
-
-            return run
 
         for alias in connections:
             connect(alias)()  # warm: the token cached

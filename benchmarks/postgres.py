@@ -52,6 +52,18 @@ def compare(name: str, ours_fn, anchor_fn, rounds: int, per_round: int, goal: st
     )
 
 
+def connect(alias: str):
+    """One new physical connection of ``alias``, opened and closed (the operation the benchmarks time)."""
+    from django.db import connections
+
+    def run() -> None:
+        conn = connections[alias]
+        conn.connect()
+        conn.close()
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=20)
@@ -80,14 +92,6 @@ def main() -> None:
         settings.configure(INSTALLED_APPS=["django_azure_mi"], DATABASES=databases)
         django.setup()
         from django.db import connections
-
-        def connect(alias: str):
-            def run() -> None:
-                conn = connections[alias]
-                conn.connect()
-                conn.close()
-
-            return run
 
         for alias in connections:
             connect(alias)()  # warm: token cached, pools opened
