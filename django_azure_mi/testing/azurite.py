@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import Missing, StandIn
-from .certs import TLSFiles, make_tls_files
+from .certs import make_tls_files
 from .imds import IMDSEmulator
 from .net import free_port
 
@@ -87,7 +87,6 @@ class AzuriteStandIn(StandIn):
         self.account = account
         self.host = "127.0.0.1"
         self.port = 0
-        self.tls: TLSFiles | None = None
         self._tmp: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self.version: str | None = None
@@ -96,11 +95,6 @@ class AzuriteStandIn(StandIn):
     def account_url(self) -> str:
         """Path-style account URL: ``https://127.0.0.1:PORT/devstoreaccount1``."""
         return f"https://{self.host}:{self.port}/{self.account}"
-
-    @property
-    def ca_file(self) -> str:
-        assert self.tls is not None
-        return self.tls.ca_file
 
     @property
     def debug_log(self) -> str:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Self
+from typing import TYPE_CHECKING, Self
+
+if TYPE_CHECKING:
+    from .certs import TLSFiles
 
 
 class Missing(RuntimeError):
@@ -12,7 +15,16 @@ class Missing(RuntimeError):
 
 class StandIn:
     """``with StandIn() as server: ...`` starts and stops it. A start that fails partway stops what it had
-    started (a server process, a temporary directory) before the error goes on: nothing is orphaned."""
+    started (a server process, a temporary directory) before the error goes on: nothing is orphaned.
+    ``tls``: the certificate files of a stand-in that serves TLS (made by its ``start``)."""
+
+    tls: TLSFiles | None = None
+
+    @property
+    def ca_file(self) -> str:
+        """The CA certificate that signed the stand-in's TLS certificate (for clients to verify it)."""
+        assert self.tls is not None, "not started"
+        return self.tls.ca_file
 
     def start(self) -> Self:
         raise NotImplementedError

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import Missing, StandIn
-from .certs import TLSFiles, make_tls_files
+from .certs import make_tls_files
 from .gateway import attach_to, token_problem
 from .imds import IMDSEmulator
 from .mysqlgateway import MySQLGateway, User
@@ -76,14 +76,8 @@ class MySQLStandIn(StandIn):
         self._process: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._tmp: str | None = None
-        self.tls: TLSFiles | None = None
 
     # ------------------------------------------------------------------ lifecycle
-
-    @property
-    def ca_file(self) -> str:
-        assert self.tls is not None, "not started"
-        return self.tls.ca_file
 
     @property
     def socket_path(self) -> str:

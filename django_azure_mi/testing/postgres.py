@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import Missing, StandIn
-from .certs import TLSFiles, make_tls_files
+from .certs import make_tls_files
 from .imds import IMDSEmulator
 from .net import free_port
 from .pgaadauth import EntraPrincipals
@@ -113,14 +113,8 @@ class PostgresStandIn(SignIns, EntraPrincipals, StandIn):
         self._admin: Any = None
         self._tmp: str | None = None
         self._run_as: str | None = None
-        self.tls: TLSFiles | None = None
 
     # ------------------------------------------------------------------ lifecycle
-
-    @property
-    def ca_file(self) -> str:
-        assert self.tls is not None, "not started"
-        return self.tls.ca_file
 
     @property
     def log_file(self) -> str:

@@ -67,7 +67,6 @@ class RedisStandIn(Enforcer, StandIn):
         self._stopping = threading.Event()
         self._imds: IMDSEmulator | None = None
         self._tokens: dict[tuple[str, str], float] = {}  # (user, token) accepted until its exp
-        self.tls: TLSFiles | None = None
         self.redis_port = 0
         self.port = 0
 
@@ -77,11 +76,6 @@ class RedisStandIn(Enforcer, StandIn):
     def url(self) -> str:
         """The enforcer's URL for clients (``rediss://`` unless ``tls=False``)."""
         return f"{'rediss' if self.tls_enabled else 'redis'}://{self.host}:{self.port}/0"
-
-    @property
-    def ca_file(self) -> str:
-        assert self.tls is not None
-        return self.tls.ca_file
 
     def cache_settings(self, backend: str = "django-redis", **identity: Any) -> dict[str, Any]:
         """A ``CACHES`` entry that signs in to this stand-in: ``backend`` "django-redis" (django-redis with
