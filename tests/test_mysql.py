@@ -103,6 +103,28 @@ def test_a_session_outlives_its_token(my, azure_imds):
 
 
 @pytest.mark.integration
+def test_the_gateway_survives_a_truncated_handshake(my, azure_imds):
+    """A client that asks for TLS and then sends a handshake response cut short gets its connection closed;
+    the gateway goes on serving."""
+    import socket
+    import ssl
+    import struct
+
+    from django_azure_mi.testing.mysqlgateway import read_packet, write_packet
+
+    with socket.create_connection((my.host, my.port), timeout=10) as raw:
+        read_packet(raw)
+        write_packet(raw, 1, struct.pack("<I", 0x800 | 0x200 | 0x8000) + bytes(28))  # SSLRequest
+        context = ssl.create_default_context(cafile=my.ca_file)
+        with context.wrap_socket(raw, server_hostname=my.host) as tls:
+            write_packet(tls, 2, struct.pack("<I", 0x200 | 0x8000) + bytes(28) + b"app-identity\0")
+            assert tls.recv(100) == b""  # closed, no answer
+    with connect(my, USER, token(azure_imds)).cursor() as cursor:
+        cursor.execute("SELECT 1")
+        assert cursor.fetchone() == (1,)
+
+
+@pytest.mark.integration
 @pytest.mark.skipif(shutil.which("mariadb") is None, reason="MariaDB's client (mariadb) is not installed")
 def test_the_mariadb_client_signs_in_with_a_token_and_never_without_tls(my, azure_imds):
     """The ``mariadb`` client (libmariadb) sends the token in clear when asked (its cleartext plugin

@@ -15,6 +15,7 @@ import hashlib
 import select
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -68,8 +69,8 @@ class TcpGateway:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small messages: no Nagle delay
             conn.settimeout(30)
             self._session(conn)
-        except (OSError, ConnectionError, ssl.SSLError, ValueError):
-            pass
+        except (OSError, ConnectionError, ssl.SSLError, ValueError, IndexError, struct.error):
+            pass  # a client that went away, or sent what no real client sends: that session ends
         finally:
             self._untrack(conn)
 
@@ -99,7 +100,8 @@ class TcpGateway:
     @staticmethod
     def relay(client: Any, server: socket.socket) -> None:
         """Copy bytes both ways until either side closes (one thread; TLS records drained via pending())."""
-        client.settimeout(None)
+        client.settimeout(None)  # a session may idle for as long as its client likes, as on Azure
+        server.settimeout(None)
         while True:
             ready = [client] if getattr(client, "pending", lambda: 0)() else []
             if not ready:

@@ -110,6 +110,7 @@ class MySQLGateway(TcpGateway):
     def _session(self, conn: socket.socket) -> None:
         client: Any = conn
         server = self.backend()
+        server.settimeout(30)  # the sign-in is bounded on both sides (the relay lifts it)
         self._track(server)
         try:
             _, greeting = read_packet(server)
