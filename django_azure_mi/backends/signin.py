@@ -13,7 +13,7 @@ from django.utils.asyncio import async_unsafe
 from django.views.decorators.debug import sensitive_variables
 
 from .. import diagnostics
-from ..core.errors import redact, scrubbed
+from ..core.errors import TokenUnavailableError, redact, scrubbed
 from ..core.token import Token
 from ..diagnostics import ServiceFailure, text_of
 from ..options import Bound, ServiceBinding
@@ -112,6 +112,24 @@ class TokenSignIn:
     auth_kinds: frozenset[str]
     diagnose: Any  # staticmethod(the ENGINE's diagnose(error, config, token) -> ServiceFailure)
     refusal_message: Any  # staticmethod(failure, config, error) -> (message, failure)
+
+    def token_params(
+        self, params: dict[str, Any], config: AliasConfig, lazy: bool = False
+    ) -> TokenConnectParams:
+        """``params`` signing in with the identity's current token (``lazy``: each pooled connection takes
+        its own); no token to be had is the driver's OperationalError with its diagnosis, as Django handles
+        a failed connect."""
+        try:
+            return TokenConnectParams(params, config, lazy=lazy)
+        except TokenUnavailableError as exc:
+            failure = diagnostics.diagnose_identity(exc)
+            assert failure is not None
+            raise diagnostics.attach(self.Database.OperationalError(str(exc)), failure) from None
+
+    def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
+        if not isinstance(conn_params, TokenConnectParams):  # a password alias, or a pool's checkout
+            return super().get_new_connection(conn_params)  # type: ignore[misc]
+        return self._connect_with_token(conn_params)
 
     @async_unsafe
     @sensitive_variables()

@@ -21,9 +21,7 @@ from typing import Any
 
 from django.db.backends.mysql import base as mysql
 
-from ... import diagnostics
-from ...core.errors import TokenUnavailableError
-from ..signin import AliasConfig, TokenConnectParams, TokenSignIn
+from ..signin import AliasConfig, TokenSignIn
 from .client import DatabaseClient
 from .config import OPTION, alias_config
 from .diagnosis import AUTH_KINDS, diagnose, refusal_message
@@ -51,14 +49,4 @@ class DatabaseWrapper(TokenSignIn, mysql.DatabaseWrapper):
             return params
         params.update(config.tls)  # verified TLS off loopback, unless set
         params.update(config.bounds)  # connect_timeout, unless set
-        try:
-            return TokenConnectParams(params, config)
-        except TokenUnavailableError as exc:  # Django handles connect failures as OperationalError
-            failure = diagnostics.diagnose_identity(exc)
-            assert failure is not None
-            raise diagnostics.attach(self.Database.OperationalError(str(exc)), failure) from None
-
-    def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
-        if not isinstance(conn_params, TokenConnectParams):  # a password alias
-            return super().get_new_connection(conn_params)
-        return self._connect_with_token(conn_params)
+        return self.token_params(params, config)

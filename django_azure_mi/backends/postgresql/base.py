@@ -21,9 +21,7 @@ from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.postgresql import base as postgresql
 from django.db.backends.postgresql.psycopg_any import is_psycopg3
 
-from ... import diagnostics
-from ...core.errors import TokenUnavailableError
-from ..signin import AliasConfig, TokenConnectParams, TokenSignIn
+from ..signin import AliasConfig, TokenSignIn
 from .client import DatabaseClient
 from .config import OPTION, alias_config
 from .diagnosis import AUTH_KINDS, diagnose, refusal_message
@@ -69,19 +67,9 @@ class DatabaseWrapper(TokenSignIn, postgresql.DatabaseWrapper):
             return params
         params.update(config.tls)  # verify-full with the OS trust store off loopback, unless set
         params.update(config.bounds)  # connect_timeout, unless set
-        try:  # the token this connection signs in with (pooled: each connection the pool opens takes one)
-            return TokenConnectParams(params, config, lazy=pooled)
-        except TokenUnavailableError as exc:  # Django handles connect failures as OperationalError
-            failure = diagnostics.diagnose_identity(exc)
-            assert failure is not None
-            raise diagnostics.attach(self.Database.OperationalError(str(exc)), failure) from None
+        return self.token_params(params, config, lazy=pooled)  # pooled: each connection takes its own
 
     def _plain_params(self) -> dict[str, Any]:
         params: dict[str, Any] = super().get_connection_params()
         params.pop(OPTION, None)
         return params
-
-    def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
-        if not isinstance(conn_params, TokenConnectParams):  # password alias, or a checkout from our pool
-            return super().get_new_connection(conn_params)
-        return self._connect_with_token(conn_params)
