@@ -46,18 +46,29 @@ def test_twenty_cold_callers_make_one_fetch():
 
 def test_a_hundred_cold_coroutines_make_one_fetch_and_no_thread_each():
     """Async callers wait on their event loop for the worker's single flight: one fetch, no thread per
-    caller (threads alive while they wait: the worker only), and the loop keeps running meanwhile."""
-    source = Source(delay=0.3)
+    caller (threads alive while they wait: the worker only), and the loop keeps running meanwhile: the
+    fetch ends only after the loop has ticked ten times while every caller waits (no timing assumed)."""
+    ticked = threading.Event()
+
+    class Gated(Source):
+        def __call__(self, previous: object) -> object:
+            assert ticked.wait(30), "the event loop stopped while its callers waited"
+            return super().__call__(previous)
+
+    source = Gated()
     r = refresher(source)
 
     async def main():
         before = threading.active_count()
-        tasks = [asyncio.create_task(r.get_async(5)) for _ in range(100)]
+        tasks = [asyncio.create_task(r.get_async(30)) for _ in range(100)]
         ticks = 0
         while not all(t.done() for t in tasks):
             await asyncio.sleep(0.01)
             ticks += 1
             assert threading.active_count() <= before + 1  # the worker
+            if ticks == 10:
+                assert not any(t.done() for t in tasks)
+                ticked.set()
         return [t.result() for t in tasks], ticks
 
     values, ticks = asyncio.run(main())
