@@ -27,6 +27,7 @@ from ..cache.aio_slots import AsyncSlotPinnedPool
 from ..cache.auth import EntraSettings, check_location, check_url_transport, parse_options
 from ..cache.cluster import cluster_choice
 from ..diagnostics import SettingError
+from .detach import Detached, start
 from .pubsub import PubSubLoopLayer
 
 logger = logging.getLogger("django_azure_mi.channels")
@@ -208,9 +209,9 @@ class RedisChannelLayer(_Identity, _CoreLayer):  # type: ignore[misc]
             # oldest entry, would remove the orphaned pop's message instead of its own: one lost, one
             # repeated)
             await asyncio.wait([pending])
-        popping = asyncio.ensure_future(super()._brpop_with_clean(index, channel, timeout))
+        popping = start(super()._brpop_with_clean(index, channel, timeout))
         try:
-            return await asyncio.shield(popping)
+            return await Detached(popping)  # asyncio.shield without its two extra turns of the loop
         except asyncio.CancelledError:
             if not popping.done():
                 self._cancelled_pops[channel] = popping
