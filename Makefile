@@ -5,7 +5,8 @@
 #   newest    the whole suite, "once" tests included, on Django 6.1 / Python 3.13, then Django 6.1's own
 #             test suites against our backends (tests/django_suites) (tox)
 #   versions  Django 5.2 / Python 3.11 (this venv; the "once" tests left out), a smoke subset on Django 6.0 /
-#             Python 3.12 and the Postgres tests on psycopg2 (tox), then Django 5.2's own suites, then the
+#             Python 3.12, the Postgres tests on psycopg2 and the MySQL tests on mysqlclient (tox), then
+#             Django 5.2's own suites, then the
 #             cache suites on Azure Managed Redis's Enterprise and Non-clustered policies (OSS: in newest)
 # The suite mostly waits on servers and timers (the 5.2 run keeps 2 cores 27 % busy with 2 workers), so the
 # chains and the extra workers fill each other's waits; the CPU-bound Django suites run last, mostly alone,
@@ -27,9 +28,9 @@ PYENV_ROOT ?= $(shell pyenv root 2>/dev/null)
 PYENV_BINS := $(wildcard $(PYENV_ROOT)/versions/3.12*/bin $(PYENV_ROOT)/versions/3.13*/bin)
 tox newest versions heavy pytest django-suites: export PATH := $(subst $(space),:,$(strip $(PYENV_BINS) $(PATH)))
 
-.PHONY: test lanes newest versions heavy postgis sdist check fast demo venv lint type docs dist pytest tox django-suites bench clean
+.PHONY: test lanes newest versions heavy postgis mysqlclient-lib sdist check fast demo venv lint type docs dist pytest tox django-suites bench clean
 
-test: lint type docs postgis
+test: lint type docs postgis mysqlclient-lib
 	$(MAKE) --no-print-directory -j2 --output-sync=target lanes
 	$(MAKE) --no-print-directory heavy
 
@@ -43,6 +44,7 @@ newest: $(STAMP) $(AZURITE) sdist
 versions: $(STAMP) $(AZURITE) sdist
 	$(RUN_52)
 	$(RUN_SMOKE)
+	$(RUN_MYSQLCLIENT)
 	$(RUN_SUITES_52)
 	$(RUN_AMR_ENTERPRISE)
 	$(RUN_AMR_NONE)
@@ -56,6 +58,22 @@ sdist: $(STAMP)
 INSTALLPKG = --installpkg "$$(ls $(SDIST_DIR)/*.tar.gz)"
 
 check: lint type fast
+
+# MariaDB Connector/C's headers, which mysqlclient compiles against: Debian's package, installed when missing
+# and this user may (root, apt); elsewhere the mysqlclient env is skipped, saying why
+MARIADB_DEV := libmariadb-dev
+mysqlclient-lib:
+	@if ! pkg-config --exists libmariadb && ! pkg-config --exists mysqlclient; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing $(MARIADB_DEV) (Debian) for the mysqlclient tests"; \
+	    apt-get install -y -qq --no-install-recommends $(MARIADB_DEV) >/dev/null 2>&1 || \
+	      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends \
+	        $(MARIADB_DEV) >/dev/null 2>&1; } || \
+	      echo "$(MARIADB_DEV) could not be installed: the mysqlclient tests are skipped"; \
+	  else \
+	    echo "mysqlclient's build needs $(MARIADB_DEV) (apt-get install $(MARIADB_DEV)): its tests are skipped"; \
+	  fi; \
+	fi
 
 # PostGIS for the Postgres stand-in (GeoDjango's tests): Debian's package for the newest server here (the
 # one the stand-in runs), installed when missing and this user may (root, apt); elsewhere those tests are
@@ -118,6 +136,11 @@ type: $(STAMP)
 # the newest Django only, in tox's py313-django61. Then the smoke subset on 6.0 and psycopg2.
 RUN_52 = $(BIN)/pytest $(PYTEST_ARGS) -m "not once and not heavy"
 RUN_SMOKE = $(BIN)/tox run --workdir .tox/smoke $(INSTALLPKG) -e py312-django60,psycopg2 -- $(PYTEST_ARGS)
+# The MySQL ENGINE's tests on mysqlclient (Django's own driver; elsewhere they run on PyMySQL), which compiles
+# against MariaDB Connector/C's headers (mysqlclient-lib); without them the env is skipped, saying why
+RUN_MYSQLCLIENT = @if pkg-config --exists libmariadb || pkg-config --exists mysqlclient; then \
+	  $(BIN)/tox run --workdir .tox/smoke $(INSTALLPKG) -e mysqlclient -- $(PYTEST_ARGS); \
+	else echo "mysqlclient: skipped: no MariaDB Connector/C headers (apt-get install $(MARIADB_DEV))"; fi
 
 pytest: $(STAMP) $(AZURITE) sdist postgis
 	$(RUN_52)

@@ -32,6 +32,14 @@ AZURE_REDIS = "rediss://cache.redis.cache.windows.net:6380/0"
 AMR = "rediss://app.westeurope.redis.azure.net:10000"  # Azure Managed Redis (no database path)
 PG = {"ENGINE": ENGINE, "HOST": AZURE_PG, "NAME": "app", "USER": "my-app"}
 MY = {"ENGINE": "django_azure_mi.backends.mysql", "HOST": "mysite-db.mysql.database.azure.com"}
+try:
+    import MySQLdb
+
+    PYMYSQL = MySQLdb.__name__ == "pymysql"  # pymysql.install_as_MySQLdb()
+except ImportError:
+    PYMYSQL = True
+MY_TLS_OFF: dict[str, Any] = {"ssl_disabled": True} if PYMYSQL else {"ssl_mode": "DISABLED"}
+MY_NAME_UNCHECKED: dict[str, Any] = {"ssl_verify_identity": False} if PYMYSQL else {"ssl_mode": "VERIFY_CA"}
 REDIS = {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": AZURE_REDIS,
          "OPTIONS": {"CONNECTION_FACTORY": FACTORY, "MANAGED_IDENTITY": {"USERNAME": OID}}}  # fmt: skip
 BUILTIN = {"BACKEND": "django_azure_mi.cache.RedisCache", "LOCATION": AZURE_REDIS, "OPTIONS": {}}
@@ -144,16 +152,17 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         "W005",
     ),
     ("stock ENGINE to Azure", db(ENGINE="django.db.backends.postgresql"), "W010"),
-    # DATABASES on MySQL (PyMySQL as MySQLdb: conftest.py)
+    # DATABASES on MySQL (PyMySQL as MySQLdb, conftest.py; or mysqlclient: tox -e mysqlclient). The TLS
+    # options are the driver's own.
     ("mysql option misspelt", db({"managed_identity": {"clientid": CLIENT_ID}}, **MY), "E070"),
     ("mysql password", db(**MY, PASSWORD="hunter2"), "E071"),
     ("mysql passwd option", db({"passwd": "hunter2"}, **MY), "E071"),
     ("mysql no user", db(**{**MY, "USER": ""}), "E072"),
-    ("mysql TLS off", db({"ssl_disabled": True}, **MY), "E073"),
-    ("mysql name unchecked", db({"ssl_verify_identity": False}, **MY), "E073"),
+    ("mysql TLS off", db(MY_TLS_OFF, **MY), "E073"),
+    ("mysql name unchecked", db(MY_NAME_UNCHECKED, **MY), "E073"),
     (
         "mysql unverified opt-out",
-        db({"ssl_verify_identity": False, "managed_identity": {"verify_tls": False}}, **MY),
+        db({**MY_NAME_UNCHECKED, "managed_identity": {"verify_tls": False}}, **MY),
         "W071",
     ),
     ("stock MySQL ENGINE to Azure", db(**{**MY, "ENGINE": "django.db.backends.mysql"}), "W070"),

@@ -270,7 +270,7 @@ def test_azure_check_probes_a_mysql_alias(my, azure_databases, capsys):
     (result,) = json.loads(capsys.readouterr().out)["results"]
     assert result["ok"] and result["service"] == "mysql", result
     assert result["details"]["current_user"] == f"{USER}@localhost"
-    assert result["details"]["tls"].startswith("TLSv1")
+    assert result["details"]["tls"].startswith(("TLSv1", "TLS required"))  # PyMySQL, mysqlclient
 
 
 def test_without_a_ca_file_mysqlclient_is_refused_with_the_fix(monkeypatch):
@@ -326,3 +326,50 @@ def test_the_tls_rule_judges_where_the_driver_really_connects():
         with pytest.raises(SettingError) as info:
             config("pymysql", HOST=host, OPTIONS={**options, "ssl_disabled": True})
         assert info.value.check_id == "E073"
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(shutil.which("mysqldump") is None, reason="no mysqldump here")
+def test_parallel_test_databases_are_cloned_with_a_token(my, azure_databases, capfd):
+    """``manage.py test --parallel`` clones the test database with ``mysqldump | mysql``: Django's own
+    clone runs its client class, which sends no password (1045, and every clone stayed empty); ours signs
+    both tools in with a token, and the clone has the tables."""
+    from django.core.management import call_command
+
+    connections = azure_databases(default=my.database_settings(USER))
+    connection = connections["default"]
+    my.execute("CREATE OR REPLACE DATABASE `app_clone_1`")  # as Django's _clone_test_db does first
+    call_command("migrate", "auth", verbosity=0)
+    refused = len(my.refusals)
+    connection.creation._clone_db("app", "app_clone_1")
+    tables = {row[0] for row in my.execute("SHOW TABLES", database="app_clone_1")}
+    assert "auth_group" in tables and len(my.refusals) == refused
+    assert "eyJ" not in capfd.readouterr().err
+    my.execute("DROP DATABASE `app_clone_1`")
+
+
+@pytest.mark.integration
+@pytest.mark.azure_imds(ttl=6)
+def test_a_health_checked_persistent_connection_reconnects_with_a_current_token(my, azure_databases):
+    """CONN_MAX_AGE with CONN_HEALTH_CHECKS: a connection the server closed is replaced at the next request
+    by a new one that signs in with a current token (the first one's expired meanwhile)."""
+    from django.db import close_old_connections
+
+    connections = azure_databases(
+        default=my.database_settings(USER, CONN_MAX_AGE=None, CONN_HEALTH_CHECKS=True)
+    )
+    connection = connections["default"]
+    close_old_connections()  # a request starts
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT CONNECTION_ID()")
+        (first,) = cursor.fetchone()
+    close_old_connections()  # it ends: the connection stays
+    my.execute(f"KILL {int(first)}")  # the server ends the session (a restart, a failover)
+    time.sleep(6.5)  # the token it signed in with has expired
+    refused = len(my.refusals)
+    close_old_connections()  # the next request: the health check finds it gone
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT CONNECTION_ID(), current_user()")
+        second, user = cursor.fetchone()
+    assert second != first and user == f"{USER}@localhost" and len(my.refusals) == refused
+    assert len(set(my._gateway.accepted[-2:])) == 2

@@ -102,6 +102,8 @@ class MySQLStandIn(StandIn):
             [server, "--no-defaults", f"--datadir={data}", f"--socket={self.socket_path}",
              "--skip-networking", f"--log-error={log}", "--skip-name-resolve",
              "--innodb-flush-log-at-trx-commit=0",
+             # Azure's MySQL 8 default (utf8mb4_0900_ai_ci there; MariaDB has no 0900 collations)
+             "--character-set-server=utf8mb4", "--collation-server=utf8mb4_general_ci",
              "--innodb-doublewrite=0", "--max-connections=300", *as_root],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip

@@ -13,7 +13,10 @@ times on the same token-checking Postgres and enforcing Redis, with the identity
 
 then GeoDjango's database tests on PostGIS (``GIS_APPS``), stock's PostGIS ENGINE with a password and
 ``django_azure_mi.backends.postgis`` with tokens (``--no-gis`` leaves them out; without PostGIS on the
-machine they are skipped, saying why).
+machine they are skipped, saying why); then the apps but ``postgres_tests`` on the MySQL stand-in (MariaDB
+behind the token-checking gateway), Django's MySQL ENGINE with a password and
+``django_azure_mi.backends.mysql`` with tokens, both on PyMySQL (``--no-mysql`` leaves them out; without
+MariaDB on the machine they are skipped, saying why).
 
 Then django-redis's own suite (the installed version's sdist, :mod:`redis_suite`) twice on the same Redis:
 stock with an ACL password, and with our connection factory (``--no-django-redis`` leaves it out).
@@ -25,6 +28,7 @@ or when a run did not complete. Prints the counts and the differences.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -42,7 +46,9 @@ import django
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))  # this checkout's django_azure_mi, when run as a script
 
+from django_azure_mi.testing.base import Missing  # noqa: E402
 from django_azure_mi.testing.imds import IMDSEmulator  # noqa: E402
+from django_azure_mi.testing.mysql import MySQLStandIn  # noqa: E402
 from django_azure_mi.testing.postgres import PostgresStandIn  # noqa: E402
 from django_azure_mi.testing.redis import POLICIES, RedisStandIn, redis_stand_in  # noqa: E402
 
@@ -102,6 +108,8 @@ ALLOWED = {
         "its every command gets MOVED)"
     ),
 }
+# The same on the MySQL ENGINE (it refuses a PASSWORD beside the identity as the Postgres one does)
+MYSQL_ALLOWED = {test: reason for test, reason in ALLOWED.items() if test.startswith("backends.tests.")}
 # postgres_tests' migrations create these (only a superuser may): made in template1 for every test database
 EXTENSIONS = ["bloom", "btree_gin", "btree_gist", "citext", "hstore", "pg_trgm", "unaccent"]
 ROLE = "app-identity"
@@ -116,6 +124,7 @@ class Run:
     caches: dict[str, Any]
     labels: list[str]  # test labels besides the apps
     gis: bool = False  # GeoDjango's tests on PostGIS instead of the apps
+    mysql: bool = False  # on the MySQL stand-in: the apps but the Postgres-only ones
 
     def settings(self, test_prefix: str) -> dict[str, Any]:
         """DATABASES and CACHES for suite_settings; each run its own test databases (a failed run may leave
@@ -217,6 +226,23 @@ def configurations(pg: PostgresStandIn, redis: RedisStandIn, imds: IMDSEmulator)
     return runs
 
 
+def mysql_configurations(mysql: MySQLStandIn, imds: IMDSEmulator) -> dict[str, Run]:
+    """Stock's MySQL ENGINE with a password and ours with tokens, at the same gateway (as on Azure, where
+    a server takes both); each user may create the test databases, as the suite needs."""
+    mysql.add_user(ROLE)  # the system-assigned identity's Entra user
+    stock_password = os.urandom(12).hex()
+    mysql.set_password(STOCK_ROLE, stock_password)
+    mysql.attach(imds)
+    stock_db = {
+        **mysql.database_settings(STOCK_ROLE, PASSWORD=stock_password),
+        "ENGINE": "django.db.backends.mysql",
+    }
+    return {
+        "stock-mysql": Run(stock_db, {}, [], mysql=True),
+        "ours-mysql": Run(mysql.database_settings(ROLE), {}, [], mysql=True),
+    }
+
+
 def postgis(pg: PostgresStandIn) -> str | None:
     """PostGIS in every test database made from now on (after the other runs, whose introspection tests
     would see its tables), as Azure's allow-list lets an admin create it; why not, if it can't be."""
@@ -304,6 +330,12 @@ def main() -> int:
         help="GeoDjango's tests on PostGIS, stock and ours (skipped, saying why, without PostGIS here)",
     )
     parser.add_argument(
+        "--mysql",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the apps on the MySQL stand-in, stock and ours (skipped, saying why, without MariaDB here)",
+    )
+    parser.add_argument(
         "--redis-policy",
         choices=POLICIES,
         default="single",
@@ -314,7 +346,7 @@ def main() -> int:
     if args.redis_policy != "single":
         # The cache's tests only; one process: Django's parallel runner can't pickle the CROSSSLOT errors
         # stock gets (redis-py's exception holds a module), and dies instead of reporting them.
-        args.apps, args.parallel = [], 1
+        args.apps, args.parallel, args.mysql = [], 1, False
     cache = Path(os.environ.get("DJANGO_SUITES_CACHE", Path.home() / ".cache" / "django-azure-mi"))
     workdir = Path(tempfile.mkdtemp(prefix="django-suites-"))
     print(
@@ -330,14 +362,22 @@ def main() -> int:
             imds.patched_environ(),
             PostgresStandIn() as pg,
             redis_stand_in(args.redis_policy) as redis,
+            contextlib.ExitStack() as stack,
         ):
             no_gis: str | None = None
-            for name, run in configurations(pg, redis, imds).items():
+            runs = configurations(pg, redis, imds)
+            if args.mysql:
+                try:
+                    runs.update(mysql_configurations(stack.enter_context(MySQLStandIn()), imds))
+                except Missing as exc:
+                    print(f"stock-mysql, ours-mysql: skipped: {exc}")
+            for name, run in runs.items():
                 if run.gis and (not args.gis or (no_gis := no_gis or postgis(pg))):
                     print(f"{name}: skipped: {no_gis or '--no-gis'}")
                     continue
                 config = run.settings(f"test_{name.replace('-', '_')}")
-                labels = run.labels if run.gis else [*args.apps, *run.labels]
+                apps = [app for app in args.apps if app != "postgres_tests"] if run.mysql else args.apps
+                labels = run.labels if run.gis else [*apps, *run.labels]
                 results[name] = run_suite(tests, name, config, labels, args.parallel)
                 if args.keep:
                     (workdir / f"{name}.log").write_text(results[name][2])
@@ -389,6 +429,8 @@ def main() -> int:
     status = verdict(results, "stock", [name for name in ("ours", "ours-pool") if name in results])
     if "ours-gis" in results:
         status |= verdict(results, "stock-gis", ["ours-gis"])
+    if "ours-mysql" in results:
+        status |= verdict(results, "stock-mysql", ["ours-mysql"], allowed=MYSQL_ALLOWED)
     if args.django_redis:
         status |= verdict(results, "django-redis stock", ["django-redis ours"], flaky, allowed={})
     if "channels ours" in results:

@@ -7,6 +7,16 @@ import os
 
 from test_sqlite import *  # noqa: F403  # the version's own defaults (DEFAULT_AUTO_FIELD changed in 6.0)
 
+try:  # the MySQL runs: PyMySQL as Django's MySQLdb, as a PyMySQL site's settings.py does
+    import MySQLdb  # noqa: F401
+except ImportError:
+    try:
+        import pymysql
+
+        pymysql.install_as_MySQLdb()
+    except ImportError:
+        pass
+
 _config = json.loads(os.environ["DJANGO_SUITE_CONFIG"])
 
 DATABASES = _config["DATABASES"]

@@ -24,6 +24,7 @@ from django.db.backends.mysql import base as mysql
 from ..signin import AliasConfig, TokenSignIn
 from .client import DatabaseClient
 from .config import OPTION, alias_config
+from .creation import DatabaseCreation
 from .diagnosis import AUTH_KINDS, diagnose, refusal_message
 
 logger = logging.getLogger("django_azure_mi.mysql")
@@ -31,6 +32,7 @@ logger = logging.getLogger("django_azure_mi.mysql")
 
 class DatabaseWrapper(TokenSignIn, mysql.DatabaseWrapper):
     client_class = DatabaseClient
+    creation_class = DatabaseCreation
     sign_in_logger = logger
     auth_kinds = AUTH_KINDS
     diagnose = staticmethod(diagnose)

@@ -7,6 +7,7 @@ asked)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Iterable
@@ -52,6 +53,8 @@ def is_mariadb(executable: str) -> bool:
     path = shutil.which(executable)
     if path is None:
         return False  # Django reports the missing client itself
+    if os.path.basename(os.path.realpath(path)).startswith("mariadb"):
+        return True  # MariaDB installs its client as mariadb, and mysql as a link to it: nothing to run
     try:
         found = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):

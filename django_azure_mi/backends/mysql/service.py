@@ -51,19 +51,28 @@ def targets(selection: Selection) -> list[Target]:
 
 def probe(result: Any, deep: bool) -> None:
     """``SELECT current_user(), version()`` over a new connection; TLS as the client sees it."""
-    (user, version), tls = round_trip(result, "SELECT current_user(), version()", _client_tls)
+    from django.db import connections
+
+    (user, version), tls = round_trip(
+        result, "SELECT current_user(), version()", lambda raw: _client_tls(raw, connections[result.alias])
+    )
     result.details.update(current_user=user, server=str(version), tls=tls)
 
 
-def _client_tls(raw: Any) -> str | None:
+def _client_tls(raw: Any, connection: Any) -> str | None:
     """The TLS version the client negotiated (None: no TLS), asked of the driver: the server's own view
-    would describe a proxy's or gateway's link instead."""
+    would describe a proxy's or gateway's link instead. mysqlclient doesn't say (2.3 has no call for it):
+    what its connection was told to require, which it refuses to connect without."""
     sock = getattr(raw, "_sock", None)  # PyMySQL: its socket, an SSLSocket over TLS
     if sock is not None:
         version = getattr(sock, "version", None)
         return version() if callable(version) else None
-    cipher = getattr(raw, "get_ssl_cipher", None)  # mysqlclient >= 2.2
-    return str(cipher()) if callable(cipher) and cipher() else None
+    config = connection.alias_config
+    params = {**(connection.settings_dict.get("OPTIONS") or {}), **(config.tls if config else {})}
+    mode = params.get("ssl_mode")
+    if mode in ("REQUIRED", "VERIFY_CA", "VERIFY_IDENTITY") or (params.get("ssl") and mode is None):
+        return f"TLS required (ssl_mode {mode or 'from ssl'}; mysqlclient does not report the version)"
+    return None
 
 
 def summary(details: dict[str, Any]) -> str:
