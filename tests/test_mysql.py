@@ -57,7 +57,7 @@ def test_every_unexpired_token_of_the_identity_signs_in_over_tls(my, azure_imds)
     for connection in connections:
         with connection.cursor() as cursor:
             cursor.execute("SELECT current_user()")
-            assert cursor.fetchone()[0] == f"{USER}@localhost"
+            assert cursor.fetchone()[0] == f"{USER}@%"
         connection.close()
     assert my.sign_ins >= 2
 
@@ -85,7 +85,7 @@ def test_not_a_token_is_refused_and_a_password_user_signs_in_with_its_password(m
     assert my.refusals[-1] == f"{USER}: invalid"
     with connect(my, "stock", "stock-password").cursor() as cursor:  # Azure's built-in authentication
         cursor.execute("SELECT current_user()")
-        assert cursor.fetchone()[0] == "stock@localhost"
+        assert cursor.fetchone()[0] == "stock@%"
     with pytest.raises(pymysql.err.OperationalError, match="1045"):
         connect(my, "stock", "wrong")
 
@@ -144,7 +144,7 @@ def test_the_mariadb_client_signs_in_with_a_token_and_never_without_tls(my, azur
     done = subprocess.run(
         [*base, *verified, "-u", USER, f"-p{token(azure_imds)}"], capture_output=True, text=True
     )
-    assert done.returncode == 0 and f"{USER}@localhost" in done.stdout, done.stderr
+    assert done.returncode == 0 and f"{USER}@%" in done.stdout, done.stderr
     done = subprocess.run(
         [*base, "--skip-ssl", "-u", "stock", "-pstock-password"], capture_output=True, text=True
     )
@@ -170,7 +170,7 @@ def test_the_engine_migrates_and_queries_as_the_identity(my, azure_databases):
     Group.objects.create(name="mysql")
     with connections["default"].cursor() as cursor:
         cursor.execute("SELECT current_user()")
-        assert cursor.fetchone()[0] == f"{USER}@localhost"
+        assert cursor.fetchone()[0] == f"{USER}@%"
     assert Group.objects.filter(name="mysql").count() == 1
     connections.close_all()
     assert my.sign_ins > before and len(my.refusals) == refused
@@ -269,7 +269,7 @@ def test_azure_check_probes_a_mysql_alias(my, azure_databases, capsys):
     call_command("azure_check", "--json", "--database", "default")
     (result,) = json.loads(capsys.readouterr().out)["results"]
     assert result["ok"] and result["service"] == "mysql", result
-    assert result["details"]["current_user"] == f"{USER}@localhost"
+    assert result["details"]["current_user"] == f"{USER}@%"
     assert result["details"]["tls"].startswith(("TLSv1", "TLS required"))  # PyMySQL, mysqlclient
 
 
@@ -297,7 +297,7 @@ def test_dbshell_signs_in_with_a_fresh_token_never_on_argv(my, azure_databases, 
     args, env = DatabaseClient.settings_to_cmd_args_env(connections["default"].settings_dict, [])
     assert not any("eyJ" in arg for arg in args) and env["MYSQL_PWD"].startswith("eyJ")
     call_command("dbshell", "--", "-N", "-e", "SELECT current_user()")
-    assert f"{USER}@localhost" in capfd.readouterr().out
+    assert f"{USER}@%" in capfd.readouterr().out
 
 
 def test_dbshell_verifies_a_remote_server_with_the_clients_own_flags(azure_imds):
@@ -371,5 +371,46 @@ def test_a_health_checked_persistent_connection_reconnects_with_a_current_token(
     with connection.cursor() as cursor:
         cursor.execute("SELECT CONNECTION_ID(), current_user()")
         second, user = cursor.fetchone()
-    assert second != first and user == f"{USER}@localhost" and len(my.refusals) == refused
+    assert second != first and user == f"{USER}@%" and len(my.refusals) == refused
     assert len(set(my._gateway.accepted[-2:])) == 2
+
+
+@pytest.mark.integration
+def test_the_entra_admin_creates_aad_users_as_azure_does(my, azure_imds):
+    """``CREATE AADUSER`` (by client id, or by a principal's name) from the Entra admin's session makes a
+    user bound to that identity with no privileges until granted; a second one of the same name is error
+    1396; from anyone else it is the real server's syntax error. (PyMySQL's errors are matched by their
+    number: once Django's MySQL backend has imported PyMySQL as MySQLdb, ``MySQLdb.err`` is a second
+    copy of ``pymysql.err``, and after the other tests here the class raised was not this module's.)"""
+    from django_azure_mi.testing.mysql import MYSQL_RESOURCE
+
+    admin = azure_imds.add_identity("00000000-0000-0000-0000-0000000000da", name="dba")
+    app = azure_imds.add_identity("00000000-0000-0000-0000-0000000000a1", name="named-app")
+    my.add_entra_admin("dba", admin.object_id)
+    session = connect(my, "dba", azure_imds.mint(MYSQL_RESOURCE, admin.client_id).token)
+    with session.cursor() as cursor:
+        cursor.execute("SET aad_auth_validate_oids_in_tenant = OFF")
+        cursor.execute(f"CREATE AADUSER 'by-client-id' IDENTIFIED BY '{app.client_id}'")
+        cursor.execute("CREATE AADUSER 'named-app'")
+        with pytest.raises(Exception) as info:
+            cursor.execute("CREATE AADUSER 'named-app'")
+        assert info.value.args[0] == 1396
+    app_token = azure_imds.mint(MYSQL_RESOURCE, app.client_id).token
+    for user in ("by-client-id", "named-app"):
+        with pytest.raises(Exception) as info:
+            connect(my, user, app_token)  # signs in, but may not use the database yet
+        assert info.value.args[0] == 1044  # access denied to database 'app'
+    with session.cursor() as cursor:
+        cursor.execute("GRANT ALL PRIVILEGES ON `app`.* TO 'named-app'@'%'")
+    with connect(my, "named-app", app_token).cursor() as cursor:
+        cursor.execute("SELECT current_user()")
+        assert cursor.fetchone()[0] == "named-app@%"
+    with pytest.raises(Exception) as info:
+        connect(my, "by-client-id", azure_imds.mint(MYSQL_RESOURCE, admin.client_id).token)
+    assert info.value.args[0] == 1045  # another identity's token
+    stock = connect(my, "stock", "stock-password")
+    with stock.cursor() as cursor, pytest.raises(Exception) as info:
+        cursor.execute("CREATE AADUSER 'x' IDENTIFIED BY 'y'")
+    assert info.value.args[0] == 1064  # MariaDB's syntax error
+    session.close()
+    stock.close()

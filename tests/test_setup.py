@@ -4,8 +4,10 @@ is valid shell and runs (with stand-in ``az`` and ``psql`` programs that record 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import stat
 import subprocess
 from io import StringIO
@@ -481,6 +483,82 @@ def test_the_script_makes_a_server_with_only_its_entra_admin_work_for_the_site(
             cursor.execute("SELECT current_user, count(*) FROM django_migrations")
             user, applied = cursor.fetchone()
         assert user == "app-system" and applied > 0
+        connections.close_all()
+
+
+# Oracle's mysql client, which the script's SQL steps are written for, played by MariaDB's: its TLS flag
+# becomes MariaDB's (verifying the stand-in with its CA); --enable-cleartext-plugin it takes as obsolete
+ORACLE_MYSQL = """#!/bin/sh
+for arg; do
+  shift
+  case "$arg" in
+    --ssl-mode=VERIFY_IDENTITY) set -- "$@" --ssl-verify-server-cert --ssl-ca="$MYSQL_CA" ;;
+    --ssl-mode=*) echo "unexpected $arg" >&2; exit 2 ;;
+    *) set -- "$@" "$arg" ;;
+  esac
+done
+exec "$REAL_MYSQL" "$@"
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(shutil.which("mysql") is None, reason="no mysql client here")
+def test_the_script_makes_a_mysql_server_with_only_its_entra_admin_work_for_the_site(
+    azure_imds, azure_databases, tmp_path
+):
+    """The MySQL round trip: a token-checking MySQL with only its Entra admin (``dba``); the site's
+    sign-in is refused with our diagnosis; the generated script, run by sh with a real mysql client (the
+    ARM calls and the admin's token from the stand-in ``az``), runs Azure's ``CREATE AADUSER … IDENTIFIED
+    BY '<client id>'`` and the grant as the admin; then ``migrate`` and a query as the app's identity work.
+    A user-assigned identity: the system-assigned one's client id comes from Microsoft Graph (``az ad sp
+    show``), which no stand-in plays."""
+    pytest.importorskip("pymysql")
+    from django_azure_mi.testing.base import Missing
+    from django_azure_mi.testing.mysql import MYSQL_RESOURCE, MySQLStandIn
+
+    app = azure_imds.add_identity(USER_ID, name="my-app")
+    admin = azure_imds.add_identity("00000000-0000-0000-0000-0000000000da", name="dba")
+    with contextlib.ExitStack() as stack:
+        try:
+            server = stack.enter_context(MySQLStandIn(dbname="site"))
+        except Missing as exc:
+            pytest.skip(str(exc))
+        server.attach(azure_imds)
+        server.add_entra_admin("dba", admin.object_id)
+        connections = azure_databases(default=server.database_settings("my-app", client_id=app.client_id))
+        with pytest.raises(Exception, match="MySQL refused the token for user 'my-app'"):
+            connections["default"].ensure_connection()
+        script = tmp_path / "setup.sh"
+        script.write_text(setup("--resource-group", "rg"))
+        assert f"CREATE AADUSER 'my-app' IDENTIFIED BY '{USER_ID}';" in script.read_text()
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        for name, text in (("az", ROUND_TRIP_AZ), ("mysql", ORACLE_MYSQL)):
+            (bin_dir / name).write_text(text)
+            (bin_dir / name).chmod(stat.S_IRWXU)
+        token_file = tmp_path / "token"
+        token_file.write_text(azure_imds.mint(MYSQL_RESOURCE, admin.client_id, ttl=600).token)
+        env = {
+            **os.environ,
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "CALLS": str(tmp_path / "calls"),
+            "ADMIN_OID": admin.object_id,
+            "ADMIN_TOKEN_FILE": str(token_file),
+            "MYSQL_SERVER": "standin",  # HOST is 127.0.0.1, as behind a private endpoint: the script asks
+            "MYSQL_SERVER_IDENTITY": "mysql-directory-reader",
+            "MYSQL_CA": server.ca_file,
+            "REAL_MYSQL": str(shutil.which("mysql")),
+        }
+        done = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        calls = (tmp_path / "calls").read_text()
+        assert "az mysql flexible-server ad-admin create" in calls
+        connections.close_all()
+        call_command("migrate", verbosity=0)
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SELECT current_user(), count(*) FROM django_migrations")
+            user, applied = cursor.fetchone()
+        assert user == "my-app@%" and applied > 0
         connections.close_all()
 
 

@@ -17,6 +17,10 @@ The real server listens on a private Unix socket only; this gateway owns the TCP
    only it knows, with the client's own capabilities, character set, database and connection attributes,
    and hands the server's answer to the client; from then on bytes are relayed both ways.
 
+The server's Microsoft Entra admin (``add_entra_admin``) runs what only Azure's MySQL knows (``CREATE
+AADUSER …``, ``SET aad_auth_validate_oids_in_tenant``): the gateway reads that session's statements and hands
+those to the stand-in, which answers them; everything else goes on to the real server.
+
 A password user (``set_password``, Azure's built-in MySQL authentication) signs in to the real server
 itself: its handshake goes through with the packets' sequence numbers shifted by the TLS request, until
 the server says OK or refuses. Where this differs from Azure's MySQL 8: docs/azure-behaviour.md.
@@ -25,6 +29,7 @@ the server says OK or refuses. Where this differs from Azure's MySQL 8: docs/azu
 from __future__ import annotations
 
 import hashlib
+import select
 import socket
 import ssl
 import struct
@@ -40,6 +45,8 @@ CLIENT_SECURE_CONNECTION: Final = 0x8000
 CLIENT_PLUGIN_AUTH: Final = 0x80000
 CLIENT_CONNECT_ATTRS: Final = 0x100000
 CLIENT_LENENC_AUTH: Final = 0x200000  # CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA
+OK_PACKET: Final = b"\x00\x00\x00\x02\x00\x00\x00"  # no rows, no insert id, autocommit, no warnings
+COM_QUERY: Final = 0x03
 CLEAR: Final = b"mysql_clear_password"
 NATIVE: Final = b"mysql_native_password"
 
@@ -52,6 +59,8 @@ class User:
 
     check: Callable[[str], str | None] | None
     internal: str = ""
+    # the Entra admin's: a statement only Azure knows -> the answer's payload (None: the real server's)
+    statements: Callable[[str], bytes | None] | None = None
 
 
 @dataclass
@@ -149,9 +158,44 @@ class MySQLGateway(TcpGateway):
             _, answer = read_packet(server)
             write_packet(client, seq + 1, answer)
             if answer[:1] == b"\x00":
-                self.relay(client, server)
+                if user.statements is None:
+                    self.relay(client, server)
+                else:
+                    self._relay_statements(client, server, user.statements)
         finally:
             self._untrack(*(s for s in (client, server) if s is not None))
+
+    @staticmethod
+    def _relay_statements(
+        client: Any, server: socket.socket, statements: Callable[[str], bytes | None]
+    ) -> None:
+        """The relay of the Entra admin's session: the client's packets one by one, a query that
+        ``statements`` answers answered here (as Azure's server answers its own statements), the rest
+        and everything the server says passed on."""
+        client.settimeout(None)
+        server.settimeout(None)
+        while True:
+            ready = [client] if getattr(client, "pending", lambda: 0)() else []
+            if not ready:
+                ready, _, _ = select.select([client, server], [], [])
+            for source in ready:
+                if source is server:
+                    data = server.recv(65536)
+                    if not data:
+                        return
+                    client.sendall(data)
+                    continue
+                try:
+                    seq, payload = read_packet(client)
+                except (ConnectionError, OSError):
+                    return
+                answer = None
+                if payload[:1] == bytes([COM_QUERY]):
+                    answer = statements(payload[1:].decode("utf-8", "replace"))
+                if answer is None:
+                    write_packet(server, seq, payload)
+                else:
+                    write_packet(client, seq + 1, answer)
 
     @staticmethod
     def _pass_through(client: Any, server: socket.socket, seq: int, payload: bytes) -> None:
