@@ -433,6 +433,30 @@ esac
 """
 
 
+def run_script(
+    script: Path, tmp_path: Path, admin_oid: str, admin_token: str, env: dict[str, str], **tools: str
+) -> None:
+    """Run the generated ``script`` with sh, the stand-in ``az`` (and ``tools``: name -> script) first on
+    PATH, the Entra admin being ``admin_oid`` with ``admin_token``; it must succeed."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in {"az": ROUND_TRIP_AZ, **tools}.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(stat.S_IRWXU)
+    token_file = tmp_path / "token"
+    token_file.write_text(admin_token)
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "CALLS": str(tmp_path / "calls"),
+        "ADMIN_OID": admin_oid,
+        "ADMIN_TOKEN_FILE": str(token_file),
+        **env,
+    }
+    done = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
 @pytest.mark.parametrize("by", ["name", "object id"])
 def test_the_script_makes_a_server_with_only_its_entra_admin_work_for_the_site(
     by, azure_imds, azure_databases, tmp_path
@@ -457,25 +481,14 @@ def test_the_script_makes_a_server_with_only_its_entra_admin_work_for_the_site(
         script = tmp_path / "setup.sh"
         script.write_text(setup(*arguments))
         assert ("pgaadauth_create_principal('app-system'" in script.read_text()) == (by == "name")
-        bin_dir = tmp_path / "bin"
-        bin_dir.mkdir()
-        (bin_dir / "az").write_text(ROUND_TRIP_AZ)
-        (bin_dir / "az").chmod(stat.S_IRWXU)
-        token_file = tmp_path / "token"
-        token_file.write_text(azure_imds.mint(POSTGRES_RESOURCE, admin.client_id, ttl=600).token)
         env = {
-            **os.environ,
-            "PATH": f"{bin_dir}:{os.environ['PATH']}",
-            "CALLS": str(tmp_path / "calls"),
-            "ADMIN_OID": admin.object_id,
             "APP_OID": app.object_id,
-            "ADMIN_TOKEN_FILE": str(token_file),
             "PG_SERVER": "standin",  # HOST is 127.0.0.1, as behind a private endpoint: the script asks
         }
         if by != "name":
             env["PRINCIPAL_ID"] = app.object_id  # the system-assigned identity's id, as the script asks
-        done = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        admin_token = azure_imds.mint(POSTGRES_RESOURCE, admin.client_id, ttl=600).token
+        run_script(script, tmp_path, admin.object_id, admin_token, env)
         assert server.bound_object_id("app-system") == app.object_id
         connections.close_all()
         call_command("migrate", verbosity=0)
@@ -531,26 +544,14 @@ def test_the_script_makes_a_mysql_server_with_only_its_entra_admin_work_for_the_
         script = tmp_path / "setup.sh"
         script.write_text(setup("--resource-group", "rg"))
         assert f"CREATE AADUSER 'my-app' IDENTIFIED BY '{USER_ID}';" in script.read_text()
-        bin_dir = tmp_path / "bin"
-        bin_dir.mkdir()
-        for name, text in (("az", ROUND_TRIP_AZ), ("mysql", ORACLE_MYSQL)):
-            (bin_dir / name).write_text(text)
-            (bin_dir / name).chmod(stat.S_IRWXU)
-        token_file = tmp_path / "token"
-        token_file.write_text(azure_imds.mint(MYSQL_RESOURCE, admin.client_id, ttl=600).token)
         env = {
-            **os.environ,
-            "PATH": f"{bin_dir}:{os.environ['PATH']}",
-            "CALLS": str(tmp_path / "calls"),
-            "ADMIN_OID": admin.object_id,
-            "ADMIN_TOKEN_FILE": str(token_file),
             "MYSQL_SERVER": "standin",  # HOST is 127.0.0.1, as behind a private endpoint: the script asks
             "MYSQL_SERVER_IDENTITY": "mysql-directory-reader",
             "MYSQL_CA": server.ca_file,
             "REAL_MYSQL": str(shutil.which("mysql")),
         }
-        done = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        admin_token = azure_imds.mint(MYSQL_RESOURCE, admin.client_id, ttl=600).token
+        run_script(script, tmp_path, admin.object_id, admin_token, env, mysql=ORACLE_MYSQL)
         calls = (tmp_path / "calls").read_text()
         assert "az mysql flexible-server ad-admin create" in calls
         connections.close_all()

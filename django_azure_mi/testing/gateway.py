@@ -98,8 +98,12 @@ class TcpGateway:
             self.refusals.append(message)
 
     @staticmethod
-    def relay(client: Any, server: socket.socket) -> None:
-        """Copy bytes both ways until either side closes (one thread; TLS records drained via pending())."""
+    def relay(
+        client: Any, server: socket.socket, from_client: Callable[[Any, socket.socket], bool] | None = None
+    ) -> None:
+        """Copy bytes both ways until either side closes (one thread; TLS records drained via pending()).
+        ``from_client(client, server)``, if given, takes what the client sends instead of the copy, and
+        says whether the session goes on."""
         client.settimeout(None)  # a session may idle for as long as its client likes, as on Azure
         server.settimeout(None)
         while True:
@@ -107,6 +111,10 @@ class TcpGateway:
             if not ready:
                 ready, _, _ = select.select([client, server], [], [])
             for source in ready:
+                if source is client and from_client is not None:
+                    if not from_client(client, server):
+                        return
+                    continue
                 target = server if source is client else client
                 data = source.recv(65536)
                 if not data:

@@ -29,7 +29,6 @@ the server says OK or refuses. Where this differs from Azure's MySQL 8: docs/azu
 from __future__ import annotations
 
 import hashlib
-import select
 import socket
 import ssl
 import struct
@@ -172,30 +171,22 @@ class MySQLGateway(TcpGateway):
         """The relay of the Entra admin's session: the client's packets one by one, a query that
         ``statements`` answers answered here (as Azure's server answers its own statements), the rest
         and everything the server says passed on."""
-        client.settimeout(None)
-        server.settimeout(None)
-        while True:
-            ready = [client] if getattr(client, "pending", lambda: 0)() else []
-            if not ready:
-                ready, _, _ = select.select([client, server], [], [])
-            for source in ready:
-                if source is server:
-                    data = server.recv(65536)
-                    if not data:
-                        return
-                    client.sendall(data)
-                    continue
-                try:
-                    seq, payload = read_packet(client)
-                except (ConnectionError, OSError):
-                    return
-                answer = None
-                if payload[:1] == bytes([COM_QUERY]):
-                    answer = statements(payload[1:].decode("utf-8", "replace"))
-                if answer is None:
-                    write_packet(server, seq, payload)
-                else:
-                    write_packet(client, seq + 1, answer)
+
+        def from_client(client: Any, server: socket.socket) -> bool:
+            try:
+                seq, payload = read_packet(client)
+            except (ConnectionError, OSError):
+                return False
+            answer = None
+            if payload[:1] == bytes([COM_QUERY]):
+                answer = statements(payload[1:].decode("utf-8", "replace"))
+            if answer is None:
+                write_packet(server, seq, payload)
+            else:
+                write_packet(client, seq + 1, answer)
+            return True
+
+        TcpGateway.relay(client, server, from_client)
 
     @staticmethod
     def _pass_through(client: Any, server: socket.socket, seq: int, payload: bytes) -> None:
