@@ -6,7 +6,8 @@ ACL users behind a TLS enforcer, Azurite with OAuth over HTTPS and a Key Vault s
 site's environment variables at them; migrates; runs `manage.py azure_check`; serves the site's ASGI
 application with uvicorn and walks through it (upload, signed link, cache, database rows, the live chat over
 websockets and the channel layer, status and health pages); then keeps the site running until Ctrl-C.
-`--once` stops after the walkthrough (CI runs that), exiting non-zero if any step failed.
+`--once` stops after the walkthrough (CI runs that), exiting non-zero if any step failed. `--mysql` adds
+a token-checking MySQL (MariaDB's server needed) as the site's second database, which `azure_check` probes.
 """
 
 from __future__ import annotations
@@ -90,11 +91,12 @@ def chat(base: str, when: str = "") -> None:
     check(got == [text, text], f"{what} {when}".strip())
 
 
-def start_stand_ins(stack: contextlib.ExitStack, redis_policy: str) -> dict[str, str]:
+def start_stand_ins(stack: contextlib.ExitStack, redis_policy: str, mysql: bool = False) -> dict[str, str]:
     """The stand-ins, wired together, as ``python -m django_azure_mi.testing`` starts them."""
-    from django_azure_mi.testing.local import LocalAzure
+    from django_azure_mi.testing.local import SERVICES, LocalAzure
 
-    local = stack.enter_context(LocalAzure(redis_policy=redis_policy))
+    services = (*SERVICES, "mysql") if mysql else SERVICES
+    local = stack.enter_context(LocalAzure(services, redis_policy=redis_policy))
     for line in local.lines:
         say(f"    {line}")
     local.apply()
@@ -165,6 +167,7 @@ def main() -> int:
     )
     parser.add_argument("--once", action="store_true", help="exit after the walkthrough (CI)")
     parser.add_argument("--port", type=int, default=8000, help="port for the site (default 8000, 0 = any)")
+    parser.add_argument("--mysql", action="store_true", help="a MySQL database too (needs mariadb-server)")
     add_redis_policy(parser)
     args = parser.parse_args()
     # docker stop, IDE stop buttons and systemd send SIGTERM; a closed terminal SIGHUP: stop as on Ctrl-C,
@@ -174,7 +177,7 @@ def main() -> int:
 
     with contextlib.ExitStack() as stack:
         step(1, "Start the local Azure stand-ins")
-        env = start_stand_ins(stack, args.redis_policy)
+        env = start_stand_ins(stack, args.redis_policy, args.mysql)
 
         import django
         from django.core.files.storage import storages

@@ -190,18 +190,26 @@ def test_a_stand_in_that_fails_to_start_partway_leaves_nothing_running(monkeypat
 @pytest.mark.slow
 def test_the_settings_helper_points_a_site_at_the_stand_ins(monkeypatch, capsys, django_db_blocker):
     """What the CLI exports, turned into settings by ``testing.settings.stand_in_settings()`` (the CA
-    files wired into each client, which a new user had to guess): azure_check passes for every service."""
+    files wired into each client, which a new user had to guess): azure_check passes for every service,
+    MySQL (asked for by name) included where MariaDB is installed."""
     import json
 
     from django.core.management import call_command
     from django.test import override_settings
 
     from django_azure_mi import runtime
-    from django_azure_mi.testing.local import LocalAzure
+    from django_azure_mi.testing.base import Missing
+    from django_azure_mi.testing.local import SERVICES, LocalAzure
+    from django_azure_mi.testing.mysql import find_mariadb
     from django_azure_mi.testing.pytest_plugin import _override_databases, _restore_databases
     from django_azure_mi.testing.settings import MARKER, stand_in_settings
 
-    with LocalAzure(redis_policy="single") as local:
+    try:
+        find_mariadb()
+        services = (*SERVICES, "mysql")
+    except Missing:
+        services = SERVICES
+    with LocalAzure(services, redis_policy="single") as local:
         assert local.env[MARKER] == "1"
         for name in local.unset:
             monkeypatch.delenv(name, raising=False)
@@ -209,6 +217,7 @@ def test_the_settings_helper_points_a_site_at_the_stand_ins(monkeypatch, capsys,
             monkeypatch.setenv(name, value)
         settings = stand_in_settings()
         assert set(settings) >= {"DATABASES", "CACHES", "STORAGES", "CHANNEL_LAYERS", "CELERY_BROKER_URL"}
+        assert ("mysql" in settings["DATABASES"]) == ("mysql" in services)
         databases = _override_databases(settings.pop("DATABASES"))  # Django's connections reset too
         try:
             with override_settings(**settings), django_db_blocker.unblock():
@@ -222,5 +231,6 @@ def test_the_settings_helper_points_a_site_at_the_stand_ins(monkeypatch, capsys,
             runtime.reset()
     failed = [r for r in results if not r["ok"]]
     assert failed == [], failed
-    services = {r["service"] for r in results}
-    assert services >= {"postgres", "redis", "storage", "keyvault", "channels", "celery"}, services
+    checked = {r["service"] for r in results}
+    assert checked >= {"postgres", "redis", "storage", "keyvault", "channels", "celery"}, checked
+    assert ("mysql" in checked) == ("mysql" in services), checked

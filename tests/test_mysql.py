@@ -414,3 +414,13 @@ def test_the_entra_admin_creates_aad_users_as_azure_does(my, azure_imds):
     assert info.value.args[0] == 1064  # MariaDB's syntax error
     session.close()
     stock.close()
+
+
+@pytest.mark.integration
+def test_the_azure_mysql_fixture_serves_a_users_own_test(azure_mysql, azure_databases):
+    """What a site's own suite does with the shipped fixtures: our ENGINE on the session's MySQL stand-in,
+    signed in as the system-assigned identity with this test's tokens."""
+    connections = azure_databases(default=azure_mysql.database_settings("app-identity"))
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT current_user()")
+        assert cursor.fetchone()[0] == "app-identity@%"

@@ -10,19 +10,21 @@ import threading
 from types import FrameType
 
 from .base import Missing
-from .local import SERVICES, LocalAzure, add_redis_policy
+from .local import OPTIONAL_SERVICES, SERVICES, LocalAzure, add_redis_policy
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m django_azure_mi.testing",
         description="Start local Azure stand-ins (identity endpoint, Postgres, Redis, Blob Storage, Key "
-        "Vault), print the environment that points settings.py at them, and serve until SIGINT/SIGTERM.",
+        "Vault; MySQL when asked for), print the environment that points settings.py at them, and serve "
+        "until SIGINT/SIGTERM.",
     )
     parser.add_argument(
         "--services",
         default=",".join(SERVICES),
-        help=f"comma-separated, from {', '.join(SERVICES)} (default: all; the identity endpoint always runs)",
+        help=f"comma-separated, from {', '.join(SERVICES + OPTIONAL_SERVICES)} (default: "
+        f"{', '.join(SERVICES)}; the identity endpoint always runs)",
     )
     parser.add_argument("--no-storage", action="store_true", help="leave Blob Storage (Azurite) out")
     parser.add_argument(

@@ -1,8 +1,8 @@
 """Local Azure outside pytest: the stand-ins started and wired together, and the environment that points a
 settings.py at them.
 
-    python -m django_azure_mi.testing [--services postgres,redis,storage,keyvault] [--env-file .env.azure]
-                                      [--redis-policy oss|enterprise|none|single]
+    python -m django_azure_mi.testing [--services postgres,redis,storage,keyvault[,mysql]]
+                                      [--env-file .env.azure] [--redis-policy oss|enterprise|none|single]
 
 prints ``export NAME='value'`` lines (and writes them to ``--env-file``), then serves until SIGINT or
 SIGTERM, when every stand-in stops (Postgres, redis-server, Azurite, the in-process servers) and its
@@ -12,6 +12,8 @@ temporary directory goes. The variables:
   ``ManagedIdentityCredential`` asks the emulator), ``AZURE_CLIENT_ID`` unset (the system-assigned identity)
   or, with ``--client-id`` (repeatable: user-assigned identities of the host), the first one's;
 * ``AZURE_POSTGRES_HOST``/``_PORT``/``_NAME``/``_USER``/``_SSLROOTCERT``;
+* with ``mysql`` among the services (not started by default: it needs MariaDB's server),
+  ``AZURE_MYSQL_HOST``/``_PORT``/``_NAME``/``_USER``/``_SSL_CA``;
 * ``AZURE_REDIS_URL``, ``AZURE_REDIS_CA_CERTS``, ``AZURE_REDIS_USERNAME`` (the identity's object id),
   ``AZURE_REDIS_POLICY``: Azure Managed Redis with the OSS clustering policy (``oss``, AMR's default),
   ``enterprise`` or ``none`` (Non-clustered), or ``single`` (Azure Cache for Redis);
@@ -33,7 +35,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-SERVICES = ("postgres", "redis", "storage", "keyvault")
+SERVICES = ("postgres", "redis", "storage", "keyvault")  # the default
+OPTIONAL_SERVICES = ("mysql",)  # asked for by name
 _REDIS_KINDS = {
     "single": "Azure Cache for Redis",
     "none": "Azure Managed Redis, Non-clustered policy",
@@ -70,9 +73,10 @@ class LocalAzure:
         them the site uses the system-assigned identity."""
         from .redis import POLICIES
 
-        unknown = set(services) - set(SERVICES)
+        unknown = set(services) - set(SERVICES) - set(OPTIONAL_SERVICES)
         if unknown:
-            raise ValueError(f"unknown services {sorted(unknown)}; choose from {', '.join(SERVICES)}")
+            known = ", ".join(SERVICES + OPTIONAL_SERVICES)
+            raise ValueError(f"unknown services {sorted(unknown)}; choose from {known}")
         if redis_policy not in POLICIES:
             raise ValueError(f"unknown Redis policy {redis_policy!r}; choose from {', '.join(POLICIES)}")
         self.services, self.ttl, self.redis_policy = services, ttl, redis_policy
@@ -131,6 +135,22 @@ class LocalAzure:
             )
             where = f"{pg.host}:{pg.port}/{pg.dbname}"
             self.lines.append(f"PostgreSQL (TLS, tokens)  {where}  role {site.name!r}")
+        if "mysql" in self.services:
+            from .mysql import MySQLStandIn
+
+            my = stack.enter_context(MySQLStandIn())
+            for identity in identities:
+                my.add_user(identity.name, identity.client_id)
+            stack.callback(my.attach(imds))
+            self.env.update(
+                AZURE_MYSQL_HOST=my.host,
+                AZURE_MYSQL_PORT=str(my.port),
+                AZURE_MYSQL_NAME=my.dbname,
+                AZURE_MYSQL_USER=site.name,
+                AZURE_MYSQL_SSL_CA=my.ca_file,
+            )
+            where = f"{my.host}:{my.port}/{my.dbname}"
+            self.lines.append(f"MySQL (TLS, tokens)       {where}  user {site.name!r}")
         if "redis" in self.services:
             from .redis import redis_stand_in
 

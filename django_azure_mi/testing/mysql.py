@@ -285,9 +285,14 @@ class MySQLStandIn(StandIn):
 
     def database_settings(self, user: str, *, client_id: str | None = None, **extra: Any) -> dict[str, Any]:
         """A ``DATABASES`` entry for our ENGINE that reaches this server as ``user``."""
-        options: dict[str, Any] = {"ssl": {"ca": self.ca_file}}
+        entry = database_entry(self.host, self.port, self.dbname, user, self.ca_file)
         if client_id:
-            options["managed_identity"] = {"client_id": client_id}
-        options.update(extra.pop("OPTIONS", {}))
-        entry = {"ENGINE": ENGINE, "HOST": self.host, "PORT": self.port, "NAME": self.dbname, "USER": user}
-        return {**entry, "OPTIONS": options, **extra}
+            entry["OPTIONS"]["managed_identity"] = {"client_id": client_id}
+        entry["OPTIONS"].update(extra.pop("OPTIONS", {}))
+        return {**entry, **extra}
+
+
+def database_entry(host: str, port: int, name: str, user: str, ca_file: str) -> dict[str, Any]:
+    """A ``DATABASES`` entry for our ENGINE on a MySQL stand-in (verified with its CA)."""
+    return {"ENGINE": ENGINE, "HOST": host, "PORT": port, "NAME": name, "USER": user,
+            "OPTIONS": {"ssl": {"ca": ca_file}}}  # fmt: skip

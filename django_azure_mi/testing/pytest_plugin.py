@@ -6,6 +6,9 @@
 
 ``azure_postgres``: a token-checking Postgres (TLS, Azure's token checks) against ``azure_imds``'s tokens.
 
+``azure_mysql``: a token-checking MySQL (MariaDB behind Azure's sign-in, :mod:`.mysql`) against
+``azure_imds``'s tokens; skips the test, saying why, where MariaDB's server is not installed.
+
 ``azure_databases``: points Django's ``DATABASES`` (and its open connections) at ``azure_postgres`` for the
 test, with database access allowed: ``connections = azure_databases()``.
 
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
     from .azurite import AzuriteStandIn
     from .imds import IMDSEmulator
     from .keyvault import KeyVaultStandIn
+    from .mysql import MySQLStandIn
     from .postgres import PostgresStandIn
     from .redis import RedisStandIn
     from .rediscluster import RedisClusterStandIn
@@ -147,6 +151,34 @@ def reset_connections() -> None:
     connections.__dict__.pop("settings", None)
     connections._settings = None  # type: ignore[attr-defined]  # BaseConnectionHandler's own state
     connections._connections = Local(connections.thread_critical)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def azure_mysql_server() -> Iterator[MySQLStandIn]:
+    """One token-checking MySQL for the test session (see ``azure_mysql``)."""
+    from .base import Missing
+    from .mysql import MySQLStandIn
+
+    with contextlib.ExitStack() as stack:
+        try:
+            server = stack.enter_context(MySQLStandIn())
+        except Missing as exc:
+            pytest.skip(str(exc))
+        server.add_user("app-identity")
+        yield server
+
+
+@pytest.fixture
+def azure_mysql(azure_mysql_server: MySQLStandIn, azure_imds: IMDSEmulator) -> Iterator[MySQLStandIn]:
+    """The session's token-checking MySQL, checking tokens against this test's ``azure_imds``: the user
+    ``app-identity`` (system-assigned identity) signs in with any unexpired token of that identity, as on
+    Azure. ``azure_databases(default=azure_mysql.database_settings("app-identity"))`` points Django at it;
+    ``azure_mysql.add_user(name, client_id=...)`` adds user-assigned identities."""
+    detach = azure_mysql_server.attach(azure_imds)
+    try:
+        yield azure_mysql_server
+    finally:
+        detach()
 
 
 @pytest.fixture

@@ -44,6 +44,24 @@ def stand_in_settings(
                 env["AZURE_POSTGRES_SSLROOTCERT"],
             )
         }
+    if "AZURE_MYSQL_HOST" in env:  # beside Postgres as "mysql", else "default"
+        from . import mysql
+
+        try:
+            import MySQLdb  # noqa: F401
+        except ImportError:  # what a PyMySQL site's settings.py does
+            import pymysql
+
+            pymysql.install_as_MySQLdb()
+        entry = mysql.database_entry(
+            env["AZURE_MYSQL_HOST"],
+            int(env["AZURE_MYSQL_PORT"]),
+            env["AZURE_MYSQL_NAME"],
+            env["AZURE_MYSQL_USER"],
+            env["AZURE_MYSQL_SSL_CA"],
+        )
+        alias = "mysql" if "DATABASES" in out else "default"
+        out.setdefault("DATABASES", {})[alias] = entry
     if "AZURE_REDIS_URL" in env:
         url, ca, policy = env["AZURE_REDIS_URL"], env["AZURE_REDIS_CA_CERTS"], env["AZURE_REDIS_POLICY"]
         identity = {"USERNAME": env["AZURE_REDIS_USERNAME"]} if env.get("AZURE_REDIS_USERNAME") else {}

@@ -57,6 +57,21 @@ DATABASES = {
     }
 }
 
+# Azure Database for MySQL, beside it when configured (`make demo ARGS=--mysql`): USER is the identity's
+# Entra user (CREATE AADUSER); no PASSWORD. PyMySQL stands in for mysqlclient here.
+if env("AZURE_MYSQL_HOST"):
+    import pymysql
+
+    pymysql.install_as_MySQLdb()
+    DATABASES["mysql"] = {
+        "ENGINE": "django_azure_mi.backends.mysql",
+        "HOST": env("AZURE_MYSQL_HOST"),
+        "PORT": env("AZURE_MYSQL_PORT", "3306"),
+        "NAME": env("AZURE_MYSQL_NAME", "app"),
+        "USER": env("AZURE_MYSQL_USER", ""),
+        "OPTIONS": {"ssl": {"ca": env("AZURE_MYSQL_SSL_CA")}} if env("AZURE_MYSQL_SSL_CA") else {},
+    }
+
 # Azure Managed Redis (or Azure Cache for Redis) with Microsoft Entra authentication (django-redis). Our
 # client class works on every AMR clustering policy; "auto" asks the endpoint once whether it is a cluster
 # (the default on *.redis.azure.net hosts; the local stand-ins run on localhost).
