@@ -12,6 +12,9 @@ import time
 import pytest
 
 pymysql = pytest.importorskip("pymysql")  # standing in for mysqlclient as MySQLdb (conftest.py)
+# Its errors by their top-level names: once Django's MySQL backend has imported PyMySQL as MySQLdb, the
+# attribute pymysql.err is a second copy of that module (MySQLdb.err, set on the same package), whose
+# classes are not the ones PyMySQL's connections raise.
 
 USER = "app-identity"
 
@@ -72,7 +75,7 @@ def test_every_unexpired_token_of_the_identity_signs_in_over_tls(my, azure_imds)
 )
 @pytest.mark.integration
 def test_a_token_azure_would_refuse_is_error_1045(my, azure_imds, claims, why):
-    with pytest.raises(pymysql.err.OperationalError) as info:
+    with pytest.raises(pymysql.OperationalError) as info:
         connect(my, USER, token(azure_imds, **claims))
     assert info.value.args[0] == 1045 and "Access denied for user 'app-identity'" in info.value.args[1]
     assert my.refusals[-1] == f"{USER}: {why}"
@@ -80,13 +83,13 @@ def test_a_token_azure_would_refuse_is_error_1045(my, azure_imds, claims, why):
 
 @pytest.mark.integration
 def test_not_a_token_is_refused_and_a_password_user_signs_in_with_its_password(my):
-    with pytest.raises(pymysql.err.OperationalError, match="1045"):
+    with pytest.raises(pymysql.OperationalError, match="1045"):
         connect(my, USER, "not-a-token")
     assert my.refusals[-1] == f"{USER}: invalid"
     with connect(my, "stock", "stock-password").cursor() as cursor:  # Azure's built-in authentication
         cursor.execute("SELECT current_user()")
         assert cursor.fetchone()[0] == "stock@%"
-    with pytest.raises(pymysql.err.OperationalError, match="1045"):
+    with pytest.raises(pymysql.OperationalError, match="1045"):
         connect(my, "stock", "wrong")
 
 
@@ -98,7 +101,7 @@ def test_a_session_outlives_its_token(my, azure_imds):
         cursor.execute("SELECT 1")
         assert cursor.fetchone() == (1,)
     connection.close()
-    with pytest.raises(pymysql.err.OperationalError, match="1045"):
+    with pytest.raises(pymysql.OperationalError, match="1045"):
         connect(my, USER, token(azure_imds, ttl=-1))
 
 
@@ -379,9 +382,7 @@ def test_a_health_checked_persistent_connection_reconnects_with_a_current_token(
 def test_the_entra_admin_creates_aad_users_as_azure_does(my, azure_imds):
     """``CREATE AADUSER`` (by client id, or by a principal's name) from the Entra admin's session makes a
     user bound to that identity with no privileges until granted; a second one of the same name is error
-    1396; from anyone else it is the real server's syntax error. (PyMySQL's errors are matched by their
-    number: once Django's MySQL backend has imported PyMySQL as MySQLdb, ``MySQLdb.err`` is a second
-    copy of ``pymysql.err``, and after the other tests here the class raised was not this module's.)"""
+    1396; from anyone else it is the real server's syntax error. """
     from django_azure_mi.testing.mysql import MYSQL_RESOURCE
 
     admin = azure_imds.add_identity("00000000-0000-0000-0000-0000000000da", name="dba")
