@@ -382,7 +382,7 @@ def test_a_health_checked_persistent_connection_reconnects_with_a_current_token(
 def test_the_entra_admin_creates_aad_users_as_azure_does(my, azure_imds):
     """``CREATE AADUSER`` (by client id, or by a principal's name) from the Entra admin's session makes a
     user bound to that identity with no privileges until granted; a second one of the same name is error
-    1396; from anyone else it is the real server's syntax error. """
+    1396; from anyone else it is the real server's syntax error."""
     from django_azure_mi.testing.mysql import MYSQL_RESOURCE
 
     admin = azure_imds.add_identity("00000000-0000-0000-0000-0000000000da", name="dba")
