@@ -52,9 +52,10 @@ class Identity:
 
 @dataclass(frozen=True)
 class Step:
-    """One thing Azure must have. ``kind``: "lookup" (a shell variable, ``text`` its command), "az" (an
-    azure-cli command line), "sql" (statements for ``server``'s ``database``, run as its Entra admin by
-    ``runner``, a command that reads them on stdin), "note" (what a person must do or know, no command).
+    """One thing Azure must have. ``kind``: "lookup" (a shell variable, ``text`` its command or ``default``
+    its value; neither: the script asks for it), "az" (an azure-cli command line), "sql" (statements for
+    ``server``'s ``database``, run as its Entra admin by ``runner``, a command that reads them on stdin),
+    "note" (what a person must do or know, no command).
     ``explains``: the failure kinds of a probe of ``where`` whose cause this step removes. ``mentions``: the
     ``az`` commands its prose cites for a person to run (checked like the others: docs/setup.md)."""
 
@@ -67,6 +68,7 @@ class Step:
     server: str = ""
     database: str = ""
     name: str = ""  # a lookup's variable
+    default: str = ""  # a lookup without a command: its value unless the environment sets one
     runner: str = ""  # a sql step's command line
     explains: tuple[str, ...] = ()
     mentions: tuple[str, ...] = ()
@@ -213,11 +215,14 @@ class Plan:
             who = f" ({step.identity})" if step.identity else ""
             lines += ["", *_comment(f"{step.service}{who}: {step.why or step.text}")]
             if step.kind == "lookup":  # a value set in the environment wins
-                lines.append(
-                    f'{step.name}="${{{step.name}:-$({step.text})}}"'
-                    if step.text
-                    else f'{step.name}="${{{step.name}:?set {step.name} to {_shell_safe(step.why)}}}"'
-                )
+                if step.text:
+                    lines.append(f'{step.name}="${{{step.name}:-$({step.text})}}"')
+                elif step.default:
+                    lines.append(f'{step.name}="${{{step.name}:-{_shell_safe(step.default)}}}"')
+                else:
+                    lines.append(
+                        f'{step.name}="${{{step.name}:?set {step.name} to {_shell_safe(step.why)}}}"'
+                    )
             elif step.kind == "az":
                 lines.append(step.text)
             elif step.kind == "sql":  # an unquoted here-doc: the lookups' $VARIABLES expand

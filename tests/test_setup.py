@@ -138,9 +138,9 @@ def test_a_replica_is_read_only_and_set_up_on_its_primary(site):
 def test_a_postgis_alias_gets_the_extension_allow_listed_and_created(site):
     site(DATABASES={"default": database(ENGINE="django_azure_mi.backends.postgis")})
     found = steps()
-    note = next(s for s in found if s["kind"] == "note" and "azure.extensions" in s["text"])
+    note = next(s for s in found if s["kind"] == "note" and "azure.extensions" in s.get("text", ""))
     assert any("--value POSTGIS" in m for m in note["mentions"])
-    create = next(s for s in found if s["kind"] == "sql" and "postgis" in s["text"])
+    create = next(s for s in found if s["kind"] == "sql" and "postgis" in s.get("text", ""))
     assert create["text"] == "CREATE EXTENSION IF NOT EXISTS postgis;" and create["database"] == "app"
     assert [s["kind"] for s in found].index("sql") < found.index(create)  # after the role is made
     site(DATABASES={"default": database()})
@@ -162,9 +162,9 @@ def test_a_mysql_alias_gets_an_entra_admin_its_aad_user_and_grants(site):
         }
     )  # fmt: skip
     found = steps()
-    admin = next(s for s in found if s["kind"] == "az" and "ad-admin create" in s["text"])
+    admin = next(s for s in found if s["kind"] == "az" and "ad-admin create" in s.get("text", ""))
     assert "-s mysite-db " in admin["text"] and '--identity "$MYSQL_SERVER_IDENTITY"' in admin["text"]
-    create = next(s for s in found if s["kind"] == "sql" and "AADUSER" in s["text"])
+    create = next(s for s in found if s["kind"] == "sql" and "AADUSER" in s.get("text", ""))
     assert f"CREATE AADUSER 'my-app' IDENTIFIED BY '{USER_ID}';" in create["text"]
     assert "--enable-cleartext-plugin" in create["runner"] and "VERIFY_IDENTITY" in create["runner"]
     grants = [s["text"] for s in found if s["kind"] == "sql" and s["text"].startswith("GRANT")]
@@ -189,7 +189,7 @@ def test_several_aliases_with_several_identities_each_get_their_own_lookup(site)
     by_name = {s["name"]: s for s in found if s["kind"] == "lookup"}
     assert "--display-name cache-identity" in by_name["PRINCIPAL_ID_99999999"]["text"]
     assert by_name["PRINCIPAL_ID"].get("text") is None  # system-assigned: the script asks for it
-    amr = next(s for s in found if "redisenterprise database" in s["text"])
+    amr = next(s for s in found if "redisenterprise database" in s.get("text", ""))
     assert '--object-id "$PRINCIPAL_ID_99999999"' in amr["text"]
 
 
@@ -314,6 +314,21 @@ FAKE_PSQL = """#!/bin/sh
 """
 
 
+def recording_tools(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """(the file the stand-in ``az`` and ``psql`` record their calls in, the environment that puts them first
+    on PATH, with none of the script's variables set)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("az", FAKE_AZ), ("psql", FAKE_PSQL)):
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(stat.S_IRWXU)
+    calls = tmp_path / "calls"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls)}
+    for name in ("PRINCIPAL_ID", "PG_ADMIN", "PG_ADMIN_OID", "PG_ADMIN_TYPE"):
+        env.pop(name, None)
+    return calls, env
+
+
 def test_the_script_runs_and_hands_each_command_what_it_needs(site, tmp_path):
     """The script under ``sh`` with stand-in ``az`` and ``psql`` programs that record their arguments and
     input: every lookup feeds the commands after it, the SQL reaches psql with the object id filled in and
@@ -325,14 +340,7 @@ def test_the_script_runs_and_hands_each_command_what_it_needs(site, tmp_path):
     )
     script = tmp_path / "setup.sh"
     script.write_text(setup("--resource-group", "rg1", "--keyvault-url", "https://v.vault.azure.net"))
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, body in (("az", FAKE_AZ), ("psql", FAKE_PSQL)):
-        (bin_dir / name).write_text(body)
-        (bin_dir / name).chmod(stat.S_IRWXU)
-    calls = tmp_path / "calls"
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls)}
-    env.pop("PRINCIPAL_ID", None)
+    calls, env = recording_tools(tmp_path)
     done = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "PRINCIPAL_ID" in done.stderr  # the system identity's id is asked for
     env["PRINCIPAL_ID"] = "00000000-0000-0000-0000-0000000000c1"
@@ -347,12 +355,60 @@ def test_the_script_runs_and_hands_each_command_what_it_needs(site, tmp_path):
         "-g rg1 -s myserver --display-name admin@example.com --object-id 00000000-0000-0000-0000-00000000ad01"
         in recorded
     )
-    assert "user=admin@example.com" in recorded
+    assert "-U admin@example.com" in recorded
     assert (
         "--scope /subscriptions/s/resourceGroups/rg/providers/x/y/blobServices/default/containers/media"
         in recorded
     )
     assert "$(" not in recorded and "${" not in recorded
+
+
+def test_psqls_connection_string_keeps_the_settings_values_intact(site):
+    """The SQL's psql gets the alias's NAME and TLS options as libpq reads them (quoted for libpq, then for
+    the shell: a space, a quote, a backslash or a dollar sign arrives as written) and the admin by ``-U``,
+    whose display name may have spaces (a group's)."""
+    import shlex
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    name = "my db's \\ $HOME"
+    site(DATABASES={"default": database(name=name, OPTIONS={"sslrootcert": "/etc/my certs/ca.pem"})})
+    runner = next(s["runner"] for s in steps() if s["kind"] == "sql" and s["database"] == name)
+    words = shlex.split(runner.split(" psql ", 1)[1])
+    assert conninfo_to_dict(words[0]) == {
+        "host": "myserver.postgres.database.azure.com",
+        "port": "5432",
+        "dbname": name,
+        "sslmode": "verify-full",
+        "sslrootcert": "/etc/my certs/ca.pem",
+    }
+    assert words[1:3] == ["-U", "$PG_ADMIN"]  # shlex leaves it as the shell would expand it
+
+
+def test_a_group_as_the_postgres_entra_admin_comes_from_the_environment(site, tmp_path):
+    """An admin other than the signed-in user (a group, as Microsoft recommends): PG_ADMIN, PG_ADMIN_OID and
+    PG_ADMIN_TYPE set in the environment reach the admin step and psql, and nobody's signed-in user is
+    looked up."""
+    site(DATABASES={"default": database()})
+    script = tmp_path / "setup.sh"
+    script.write_text(setup("--resource-group", "rg1"))
+    calls, env = recording_tools(tmp_path)
+    env["PRINCIPAL_ID"] = "00000000-0000-0000-0000-0000000000c1"
+    env.update(
+        PG_ADMIN="db admins", PG_ADMIN_OID="00000000-0000-0000-0000-00000000a9a9", PG_ADMIN_TYPE="Group"
+    )
+    done = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    recorded = calls.read_text()
+    assert (
+        "--display-name db admins --object-id 00000000-0000-0000-0000-00000000a9a9 --type Group" in recorded
+    )
+    assert "-U db admins" in recorded and "signed-in-user" not in recorded
+    del env["PG_ADMIN_TYPE"], env["PG_ADMIN"], env["PG_ADMIN_OID"]
+    calls.write_text("")
+    done = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "--object-id 00000000-0000-0000-0000-00000000ad01 --type User" in calls.read_text()
 
 
 def test_the_script_is_valid_posix_shell(site, tmp_path):

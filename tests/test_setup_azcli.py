@@ -29,6 +29,7 @@ VALUES = {  # what the script's variables hold when it runs
     "PG_SERVER": "myserver",
     "PG_ADMIN": "admin@example.com",
     "PG_ADMIN_OID": GUID,
+    "PG_ADMIN_TYPE": "User",
 }
 SUBSTITUTION = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/x/y/z"
 
@@ -178,3 +179,20 @@ def test_every_generated_az_command_parses_with_azure_cli(site, variant, name, c
         if not ok:
             refused.append((" ".join(arguments), said + capsys.readouterr().err[-600:]))
     assert refused == []
+
+
+@pytest.mark.parametrize("kind", ["User", "Group", "ServicePrincipal"])
+def test_each_kind_of_postgres_entra_admin_the_script_takes_parses(site, kind):  # noqa: F811
+    """``PG_ADMIN_TYPE`` (User unless the environment names a Group or ServicePrincipal admin) is one of
+    the values azure-cli's ``--type`` accepts; a value it doesn't know is refused by the same parse."""
+    import json
+
+    site(DATABASES={"default": database()})
+    steps = json.loads(setup("--json"))["steps"]
+    kinds = next(s for s in steps if s.get("name") == "PG_ADMIN_TYPE")
+    assert kinds["default"] == "User" and kind in kinds["why"]
+    admin = next(s for s in steps if "microsoft-entra-admin create" in s.get("text", ""))
+    [arguments] = az_commands(admin["text"].replace("$PG_ADMIN_TYPE", kind))
+    assert parse_with_azure_cli(arguments)[0]
+    [arguments] = az_commands(admin["text"].replace("$PG_ADMIN_TYPE", "Nobody"))
+    assert not parse_with_azure_cli(arguments)[0]

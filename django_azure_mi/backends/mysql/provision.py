@@ -7,6 +7,7 @@ alias's database, or ``SELECT`` for a read-only alias (a replica, ``TEST['MIRROR
 
 from __future__ import annotations
 
+import shlex
 from typing import Any, Final
 
 from ...provision import Plan, Step, sql_identifier, sql_literal
@@ -66,7 +67,8 @@ def _alias_steps(
     user = str(config.user)
     runner = (
         'MYSQL_PWD="$(az account get-access-token --resource-type oss-rdbms --query accessToken -o tsv)" '
-        f'mysql -h {host} -P {port} --user="{admin}" --enable-cleartext-plugin --ssl-mode=VERIFY_IDENTITY'
+        f'mysql -h {shlex.quote(host)} -P {shlex.quote(port)} --user="{admin}" --enable-cleartext-plugin '
+        "--ssl-mode=VERIFY_IDENTITY"
     )
     plan.add(
         Step(

@@ -12,12 +12,15 @@ created by the identity's name when ``--identity-name`` gives it and it is the a
 
 from __future__ import annotations
 
+import re
+import shlex
 from collections.abc import Sequence
 from typing import Any, Final
 
 from ...provision import Plan, Step, sql_identifier, sql_literal
 
 ROLE_KINDS: Final = ("no-role", "auth-refused")
+TLS = tuple[tuple[str, str], ...]  # libpq's TLS parameters as the alias sets them
 
 
 def provision(plan: Plan, name: str, engines: Sequence[str], azure_hosts: Sequence[str]) -> None:
@@ -65,8 +68,8 @@ def _alias_steps(
     server_address = f"{host}:{primary.get('PORT') or config.port or 5432}"
     dbname = str(primary.get("NAME") or "postgres")
     options = primary.get("OPTIONS") or {}  # the server verified as the alias verifies it (default: OS roots)
-    tls = " ".join(
-        f"{key}={options.get(key) or default}"
+    tls = tuple(
+        (key, str(options.get(key) or default))
         for key, default in (("sslmode", "verify-full"), ("sslrootcert", "system"))
     )
     server = _server_name(plan, service, host, azure_hosts)
@@ -83,7 +86,7 @@ def _alias_steps(
         Step(
             service, identity.label, "az",
             f"az postgres flexible-server microsoft-entra-admin create -g {group} -s {server} "
-            f'--display-name "{admin}" --object-id "$PG_ADMIN_OID" --type User',
+            f'--display-name "{admin}" --object-id "$PG_ADMIN_OID" --type "$PG_ADMIN_TYPE"',
             "someone is the server's Microsoft Entra admin, who creates the app's role (skip it if the "
             "server has one: run the SQL below as that admin)", (where,),
         )
@@ -129,7 +132,7 @@ def _alias_steps(
 
 
 def _postgis(
-    plan: Plan, service: str, who: str, where: str, server: str, address: str, dbname: str, tls: str
+    plan: Plan, service: str, who: str, where: str, server: str, address: str, dbname: str, tls: TLS
 ) -> None:
     """GeoDjango's PostGIS: allow-listed on the server, created in the database by its Entra admin (the
     app's role may not create it)."""
@@ -177,33 +180,59 @@ def server_name(
 
 
 def _admin(plan: Plan, service: str) -> str:
-    return entra_admin(plan, service, "PG_ADMIN")
+    return entra_admin(plan, service, "PG_ADMIN", typed=True)
 
 
-def entra_admin(plan: Plan, service: str, variable: str) -> str:
+def entra_admin(plan: Plan, service: str, variable: str, typed: bool = False) -> str:
     """``"$<variable>"``: the server's Microsoft Entra admin (by default the signed-in user), and
-    ``$<variable>_OID`` its object id, looked up once."""
-    for name, query in ((variable, "userPrincipalName"), (f"{variable}_OID", "id")):
+    ``$<variable>_OID`` its object id, looked up once. ``typed``: also ``$<variable>_TYPE``, the kind of
+    principal the admin is (``User`` unless the environment says ``Group`` or ``ServicePrincipal``)."""
+    others = f"{variable}, {variable}_OID and {variable}_TYPE" if typed else f"{variable} and {variable}_OID"
+    who = (
+        "the server's Microsoft Entra admin (default: you, signed in with az login; another admin, a group "
+        f"say: set {others})"
+    )
+    for name, query, why in (
+        (variable, "userPrincipalName", who),
+        (f"{variable}_OID", "id", f"the object id of the server's Microsoft Entra admin ({variable})"),
+    ):
+        plan.add(
+            Step(service, "", "lookup", f"az ad signed-in-user show --query {query} -o tsv", why, name=name),
+            key=("lookup", name),
+        )
+    if typed:
         plan.add(
             Step(
-                service, "", "lookup", f"az ad signed-in-user show --query {query} -o tsv",
-                "the server's Microsoft Entra admin (default: you, signed in with az login)", name=name,
+                service, "", "lookup", "",
+                f"the kind of principal {variable} is: User, Group or ServicePrincipal",
+                name=f"{variable}_TYPE", default="User",
             ),
-            key=("lookup", name),
+            key=("lookup", f"{variable}_TYPE"),
         )  # fmt: skip
     return f"${variable}"
 
 
-def _psql(server: str, database: str, tls: str) -> str:
-    """psql as the server's Entra admin (``$PG_ADMIN``, a lookup: by default the signed-in user) with a
-    token for the Postgres resource, verifying the server as the alias does (``tls``), stopping at the
-    first error."""
+def _psql(server: str, database: str, tls: TLS) -> str:
+    """psql as the server's Entra admin (``$PG_ADMIN``, a lookup: by default the signed-in user; a group's
+    display name may have spaces) with a token for the Postgres resource, verifying the server as the alias
+    does (``tls``), stopping at the first error. The connection string is the settings' values, quoted for
+    libpq and then for the shell: nothing in them expands."""
     host, _, port = server.rpartition(":")
-    target = f"host={host} port={port} dbname={database} {tls}"
+    target = " ".join(
+        f"{key}={_libpq_value(value)}"
+        for key, value in (("host", host), ("port", port), ("dbname", database), *tls)
+    )
     return (
         'PGPASSWORD="$(az account get-access-token --resource-type oss-rdbms --query accessToken -o tsv)" '
-        f'psql "{target} user=$PG_ADMIN" -v ON_ERROR_STOP=1'
+        f'psql {shlex.quote(target)} -U "$PG_ADMIN" -v ON_ERROR_STOP=1'
     )
+
+
+def _libpq_value(value: str) -> str:
+    """A value of a libpq connection string: quoted when it is empty or has a space, quote or backslash."""
+    if value and not re.search(r"[\s'\\]", value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _writer(primary: dict[str, Any]) -> str | None:
