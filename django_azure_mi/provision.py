@@ -165,7 +165,7 @@ class Plan:
         """``chosen`` with the lookups whose variables they use, in the plan's order."""
         wanted = list(chosen)
         text = " ".join(f"{s.text} {s.why} {s.runner}" for s in wanted)
-        used = {s.name for s in self.steps if s.kind == "lookup" and re.search(rf"\${s.name}\b", text)}
+        used = {s.name for s in self.steps if s.kind == "lookup" and re.search(rf"\${{?{s.name}\b", text)}
         return [s for s in self.steps if s in wanted or (s.kind == "lookup" and s.name in used)]
 
     # ------------------------------------------------------------------ rendering

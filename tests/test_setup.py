@@ -167,6 +167,15 @@ def test_a_mysql_alias_gets_an_entra_admin_its_aad_user_and_grants(site):
     create = next(s for s in found if s["kind"] == "sql" and "AADUSER" in s.get("text", ""))
     assert f"CREATE AADUSER 'my-app' IDENTIFIED BY '{USER_ID}';" in create["text"]
     assert "--enable-cleartext-plugin" in create["runner"] and "VERIFY_IDENTITY" in create["runner"]
+    assert '--ssl-ca="${MYSQL_SSL_CA:?' in create["runner"]  # Oracle's client verifies only with a CA file
+    bundle = next(s for s in found if s.get("name") == "MYSQL_SSL_CA")
+    here = subprocess.run(["sh", "-c", bundle["text"]], capture_output=True, text=True, check=True).stdout
+    assert Path(here.strip()).is_file()  # this machine's trust store, found as the script finds it
+    from django_azure_mi import provision
+
+    plan = provision.build()
+    first_sql = next(s for s in plan.steps if s.kind == "sql")
+    assert "MYSQL_SSL_CA" in {s.name for s in plan.needed([first_sql])}  # --check keeps the lookup (${…})
     grants = [s["text"] for s in found if s["kind"] == "sql" and s["text"].startswith("GRANT")]
     assert grants == ["GRANT ALL PRIVILEGES ON \\`app\\`.* TO 'my-app'@'%';",
                       "GRANT SELECT ON \\`app\\`.* TO 'my-app'@'%';"]  # fmt: skip
@@ -174,6 +183,9 @@ def test_a_mysql_alias_gets_an_entra_admin_its_aad_user_and_grants(site):
     site(DATABASES={"default": geo})  # the system-assigned identity: its client id looked up
     text = setup()
     assert 'az ad sp show --id "$PRINCIPAL_ID" --query appId' in text and "'$APP_ID_SYSTEM'" in text
+    site(DATABASES={"default": {**geo, "OPTIONS": {"ssl": {"ca": "/etc/my ca.pem"}}}})  # the alias's own CA
+    text = setup()
+    assert "--ssl-ca='/etc/my ca.pem'" in text and "MYSQL_SSL_CA" not in text
 
 
 def test_several_aliases_with_several_identities_each_get_their_own_lookup(site):
@@ -556,16 +568,24 @@ def test_the_script_makes_a_server_with_only_its_entra_admin_work_for_the_site(
 
 
 # Oracle's mysql client, which the script's SQL steps are written for, played by MariaDB's: its TLS flag
-# becomes MariaDB's (verifying the stand-in with its CA); --enable-cleartext-plugin it takes as obsolete
+# becomes MariaDB's, and like Oracle's it refuses VERIFY_IDENTITY without --ssl-ca (Oracle's has no default
+# CA: the script names one); --enable-cleartext-plugin MariaDB's takes as obsolete
 ORACLE_MYSQL = """#!/bin/sh
+verify= ca=
 for arg; do
   shift
   case "$arg" in
-    --ssl-mode=VERIFY_IDENTITY) set -- "$@" --ssl-verify-server-cert --ssl-ca="$MYSQL_CA" ;;
+    --ssl-mode=VERIFY_IDENTITY) verify=1; set -- "$@" --ssl-verify-server-cert ;;
     --ssl-mode=*) echo "unexpected $arg" >&2; exit 2 ;;
+    --ssl-ca=?*) ca=1; set -- "$@" "$arg" ;;
     *) set -- "$@" "$arg" ;;
   esac
 done
+if [ -n "$verify" ] && [ -z "$ca" ]; then
+  echo "ERROR 2026 (HY000): SSL connection error: CA certificate is required if ssl-mode is VERIFY_CA or \
+VERIFY_IDENTITY" >&2
+  exit 1
+fi
 exec "$REAL_MYSQL" "$@"
 """
 
@@ -600,10 +620,10 @@ def test_the_script_makes_a_mysql_server_with_only_its_entra_admin_work_for_the_
         script = tmp_path / "setup.sh"
         script.write_text(setup("--resource-group", "rg"))
         assert f"CREATE AADUSER 'my-app' IDENTIFIED BY '{USER_ID}';" in script.read_text()
+        assert f"--ssl-ca={server.ca_file}" in script.read_text()  # the alias's CA, as the alias verifies
         env = {
             "MYSQL_SERVER": "standin",  # HOST is 127.0.0.1, as behind a private endpoint: the script asks
             "MYSQL_SERVER_IDENTITY": "mysql-directory-reader",
-            "MYSQL_CA": server.ca_file,
             "REAL_MYSQL": str(shutil.which("mysql")),
         }
         admin_token = azure_imds.mint(MYSQL_RESOURCE, admin.client_id, ttl=600).token

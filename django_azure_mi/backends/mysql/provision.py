@@ -68,7 +68,7 @@ def _alias_steps(
     runner = (
         'MYSQL_PWD="$(az account get-access-token --resource-type oss-rdbms --query accessToken -o tsv)" '
         f'mysql -h {shlex.quote(host)} -P {shlex.quote(port)} --user="{admin}" --enable-cleartext-plugin '
-        "--ssl-mode=VERIFY_IDENTITY"
+        f"--ssl-mode=VERIFY_IDENTITY --ssl-ca={_ca_file(plan, service, primary)}"
     )
     plan.add(
         Step(
@@ -90,6 +90,34 @@ def _alias_steps(
             server=f"{host}:{port}", database=dbname, runner=runner,
         )
     )  # fmt: skip
+
+
+# Where the OS keeps its trust store as one file (Debian and Ubuntu, Red Hat and Fedora, Alpine and macOS)
+SYSTEM_CA_FILES: Final = (
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+)
+
+
+def _ca_file(plan: Plan, service: str, primary: dict[str, Any]) -> str:
+    """The CA file the mysql client verifies the server with, as the alias does: the one its OPTIONS give,
+    else the OS trust store, which holds Azure's roots (``$MYSQL_SSL_CA``, looked up where the script runs).
+    Oracle's client refuses ``VERIFY_IDENTITY`` without one ("CA certificate is required if ssl-mode is
+    VERIFY_CA or VERIFY_IDENTITY"); it has no default."""
+    given = ((primary.get("OPTIONS") or {}).get("ssl") or {}).get("ca")
+    if given:
+        return shlex.quote(str(given))
+    files = " ".join(SYSTEM_CA_FILES)
+    plan.add(
+        Step(
+            service, "", "lookup", f"ls {files} 2>/dev/null | head -n 1",
+            "the CA bundle the mysql client verifies the server with: the OS trust store, which holds "
+            "Azure's roots (Oracle's client has no default)", name="MYSQL_SSL_CA",
+        ),
+        key=("lookup", "MYSQL_SSL_CA"),
+    )  # fmt: skip
+    return '"${MYSQL_SSL_CA:?no CA bundle file found: set MYSQL_SSL_CA to one}"'
 
 
 def _client_id(plan: Plan, identity: Any, service: str) -> str:
